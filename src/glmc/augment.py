@@ -1,0 +1,61 @@
+"""Batched CIFAR augmentation on the device: random crop with zero padding, flip, normalise.
+
+One gather does crop and flip for the whole batch, so no Python runs per image. Zero
+padding happens on the uint8 pixels, before normalisation, as `RandomCrop(32, padding=4)`
+does on a PIL image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator, flip: bool = True) -> Tensor:
+    """Crop each image at a random offset of its zero-padded self; mirror about half of them.
+
+    images: N x C x H x W (any dtype) -> N x C x H x W, same dtype (channels-last memory).
+    """
+    n, _, height, width = images.shape
+    device = images.device
+    padded = F.pad(images, (padding, padding, padding, padding))  # N x C x H+2p x W+2p
+    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    columns = torch.arange(width, device=device).expand(n, width)  # N x W
+    if flip:
+        mirrored = torch.rand(n, 1, generator=generator, device=device) < 0.5
+        columns = torch.where(mirrored, columns.flip(1), columns)
+    rows = top + torch.arange(height, device=device)  # N x H
+    columns = left + columns  # N x W
+    batch = torch.arange(n, device=device)[:, None, None]
+    crops = padded[batch, :, rows[:, :, None], columns[:, None, :]]  # N x H x W x C
+    return crops.permute(0, 3, 1, 2)  # N x C x H x W
+
+
+@dataclass(frozen=True)
+class Normalise:
+    """uint8 pixels -> float `(x / 255 - mean) / std`, per channel."""
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __call__(self, images: Tensor) -> Tensor:
+        mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+
+@dataclass(frozen=True)
+class CifarAugment:
+    """The CIFAR training view: random crop with zero padding, horizontal flip, normalise."""
+
+    normalise: Normalise
+    padding: int = 4
+    flip: bool = True
+
+    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+        """images: N x C x H x W uint8 -> N x C x H x W float, normalised."""
+        return self.normalise(random_crop_flip(images, self.padding, generator, self.flip))

@@ -1,0 +1,20 @@
+"""The one type every backbone's forward returns."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from torch import Tensor
+
+
+class GLMCOutput(NamedTuple):
+    """Outputs of a backbone with GLMC heads on its pooled feature `h`.
+
+    Prediction and evaluation use `logits` (the re-balanced classifier `fc_cb`).
+    """
+
+    logits: Tensor  # N x K, fc_cb(h): re-balanced classifier, used for prediction
+    logits_fc: Tensor  # N x K, fc(h): classifier C of the paper
+    z: Tensor  # N x e, projection(h)
+    p: Tensor  # N x e, predictor(z)
+    feature: Tensor  # N x d, pooled feature h

@@ -1,0 +1,82 @@
+"""Shared fixtures: the real CIFAR-10 folder and generated CIFAR folders.
+
+Real data comes from the folder named by GLMC_CIFAR10_ROOT (it holds
+cifar-10-batches-py/); failing that, from ../shared/data/cifar10-jpeg, materialised once
+per session. Tests that need it are skipped, with the reason, when neither exists.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REAL_DATA_ENV = "GLMC_CIFAR10_ROOT"
+SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture(scope="session")
+def cifar10_root(tmp_path_factory) -> Path:
+    configured = os.environ.get(REAL_DATA_ENV)
+    if configured:
+        root = Path(configured)
+        if not (root / "cifar-10-batches-py").is_dir():
+            pytest.skip(f"{REAL_DATA_ENV}={configured} has no cifar-10-batches-py/")
+        return root
+    if not (SHARED_CIFAR10 / "materialize.py").is_file():
+        pytest.skip(f"real CIFAR-10 not found: set {REAL_DATA_ENV} or provide {SHARED_CIFAR10}")
+    root = tmp_path_factory.mktemp("cifar10")
+    done = subprocess.run([sys.executable, str(SHARED_CIFAR10 / "materialize.py"), str(root)], capture_output=True, text=True)
+    if done.returncode != 0:
+        pytest.skip(f"could not materialise {SHARED_CIFAR10}: {done.stderr.strip().splitlines()[-1:]}")
+    return root
+
+
+def write_pickle(path: Path, entry: dict, protocol: int = 2) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as file:
+        pickle.dump(entry, file, protocol=protocol)
+
+
+def synthetic_labels(num_classes: int, per_class: int, seed: int = 0) -> np.ndarray:
+    labels = np.repeat(np.arange(num_classes), per_class)
+    np.random.default_rng(seed).shuffle(labels)
+    return labels
+
+
+def write_cifar100(root: Path, per_class_train: int = 500, per_class_test: int = 100) -> Path:
+    """A generated folder in the official CIFAR-100 layout (train, test, meta)."""
+    folder = root / "cifar-100-python"
+    for name, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = synthetic_labels(100, per_class, seed=len(name))
+        images = np.repeat(labels.astype(np.uint8)[:, None], 3072, axis=1)  # N x 3072, pixel = label
+        write_pickle(
+            folder / name,
+            {b"data": images, b"fine_labels": labels.tolist(), b"coarse_labels": (labels // 5).tolist(), b"filenames": []},
+        )
+    names = [f"class_{k:02d}".encode() for k in range(100)]
+    write_pickle(folder / "meta", {b"fine_label_names": names, b"coarse_label_names": names[:20]})
+    return root
+
+
+@pytest.fixture(scope="session")
+def cifar100_root(tmp_path_factory) -> Path:
+    return write_cifar100(tmp_path_factory.mktemp("cifar100"))
+
+
+def write_small_cifar10(root: Path, per_class: int = 6, protocol: int = 2, str_keys: bool = False, image_shape=(3072,)) -> Path:
+    """A tiny folder in the CIFAR-10 layout, optionally as another tool might write it."""
+    key = (lambda k: k) if str_keys else (lambda k: k.encode())
+    folder = root / "cifar-10-batches-py"
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        labels = synthetic_labels(10, per_class, seed=len(name))
+        images = rng.integers(0, 256, (len(labels), *image_shape), dtype=np.uint8)
+        write_pickle(folder / name, {key("data"): images, key("labels"): labels.tolist()}, protocol)
+    write_pickle(folder / "batches.meta", {key("label_names"): [f"c{k}" for k in range(10)]}, protocol)
+    return root
