@@ -1,4 +1,4 @@
-"""The `glmc` command line: `glmc data | ...`.
+"""The `glmc` command line: `glmc data | presets | train | eval`.
 
 Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback.
 """
@@ -9,6 +9,8 @@ import argparse
 import json
 import os
 import sys
+import time
+from pathlib import Path
 from typing import Sequence
 
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
@@ -29,12 +31,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("glmc: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `glmc data | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="glmc", description="GLMC for long-tailed image classification.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     add_data_command(commands)
+    add_presets_command(commands)
+    add_train_command(commands)
+    add_eval_command(commands)
     return parser
 
 
@@ -73,6 +81,105 @@ def run_data(args: argparse.Namespace) -> int:
     print(json.dumps(card.to_json()) if args.json else card.render())
     return 0
 
+
+
+def add_presets_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("presets", help="list the presets")
+    parser.set_defaults(run=run_presets)
+
+
+def run_presets(args: argparse.Namespace) -> int:
+    from glmc.config import load_presets
+
+    presets = load_presets()
+    width = max(map(len, presets))
+    for name, preset in presets.items():
+        print(f"{name:<{width}}  {preset.get('description', '')}")
+    return 0
+
+
+# flag -> config key; values are type-checked by the config, like --set ones
+TRAIN_FLAGS = {
+    "data_root": "data.data_root",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "optim.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+    "max_steps": "train.max_steps",
+}
+
+
+def add_train_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("train", help="train a model and write a run folder")
+    parser.add_argument("--preset", help="a preset from `glmc presets` (default: the built-in defaults)")
+    parser.add_argument("--output", help="run folder (default: runs/<preset>-<time>)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or ./data)")
+    parser.add_argument("--download", action="store_true", help="fetch the dataset (MD5-checked) if missing")
+    parser.add_argument("--epochs", help="total epochs")
+    parser.add_argument("--batch-size", help="images per stream per step")
+    parser.add_argument("--lr", help="peak learning rate")
+    parser.add_argument("--seed", help="seed of initialisation, sampling and augmentation")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--max-steps", help="stop after this many steps (smoke runs)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. method.beta=0.5")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.set_defaults(run=run_train)
+
+
+def train_overrides(args: argparse.Namespace) -> dict:
+    from glmc.config import parse_override
+
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if args.data_root is None and DATA_ROOT_ENV in os.environ and not args.resume:
+        overrides["data.data_root"] = os.environ[DATA_ROOT_ENV]
+    if args.download:
+        overrides["data.download"] = True
+    overrides.update(parse_override(text) for text in args.set)
+    return overrides
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from glmc.config import build_config
+    from glmc.trainer import load_run_config, train
+
+    overrides = train_overrides(args)
+    if args.resume:
+        if args.preset or args.output:
+            raise GlmcError("--resume continues a run folder with its own config; drop --preset/--output")
+        output = Path(args.resume)
+        config = load_run_config(output, overrides)
+    else:
+        config = build_config(args.preset, overrides)
+        output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
+    train(config, output, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet)
+    print(f"run folder: {output}")
+    return 0
+
+
+def add_eval_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("eval", help="re-evaluate a checkpoint on the test set")
+    parser.add_argument("checkpoint", metavar="CKPT")
+    parser.add_argument("--data-root", help="dataset folder (default: the one the run used)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--shot-bounds", choices=["standard", "authors"], help="many/medium/few bounds (default: the run's)")
+    parser.add_argument("--json", action="store_true", help="print the metrics object as JSON")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from glmc.evaluation import evaluate_checkpoint
+
+    metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, shot_bounds=args.shot_bounds)
+    if args.json:
+        print(json.dumps(metrics.to_json()))
+    else:
+        shots = " / ".join(f"{name} {getattr(metrics, name):.2f}" if getattr(metrics, name) is not None else f"{name} -"
+                           for name in ("many", "medium", "few"))
+        print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {shots}  ({metrics.num_samples} test images)")
+    return 0
 
 
 if __name__ == "__main__":

@@ -168,3 +168,5 @@ def _cifar_lt(name: str, layout: CifarLayout, n_max: int, mean: tuple, std: tupl
 
 cifar10_lt = _cifar_lt("cifar10-lt", CIFAR10, 5000, CIFAR10_MEAN, CIFAR10_STD)
 cifar100_lt = _cifar_lt("cifar100-lt", CIFAR100, 500, CIFAR100_MEAN, CIFAR100_STD)
+
+from glmc.data import synthetic  # noqa: E402,F401  (registers synthetic-lt)

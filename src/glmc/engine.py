@@ -1,0 +1,147 @@
+"""Training and evaluation: one step, one epoch, the learning-rate schedule, the test set.
+
+The run folder, resume and the summary live in `trainer.py`; this file is the maths of a
+run and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from glmc.augment import Normalise
+from glmc.config import OptimConfig
+from glmc.data.batch import TwoStreamBatch
+from glmc.data.loader import derived_seed, evaluation_batches
+from glmc.errors import ConfigError
+from glmc.methods.base import Method
+from glmc.metrics import ConfusionCounter, Metrics
+from glmc.shots import ShotBounds
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available here; use --device cpu")
+    return torch.device(name)
+
+
+def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
+    """The learning rate of `epoch` (from 0).
+
+    cosine: `lr/2 (1 + cos(pi e / E))`, CosineAnnealingLR stepped per epoch.
+    warmup-cosine: the authors' ImageNet schedule, `lr (e+1) / W` for e <= W, then
+    `lr/2 (1 + cos(pi (e - W + 1) / (E - W + 1)))`.
+    """
+    if optim.schedule == "cosine":
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+    warmup = optim.warmup_epochs
+    if epoch <= warmup and warmup > 0:
+        return optim.lr * (epoch + 1) / warmup
+    return optim.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup + 1) / (epochs - warmup + 1)))
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+def create_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.SGD:
+    # fused kernels on CUDA; foreach (multi-tensor) on CPU, where fused SGD is not faster
+    options = {"fused": True} if device.type == "cuda" else {"foreach": True}
+    return torch.optim.SGD(
+        model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, **options
+    )
+
+
+def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA; full fp32 on the CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
+    """The method's host-side randomness (lambda, the CutMix box) for one step."""
+    return np.random.default_rng(derived_seed(seed, epoch, step, 1))
+
+
+def train_step(
+    model: nn.Module,
+    method: Method,
+    optimizer: torch.optim.Optimizer,
+    batch: TwoStreamBatch,
+    epoch: int,
+    rng: np.random.Generator,
+) -> dict[str, Tensor]:
+    """One optimisation step; returns the loss and its parts as detached device scalars."""
+    device = batch.uniform.labels.device
+    with autocast_for(device):
+        result = method(model, batch, epoch, rng)
+    optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    optimizer.step()
+    return {"loss": result.loss.detach(), **result.parts}
+
+
+@dataclass
+class LossMeter:
+    """Running sums of the loss parts, on the device (read once per epoch)."""
+
+    totals: dict[str, Tensor] | None = None
+    steps: int = 0
+
+    def add(self, parts: dict[str, Tensor]) -> None:
+        if self.totals is None:
+            self.totals = {name: value.float().clone() for name, value in parts.items()}
+        else:
+            for name, value in parts.items():
+                self.totals[name] += value.float()
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        if not self.totals:
+            return {}
+        names = list(self.totals)
+        values = torch.stack([self.totals[n] for n in names]).cpu().tolist()  # one transfer
+        return {name: value / self.steps for name, value in zip(names, values)}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    images: Tensor,
+    labels: Tensor,
+    class_counts: Sequence[int],
+    normalise: Normalise,
+    batch_size: int,
+    shot_bounds: ShotBounds,
+) -> Metrics:
+    """Top-1/5, per-class and many/medium/few accuracy of `logits` on un-augmented images."""
+    was_training = model.training
+    model.eval()
+    counter = ConfusionCounter(len(class_counts))
+    with autocast_for(images.device):
+        for inputs, targets in evaluation_batches(images, labels, batch_size, normalise):
+            counter.update(model(channels_last_if_cuda(inputs)).logits.float(), targets)
+    model.train(was_training)
+    return counter.finish(class_counts, shot_bounds)
+
+
+def channels_last_if_cuda(x: Tensor) -> Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+
+def limited(batches: Iterator, steps_left: int | None) -> Iterator:
+    """At most `steps_left` items of `batches` (all of them when None)."""
+    for index, batch in enumerate(batches):
+        if steps_left is not None and index >= steps_left:
+            return
+        yield batch

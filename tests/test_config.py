@@ -1,0 +1,109 @@
+"""Config: presets, type-checked overrides, close-match errors, validation."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from glmc.config import build_config, config_keys, load_presets, parse_override
+from glmc.errors import ConfigError
+
+PRESET_ROWS = {  # METHOD.md section 5: (dataset, IF, q, tau, gamma)
+    "cifar10-lt-if100": ("cifar10-lt", 100, 0.0, 1.2, 1.0),
+    "cifar10-lt-if50": ("cifar10-lt", 50, 0.0, 1.2, 1.0),
+    "cifar10-lt-if10": ("cifar10-lt", 10, 0.2, 1.0, 2.0),
+    "cifar100-lt-if100": ("cifar100-lt", 100, 0.0, 1.2, 4.0),
+    "cifar100-lt-if50": ("cifar100-lt", 50, 0.2, 1.2, 6.0),
+    "cifar100-lt-if10": ("cifar100-lt", 10, 0.2, 1.2, 4.0),
+}
+
+
+@pytest.mark.parametrize("name", PRESET_ROWS)
+@pytest.mark.parametrize("authors", [False, True])
+def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
+    config = build_config(name + ("-authors" if authors else ""))
+    dataset, factor, q, tau, gamma = PRESET_ROWS[name]
+    assert (config.data.dataset, config.data.imbalance_factor) == (dataset, factor)
+    assert (config.train.resample_weighting, config.method.label_weighting, config.method.consistency_weight) == (q, tau, gamma)
+    assert (config.train.epochs, config.train.batch_size, config.optim.lr, config.optim.weight_decay) == (200, 64, 0.01, 5e-3)
+    assert (config.optim.momentum, config.optim.schedule, config.method.beta) == (0.9, "cosine", 1.0)
+    expected = ("resnet32-wide", "glmc") if authors else ("resnet32", "standard")
+    assert (config.model.backbone, config.data.split) == expected
+
+
+def test_every_preset_builds_and_has_a_description():
+    presets = load_presets()
+    assert len(presets) == 13 and "quickstart" in presets
+    for name, preset in presets.items():
+        build_config(name)
+        assert preset["description"]
+
+
+def test_overrides_are_typed_and_win_over_the_preset():
+    config = build_config("cifar10-lt-if100", {"train.epochs": "3", "method.beta": "0.5", "train.drop_last": "true",
+                                                "train.max_steps": "none", "data.data_root": "/x"})
+    assert (config.train.epochs, config.method.beta, config.train.drop_last) == (3, 0.5, True)
+    assert config.train.max_steps is None and config.data.data_root == "/x"
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("train.epochs", "ten", "train.epochs expects an integer, got 'ten'"),
+        ("train.epochs", "2.5", "expects an integer"),
+        ("optim.lr", "fast", "optim.lr expects a number, got 'fast'"),
+        ("optim.lr", "nan", "expects a number"),
+        ("train.drop_last", "maybe", "expects true or false"),
+        ("train.max_steps", "x", "expects an integer or none"),
+    ],
+)
+def test_badly_typed_override_names_key_and_type(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, {key: value})
+
+
+def test_unknown_key_names_close_matches():
+    with pytest.raises(ConfigError, match="unknown config key 'train.epoch'; did you mean 'train.epochs'"):
+        build_config(None, {"train.epoch": "3"})
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("optim.lr", "0", "optim.lr must be > 0"),
+        ("optim.lr", "-0.1", "optim.lr must be > 0"),
+        ("train.epochs", "0", "train.epochs must be > 0"),
+        ("train.batch_size", "-1", "train.batch_size must be > 0"),
+        ("train.resample_weighting", "-0.5", "resample_weighting \\(q\\) must be >= 0"),
+        ("method.label_weighting", "-1", "label_weighting \\(tau\\) must be >= 0"),
+        ("model.backbone", "resnet33", "unknown backbone 'resnet33'; did you mean 'resnet32'"),
+        ("method.name", "glnc", "unknown method 'glnc'; did you mean 'glmc'"),
+        ("data.dataset", "cifar10", "unknown dataset 'cifar10'"),
+        ("train.device", "tpu", "train.device must be"),
+        ("optim.schedule", "step", "unknown schedule 'step'"),
+    ],
+)
+def test_values_no_run_could_use_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config(None, {key: value})
+
+
+def test_unknown_preset_names_close_matches():
+    with pytest.raises(ConfigError, match="unknown preset 'cifar10-lt-if10O'; did you mean .*'cifar10-lt-if100'"):
+        build_config("cifar10-lt-if10O")
+
+
+def test_parse_override_splits_on_the_first_equals():
+    assert parse_override("data.data_root=/a=b") == ("data.data_root", "/a=b")
+    with pytest.raises(ConfigError, match="not of the form"):
+        parse_override("train.epochs")
+
+
+@settings(max_examples=150, deadline=None)
+@given(key=st.sampled_from(config_keys()) | st.text(max_size=20), value=st.text(max_size=12))
+def test_any_override_either_builds_or_is_a_config_error(key, value):
+    try:
+        build_config(None, {key: value})
+    except ConfigError as error:
+        assert "\n" not in str(error)

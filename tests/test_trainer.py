@@ -1,0 +1,181 @@
+"""End to end on the embedded dataset: learning, the run folder, resume, eval, bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from glmc.checkpoint import load_checkpoint, save_checkpoint
+from glmc.cli import main
+from glmc.config import OptimConfig, build_config
+from glmc.engine import learning_rate
+from glmc.errors import GlmcError
+from glmc.trainer import train
+
+TINY = {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "optim.lr": "0.05",
+        "optim.weight_decay": "5e-4", "train.epochs": "3", "train.device": "cpu"}
+
+
+def tiny_config(**changes):
+    return build_config(None, {**TINY, **{k.replace("__", "."): str(v) for k, v in changes.items()}})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    output = tmp_path_factory.mktemp("run")
+    summary = train(tiny_config(train__epochs=8, data__imbalance_factor=10), output, quiet=True)
+    return output, summary
+
+
+def test_glmc_learns_the_embedded_dataset(finished_run):
+    output, summary = finished_run
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == list(range(1, 9))
+    assert records[-1]["losses"]["ce"] < records[0]["losses"]["ce"]
+    assert summary["final"]["top1"] > 40.0  # chance is 10%
+
+
+def test_run_folder_is_complete(finished_run):
+    output, summary = finished_run
+    assert {p.name for p in output.iterdir()} >= {"config.yaml", "metrics.jsonl", "summary.json", "checkpoint_last.pt", "checkpoint_best.pt"}
+    config = yaml.safe_load((output / "config.yaml").read_text())
+    assert config["model"]["backbone"] == "resnet8" and config["train"]["epochs"] == 8
+    record = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"epoch", "top1", "top5", "many", "medium", "few", "losses", "lr", "seconds"} <= set(record)
+    assert {"loss", "ce", "cb", "sim", "alpha"} <= set(record["losses"])
+    on_disk = json.loads((output / "summary.json").read_text())
+    assert on_disk == summary
+    assert summary["fingerprint"] == summary["dataset"]["fingerprint"] and summary["fingerprint"].startswith("sha256:")
+    assert summary["best"]["label"] == "best epoch, selected on the test set"
+    assert summary["best"]["top1"] >= summary["final"]["top1"]
+    assert {"wall_seconds", "version", "git_commit", "device", "dataset"} <= set(summary)
+    best = load_checkpoint(output / "checkpoint_best.pt")
+    assert best["kind"] == summary["best"]["label"] and best["state"]["best"]["top1"] == summary["best"]["top1"]
+
+
+def test_eval_of_the_last_checkpoint_reproduces_the_final_metrics(finished_run, capsys):
+    output, summary = finished_run
+    assert main(["eval", str(output / "checkpoint_last.pt"), "--device", "cpu", "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["top1"] == pytest.approx(summary["final"]["top1"], abs=1e-9)
+    assert metrics["per_class"] == summary["final"]["per_class"]
+
+
+def test_eval_with_authors_bounds_regroups_classes(finished_run, capsys):
+    output, _ = finished_run
+    main(["eval", str(output / "checkpoint_last.pt"), "--device", "cpu", "--json", "--shot-bounds", "authors"])
+    assert json.loads(capsys.readouterr().out)["shot_bounds"] == "authors"
+
+
+def state_of(path):
+    return load_checkpoint(path)["model"]
+
+
+@pytest.mark.parametrize("stop_after", [10, 20])  # mid-epoch and an epoch boundary (20 steps per epoch)
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after):
+    straight = train(tiny_config(), tmp_path / "straight", quiet=True)
+    train(tiny_config(train__max_steps=stop_after), tmp_path / "split", quiet=True)
+    assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["state"]["global_step"] == stop_after
+    assert main(["train", "--resume", str(tmp_path / "split"), "--set", "train.max_steps=none", "--quiet"]) == 0
+    resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
+    assert resumed["final"]["top1"] == straight["final"]["top1"]
+    assert resumed["final"]["per_class"] == straight["final"]["per_class"]
+    a, b = state_of(tmp_path / "straight" / "checkpoint_last.pt"), state_of(tmp_path / "split" / "checkpoint_last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_max_steps_stops_a_smoke_run(tmp_path):
+    summary = train(tiny_config(train__max_steps=5), tmp_path, quiet=True)
+    assert summary["steps"] == 5 and summary["final"]["epoch"] == 1
+
+
+def test_cosine_schedules():
+    cosine = OptimConfig(lr=0.1)
+    assert learning_rate(0, 200, cosine) == 0.1
+    assert learning_rate(100, 200, cosine) == pytest.approx(0.05)
+    assert learning_rate(199, 200, cosine) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 199 / 200)))
+    warm = OptimConfig(lr=0.1, schedule="warmup-cosine", warmup_epochs=10)
+    assert [learning_rate(e, 100, warm) for e in (0, 4, 9)] == pytest.approx([0.01, 0.05, 0.1])
+    assert learning_rate(11, 100, warm) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 91)))
+
+
+def glmc(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "glmc.cli", *args], capture_output=True, text=True, cwd=cwd)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "quickstrat"], "unknown preset 'quickstrat'; did you mean 'quickstart'"),
+        (["--preset", "quickstart", "--set", "model.backbone=resnet33"], "unknown backbone 'resnet33'"),
+        (["--preset", "quickstart", "--set", "method.name=focal"], "unknown method 'focal'"),
+        (["--preset", "quickstart", "--lr", "0"], "optim.lr must be > 0"),
+        (["--preset", "quickstart", "--epochs", "-1"], "train.epochs must be > 0"),
+        (["--preset", "quickstart", "--batch-size", "0"], "train.batch_size must be > 0"),
+        (["--preset", "quickstart", "--set", "train.resample_weighting=-1"], "must be >= 0"),
+        (["--preset", "quickstart", "--set", "method.label_weighting=-0.1"], "tau) must be >= 0"),
+        (["--preset", "quickstart", "--batch-size", "100000"], "batch size must be in [1, 1236]"),
+        (["--preset", "quickstart", "--epochs", "many"], "train.epochs expects an integer, got 'many'"),
+    ],
+)
+def test_bad_train_input_is_one_line_and_exit_2(tmp_path, args, message):
+    done = glmc("train", *args, "--output", str(tmp_path / "out"), "--device", "cpu", cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr and done.stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_existing_run_is_not_overwritten_unless_asked(finished_run, tmp_path):
+    output, _ = finished_run
+    before = (output / "summary.json").read_bytes()
+    done = glmc("train", "--preset", "quickstart", "--output", str(output), cwd=tmp_path)
+    assert done.returncode == 2 and "already holds a run; pass --resume" in done.stderr
+    assert (output / "summary.json").read_bytes() == before
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(finished_run, tmp_path):
+    output, _ = finished_run
+    done = glmc("train", "--resume", str(output), "--set", "model.backbone=resnet20", cwd=tmp_path)
+    assert done.returncode == 2
+    assert "holds a resnet8 with 10 classes, not a resnet20 with 10 classes" in done.stderr
+
+
+def test_eval_refuses_weights_of_another_architecture(finished_run, tmp_path):
+    checkpoint = load_checkpoint(finished_run[0] / "checkpoint_last.pt")
+    checkpoint["backbone"] = "resnet20"
+    save_checkpoint(tmp_path / "mislabelled.pt", checkpoint)
+    done = glmc("eval", str(tmp_path / "mislabelled.pt"), "--device", "cpu")
+    assert done.returncode == 2 and "does not fit a resnet20" in done.stderr
+
+
+class RunsCode:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
+    torch.save({"format": "glmc-checkpoint/1", "model": RunsCode()}, tmp_path / "evil.pt")
+    with pytest.raises(GlmcError, match="refusing to load"):
+        load_checkpoint(tmp_path / "evil.pt")
+    done = glmc("eval", str(tmp_path / "evil.pt"))
+    assert done.returncode == 2 and "pwned" not in done.stdout
+
+
+@pytest.mark.real_data
+def test_short_real_cifar10_lt_run_records_its_split_and_beats_chance(cifar10_root, tmp_path):
+    # One epoch (194 steps) of the standard ResNet-32 at batch 64. Plain cross-entropy: GLMC
+    # predicts with its re-balanced head, which alpha = 1 - (T/T_max)^2 leaves untrained in
+    # the first epochs, so a short GLMC run says little about the pipeline.
+    config = build_config("cifar10-lt-if100", {"data.data_root": str(cifar10_root), "train.epochs": "1",
+                                               "train.device": "cpu", "method.name": "ce"})
+    summary = train(config, tmp_path, quiet=True)
+    assert summary["fingerprint"] == "sha256:f7669c469c9dd" + summary["fingerprint"][20:]
+    assert summary["dataset"]["total"] == 12406 and summary["steps"] == 194
+    assert summary["final"]["top1"] > 18.0  # chance: 10%; measured 26.8
+    assert summary["final"]["many"] > summary["final"]["medium"]  # the long tail shows
