@@ -80,3 +80,16 @@ def write_small_cifar10(root: Path, per_class: int = 6, protocol: int = 2, str_k
         write_pickle(folder / name, {key("data"): images, key("labels"): labels.tolist()}, protocol)
     write_pickle(folder / "batches.meta", {key("label_names"): [f"c{k}" for k in range(10)]}, protocol)
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """A finished two-epoch GLMC run (ResNet-8 on synthetic-lt, CPU) for tests that read run folders."""
+    from glmc.config import build_config
+    from glmc.trainer import train
+
+    output = tmp_path_factory.mktemp("tiny_run")
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "optim.lr": "0.05",
+                                 "train.epochs": "2", "train.batch_size": "128", "train.device": "cpu"})
+    train(config, output, quiet=True)
+    return output

@@ -34,7 +34,7 @@ def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
 
 def test_every_preset_builds_and_has_a_description():
     presets = load_presets()
-    assert len(presets) == 13 and "quickstart" in presets
+    assert len(presets) == 13 + 6 * 12 and "quickstart" in presets  # GLMC, then 8 baselines + 4 ablations per setting
     for name, preset in presets.items():
         build_config(name)
         assert preset["description"]

@@ -114,7 +114,7 @@ def glmc(*args, cwd=None):
     [
         (["--preset", "quickstrat"], "unknown preset 'quickstrat'; did you mean 'quickstart'"),
         (["--preset", "quickstart", "--set", "model.backbone=resnet33"], "unknown backbone 'resnet33'"),
-        (["--preset", "quickstart", "--set", "method.name=focal"], "unknown method 'focal'"),
+        (["--preset", "quickstart", "--set", "method.name=focall"], "unknown method 'focall'; did you mean 'focal'"),
         (["--preset", "quickstart", "--lr", "0"], "optim.lr must be > 0"),
         (["--preset", "quickstart", "--epochs", "-1"], "train.epochs must be > 0"),
         (["--preset", "quickstart", "--batch-size", "0"], "train.batch_size must be > 0"),
@@ -143,7 +143,9 @@ def test_resume_refuses_a_checkpoint_of_another_model(finished_run, tmp_path):
     output, _ = finished_run
     done = glmc("train", "--resume", str(output), "--set", "model.backbone=resnet20", cwd=tmp_path)
     assert done.returncode == 2
-    assert "holds a resnet8 with 10 classes, not a resnet20 with 10 classes" in done.stderr
+    assert "holds a resnet8 with 10 classes (linear classifier), not a resnet20 with 10 classes" in done.stderr
+    done = glmc("train", "--resume", str(output), "--set", "model.classifier=cosine", cwd=tmp_path)
+    assert done.returncode == 2 and "not a resnet8 with 10 classes (cosine classifier)" in done.stderr
 
 
 def test_eval_refuses_weights_of_another_architecture(finished_run, tmp_path):

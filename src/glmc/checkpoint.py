@@ -1,13 +1,22 @@
-"""Checkpoints: written atomically, read with `weights_only=True`.
+"""Checkpoints: written atomically with a checksum, read with `weights_only=True`.
 
 A checkpoint is a dict of tensors and plain values (the resolved config included), so it
 loads without unpickling arbitrary objects; a file that would run code is refused.
+
+Writing never leaves a half-written file under the checkpoint's name: the bytes go to a
+temporary file that is flushed to disk and then renamed. With `keep_previous`, the file it
+replaces stays as `<name>.prev`, so a checkpoint damaged later (a truncated copy, a flipped
+bit: the SHA-256 in `<name>.sha256` tells) still leaves a good one to resume from.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import io
 import os
 import pickle
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,32 +27,107 @@ from glmc.errors import GlmcError
 FORMAT = "glmc-checkpoint/1"
 
 
-def save_checkpoint(path: str | os.PathLike, payload: dict) -> None:
-    """Write to a temporary file beside `path`, flush it to disk, then rename over `path`."""
+class CorruptCheckpoint(GlmcError):
+    """A checkpoint file that is truncated, altered or not a checkpoint at all."""
+
+
+def checksum_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def previous_path(path: Path) -> Path:
+    return path.with_name(path.name + ".prev")
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict, keep_previous: bool = False) -> None:
     path = Path(path)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    data = buffer.getvalue()
+    try:
+        temporary = write_durably(path, data)
+        if keep_previous and path.exists():
+            os.replace(path, previous_path(path))
+            if checksum_path(path).exists():
+                os.replace(checksum_path(path), checksum_path(previous_path(path)))
+        os.replace(temporary, path)
+        os.replace(write_durably(checksum_path(path), hashlib.sha256(data).hexdigest().encode()), checksum_path(path))
+        sync_folder(path.parent)
+    except OSError as error:
+        if error.errno == errno.ENOSPC:
+            raise GlmcError(f"disk full while saving {path}; the previous checkpoint is kept") from None
+        raise GlmcError(f"cannot save {path}: {error.strerror or error}") from None
+
+
+def write_durably(path: Path, data: bytes) -> Path:
+    """Write `data` to a new temporary file beside `path`, on disk when this returns."""
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save({"format": FORMAT, **payload}, file)
+            file.write(data)
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    return Path(temporary)
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Replace `path` by `text` so that a reader sees the old or the new file, never a mix."""
+    os.replace(write_durably(path, text.encode()), path)
+
+
+def sync_folder(folder: Path) -> None:
+    # The renames themselves are durable only once the folder's entry is flushed.
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError:
+        pass
+    finally:
+        os.close(handle)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():
         raise GlmcError(f"checkpoint not found: {path}")
+    data = path.read_bytes()
+    if checksum_path(path).is_file():
+        expected = checksum_path(path).read_text().strip()
+        if hashlib.sha256(data).hexdigest() != expected:
+            raise CorruptCheckpoint(f"{path} does not match its SHA-256 ({checksum_path(path).name}): the file is damaged")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe content"
         raise GlmcError(f"refusing to load {path}: not a plain-weights checkpoint ({first_line})") from None
     except Exception as error:  # truncated or not a torch file
-        raise GlmcError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+        raise CorruptCheckpoint(f"cannot read checkpoint {path}: {type(error).__name__}: {str(error)[:120]}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise GlmcError(f"{path} is not a glmc checkpoint")
+        raise CorruptCheckpoint(f"{path} is not a glmc checkpoint")
     return payload
+
+
+def load_latest_good(path: Path) -> dict:
+    """The checkpoint at `path`, or its previous version (with a warning) if it is damaged or gone."""
+    previous = previous_path(path)
+    try:
+        return load_checkpoint(path)
+    except CorruptCheckpoint as damage:
+        if not previous.is_file():
+            raise
+        warn(f"{damage}; using the previous checkpoint {previous.name}")
+    except GlmcError:
+        if path.exists() or not previous.is_file():
+            raise
+        warn(f"{path.name} is missing (a crash while it was replaced); using {previous.name}")
+    return load_checkpoint(previous)
+
+
+def warn(message: str) -> None:
+    print(f"glmc: warning: {message}", file=sys.stderr, flush=True)

@@ -1,4 +1,4 @@
-"""The `glmc` command line: `glmc data | presets | train | eval`.
+"""The `glmc` command line: `glmc data | presets | train | eval | bench | calibrate | compare | report | predict`.
 
 Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback.
 """
@@ -15,7 +15,7 @@ from typing import Sequence
 
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
 from glmc.data.longtail import SPLITS
-from glmc.errors import GlmcError
+from glmc.errors import GlmcError, RunInterrupted
 
 DATA_ROOT_ENV = "GLMC_DATA_ROOT"
 
@@ -28,6 +28,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GlmcError as error:
         print(f"glmc: error: {error}", file=sys.stderr)
         return 2
+    except RunInterrupted as stop:
+        print(f"glmc: {stop}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("glmc: interrupted", file=sys.stderr)
         return 130
@@ -43,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_presets_command(commands)
     add_train_command(commands)
     add_eval_command(commands)
+    add_bench_command(commands)
+    add_calibrate_command(commands)
+    add_compare_command(commands)
+    add_report_command(commands)
+    add_predict_command(commands)
     return parser
 
 
@@ -126,6 +134,7 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-steps", help="stop after this many steps (smoke runs)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. method.beta=0.5")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.add_argument("--tensorboard", action="store_true", help="also log the metrics to RUN_DIR/tensorboard/ (needs tensorboard)")
     parser.set_defaults(run=run_train)
 
 
@@ -154,8 +163,37 @@ def run_train(args: argparse.Namespace) -> int:
     else:
         config = build_config(args.preset, overrides)
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    train(config, output, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet)
+    train(config, output, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     print(f"run folder: {output}")
+    return 0
+
+
+def add_bench_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("bench", help="time a preset's training step and where its time goes")
+    parser.add_argument("--preset", required=True, help="a preset from `glmc presets`")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the preset's)")
+    parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
+    parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or ./data); random data if absent")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value")
+    parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    parser.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from glmc.bench import run_bench as bench
+    from glmc.config import build_config, parse_override
+
+    if args.steps < 1 or args.warmup < 0:
+        raise GlmcError("--steps must be >= 1 and --warmup >= 0")
+    overrides = dict(parse_override(text) for text in args.set)
+    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
+    if data_root:
+        overrides["data.data_root"] = data_root
+    if args.device:
+        overrides["train.device"] = args.device
+    result = bench(args.preset, build_config(args.preset, overrides), args.steps, args.warmup)
+    print(json.dumps(result.to_json()) if args.json else result.render())
     return 0
 
 
@@ -179,6 +217,92 @@ def run_eval(args: argparse.Namespace) -> int:
         shots = " / ".join(f"{name} {getattr(metrics, name):.2f}" if getattr(metrics, name) is not None else f"{name} -"
                            for name in ("many", "medium", "few"))
         print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {shots}  ({metrics.num_samples} test images)")
+    return 0
+
+
+def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "calibrate", help="post-hoc calibration of a checkpoint's classifier; writes a new checkpoint and its metrics")
+    parser.add_argument("checkpoint", metavar="CKPT")
+    parser.add_argument("--method", required=True, help="tau-norm, logit-adjustment or maxnorm")
+    parser.add_argument("--output", help="new checkpoint (default: CKPT's name + -METHOD.pt); metrics go to the same name .json")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: README)")
+    parser.add_argument("--data-root", help="dataset folder (default: the one the run used)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument("--json", action="store_true", help="print the metrics record as JSON")
+    parser.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from glmc.calibration import calibrate_checkpoint, render
+
+    record = calibrate_checkpoint(args.checkpoint, args.method, args.set, output=args.output,
+                                  data_root=args.data_root, device=args.device, overwrite=args.overwrite)
+    print(json.dumps(record) if args.json else render(record))
+    return 0
+
+
+def add_compare_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("compare", help="one table of finished runs: method, split, backbone, top-1, many/medium/few")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
+    parser.add_argument("--allow-mixed", action="store_true",
+                        help="tabulate runs with different split fingerprints, test sets or shot bounds")
+    parser.set_defaults(run=run_compare)
+
+
+def run_compare(args: argparse.Namespace) -> int:
+    from glmc.compare import compare_runs, render_markdown, render_text
+
+    rows, notes = compare_runs(args.runs, allow_mixed=args.allow_mixed)
+    if args.markdown:
+        try:
+            Path(args.markdown).write_text(render_markdown(rows, notes))
+        except OSError as error:
+            raise GlmcError(f"cannot write {args.markdown}: {error.strerror}") from None
+    print(render_text(rows, notes))
+    return 0
+
+
+def add_report_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("report", help="plots and a self-contained report.html of finished runs")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--output", help="report folder (default: RUN_DIR/report; several runs: reports/compare-<time>)")
+    parser.add_argument("--data-root", help="dataset folder for the confusion matrix (default: the one the run used)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for the confusion matrix)")
+    parser.add_argument("--no-confusion", action="store_true", help="skip the confusion matrix (no test-set evaluation)")
+    parser.set_defaults(run=run_report)
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from glmc.report import make_report
+
+    report = make_report(args.runs, output=args.output, data_root=args.data_root, device=args.device,
+                         confusion=not args.no_confusion)
+    print(f"report: {report}")
+    return 0
+
+
+def add_predict_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("predict", help="class probabilities of image files (PNG/JPEG) or folders of them")
+    parser.add_argument("checkpoint", metavar="CKPT")
+    parser.add_argument("images", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--topk", type=int, default=5, help="most probable classes per image (default: 5)")
+    parser.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--data-root", help="dataset folder, only for checkpoints that predate stored preprocessing")
+    parser.add_argument("--json", action="store_true", help="one JSON object per image (JSON Lines)")
+    parser.set_defaults(run=run_predict)
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from glmc.predict import Predictor, predict_files
+
+    predictor = Predictor(args.checkpoint, device=args.device, data_root=args.data_root)
+    for prediction in predict_files(predictor, args.images, topk=args.topk, batch_size=args.batch_size):
+        print(json.dumps(prediction.to_json()) if args.json else prediction.render(), flush=True)
     return 0
 
 

@@ -24,16 +24,18 @@ from glmc.data.longtail import SPLITS
 from glmc.data.samplers import SAMPLERS
 from glmc.errors import ConfigError
 from glmc.methods import METHODS, MethodConfig
-from glmc.models import BACKBONES
+from glmc.models import BACKBONES, CLASSIFIERS
 from glmc.registry import unknown_name_message
 from glmc.shots import SHOT_BOUNDS
 
 SCHEDULES = ("cosine", "warmup-cosine")
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 @dataclass
 class ModelConfig:
     backbone: str = "resnet32"  # standard CIFAR ResNet-32 (16/32/64); "resnet32-wide" is the authors'
+    classifier: str = "linear"  # the prediction head fc_cb: "linear", or "cosine" (LDAM's normalised one)
 
 
 @dataclass
@@ -47,6 +49,9 @@ class OptimConfig:
     # "warmup-cosine": their ImageNet-LT/iNat schedule, linear warm-up then cosine.
     schedule: str = "cosine"
     warmup_epochs: int = 10
+    # Sharpness-aware minimisation (Foret et al. 2021; glmc.sam): the radius rho of the weight
+    # perturbation. 0 is plain SGD; Rangwani et al. 2022 use 0.05 (CIFAR-10) and 0.01-0.02 (CIFAR-100) on GLMC.
+    sam_rho: float = 0.0
 
 
 @dataclass
@@ -62,6 +67,8 @@ class TrainConfig:
     max_steps: int | None = None  # stop after this many steps in all (smoke runs)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
     shot_bounds: str = "standard"  # many/medium/few bounds: "standard" or "authors" (few <= 20)
+    nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run (keeping the last good checkpoint) or "skip" the step
+    checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (None: at the end of each epoch)
 
 
 @dataclass
@@ -190,9 +197,15 @@ def validate(config: Config) -> None:
     SPLITS.get(config.data.split)
     BACKBONES.get(config.model.backbone)
     METHODS.get(config.method.name)
+    CLASSIFIERS.get(config.model.classifier)
+    required = getattr(METHODS.get(config.method.name), "required_classifier", None)
+    if required is not None and config.model.classifier != required:
+        raise ConfigError(f"method {config.method.name} needs model.classifier={required}, got {config.model.classifier}")
     SAMPLERS.get(config.train.sampler)
     if config.train.shot_bounds not in SHOT_BOUNDS:
         raise ConfigError(unknown_name_message("shot bounds", config.train.shot_bounds, sorted(SHOT_BOUNDS)))
+    if config.train.nonfinite not in NONFINITE_POLICIES:
+        raise ConfigError(unknown_name_message("non-finite policy", config.train.nonfinite, list(NONFINITE_POLICIES)))
     if config.optim.schedule not in SCHEDULES:
         raise ConfigError(unknown_name_message("schedule", config.optim.schedule, list(SCHEDULES)))
     _require(config.data.imbalance_factor >= 1, "data.imbalance_factor must be >= 1", config.data.imbalance_factor)
@@ -200,12 +213,15 @@ def validate(config: Config) -> None:
     _require(config.optim.momentum >= 0, "optim.momentum must be >= 0", config.optim.momentum)
     _require(config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0", config.optim.weight_decay)
     _require(config.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0", config.optim.warmup_epochs)
+    _require(0 <= config.optim.sam_rho < math.inf, "optim.sam_rho must be finite and >= 0", config.optim.sam_rho)
     _require(config.train.epochs > 0, "train.epochs must be > 0", config.train.epochs)
     _require(config.train.batch_size > 0, "train.batch_size must be > 0", config.train.batch_size)
     _require(config.train.eval_batch_size > 0, "train.eval_batch_size must be > 0", config.train.eval_batch_size)
     _require(config.train.resample_weighting >= 0, "train.resample_weighting (q) must be >= 0", config.train.resample_weighting)
     _require(config.train.eval_every > 0, "train.eval_every must be > 0", config.train.eval_every)
     _require(config.train.max_steps is None or config.train.max_steps > 0, "train.max_steps must be > 0", config.train.max_steps)
+    _require(config.train.checkpoint_every is None or config.train.checkpoint_every > 0,
+             "train.checkpoint_every must be > 0", config.train.checkpoint_every)
     device = config.train.device
     _require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "train.device must be auto, cpu, cuda or cuda:N", device)
 

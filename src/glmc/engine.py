@@ -7,6 +7,7 @@ run and nothing else.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 from dataclasses import dataclass
 from typing import Iterator, Sequence
@@ -19,9 +20,10 @@ from glmc.augment import Normalise
 from glmc.config import OptimConfig
 from glmc.data.batch import TwoStreamBatch
 from glmc.data.loader import derived_seed, evaluation_batches
-from glmc.errors import ConfigError
+from glmc.errors import ConfigError, GlmcError
 from glmc.methods.base import Method
 from glmc.metrics import ConfusionCounter, Metrics
+from glmc.sam import SAM
 from glmc.shots import ShotBounds
 
 
@@ -53,12 +55,14 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
         group["lr"] = lr
 
 
-def create_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.SGD:
+def create_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device) -> torch.optim.SGD | SAM:
+    """SGD with momentum; wrapped in SAM (glmc.sam) when optim.sam_rho > 0."""
     # fused kernels on CUDA; foreach (multi-tensor) on CPU, where fused SGD is not faster
     options = {"fused": True} if device.type == "cuda" else {"foreach": True}
-    return torch.optim.SGD(
+    sgd = torch.optim.SGD(
         model.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay, **options
     )
+    return SAM(sgd, optim.sam_rho) if optim.sam_rho > 0 else sgd
 
 
 def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
@@ -80,15 +84,69 @@ def train_step(
     batch: TwoStreamBatch,
     epoch: int,
     rng: np.random.Generator,
-) -> dict[str, Tensor]:
-    """One optimisation step; returns the loss and its parts as detached device scalars."""
+    skip_nonfinite: bool = False,
+) -> dict[str, Tensor] | None:
+    """One optimisation step; returns the loss and its parts as detached device scalars.
+
+    With `skip_nonfinite`, a step whose loss is NaN or infinite changes nothing and
+    returns None (this costs a host-device sync per step, so it is opt-in). With a `SAM`
+    optimiser the step takes SAM's gradient at the perturbed weights; the returned loss is
+    the one at the unperturbed weights.
+    """
     device = batch.uniform.labels.device
+    replay = copy.deepcopy(rng) if isinstance(optimizer, SAM) else None  # SAM's second pass draws the same lam, box
     with autocast_for(device):
         result = method(model, batch, epoch, rng)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
+    if skip_nonfinite and not torch.isfinite(result.loss):
+        optimizer.zero_grad(set_to_none=True)
+        return None
+    if replay is not None:
+        optimizer.second_pass(model, lambda: _method_loss(model, method, batch, epoch, replay, device))
     optimizer.step()
     return {"loss": result.loss.detach(), **result.parts}
+
+
+def _method_loss(model: nn.Module, method: Method, batch: TwoStreamBatch, epoch: int,
+                 rng: np.random.Generator, device: torch.device) -> Tensor:
+    with autocast_for(device):
+        return method(model, batch, epoch, rng).loss
+
+
+class NonFiniteLoss(GlmcError):
+    """Training produced a NaN or infinite loss."""
+
+
+class NonFiniteWatch:
+    """Remembers, on the device, the first step whose loss was not finite, and its parts.
+
+    `observe` queues a few tiny kernels and never waits; `check` (at the loop's sync points
+    and before every checkpoint) raises `NonFiniteLoss` naming that step.
+    """
+
+    def __init__(self) -> None:
+        self.first_step: Tensor | None = None  # 0-dim int64, -1 while all losses were finite
+        self.first_parts: dict[str, Tensor] = {}
+
+    def observe(self, parts: dict[str, Tensor], global_step: int) -> None:
+        loss = parts["loss"]
+        if self.first_step is None:
+            self.first_step = torch.full((), -1, dtype=torch.int64, device=loss.device)
+            self.first_parts = {name: torch.zeros_like(value, dtype=torch.float32) for name, value in parts.items()}
+        first = ~torch.isfinite(loss) & (self.first_step < 0)
+        self.first_step = torch.where(first, global_step, self.first_step)
+        self.first_parts = {name: torch.where(first, parts[name].float(), kept) for name, kept in self.first_parts.items()}
+
+    def check(self) -> None:
+        if self.first_step is None or int(self.first_step) < 0:
+            return
+        values = torch.stack(list(self.first_parts.values())).cpu().tolist()
+        described = ", ".join(f"{name}={value:.4g}" for name, value in zip(self.first_parts, values))
+        raise NonFiniteLoss(
+            f"non-finite loss at step {int(self.first_step) + 1} ({described}); stopped, the last good "
+            "checkpoint is kept (set train.nonfinite=skip to skip such steps instead)"
+        )
 
 
 @dataclass

@@ -15,3 +15,11 @@ class DataError(GlmcError):
 
 class ConfigError(GlmcError):
     """A configuration value, preset or name is invalid."""
+
+
+class RunInterrupted(Exception):
+    """SIGINT or SIGTERM stopped a run after its checkpoint was saved; exits 128 + signal."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from glmc.augment import Normalise
 from glmc.checkpoint import load_checkpoint
-from glmc.config import config_from_dict, flatten
-from glmc.data.datasets import create_dataset
+from glmc.config import Config, config_from_dict, flatten
+from glmc.data.datasets import LongTailedDataset, create_dataset
 from glmc.engine import evaluate, resolve_device
 from glmc.errors import GlmcError
 from glmc.metrics import Metrics
@@ -16,29 +19,70 @@ from glmc.models import create_model
 from glmc.shots import SHOT_BOUNDS
 
 
-def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto", shot_bounds: str | None = None) -> Metrics:
-    checkpoint = load_checkpoint(path)
+@dataclass(frozen=True)
+class Restored:
+    """A checkpoint rebuilt for evaluation: its model on `device`, its dataset and normalisation."""
+
+    checkpoint: dict
+    config: Config
+    dataset: LongTailedDataset
+    model: nn.Module  # in eval mode, on `device`
+    normalise: Normalise
+    device: torch.device
+
+
+def checkpoint_config(checkpoint: dict, data_root: str | None = None) -> Config:
+    """The run's config from a checkpoint, optionally reading the data from `data_root`; never downloads."""
     overrides = {"data.data_root": data_root} if data_root else {}
-    config = config_from_dict({**flatten(checkpoint["config"]), **overrides, "data.download": False})
+    return config_from_dict({**flatten(checkpoint["config"]), **overrides, "data.download": False})
+
+
+def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config) -> LongTailedDataset:
+    """The checkpoint's dataset, rebuilt from its config; the split must be the one it trained on."""
     dataset = create_dataset(config.data)
     if dataset.fingerprint != checkpoint["fingerprint"]:
         raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, the data found gives {dataset.fingerprint}")
-    target = resolve_device(device)
-    model = create_model(checkpoint["backbone"], checkpoint["num_classes"])
+    return dataset
+
+
+def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.device) -> nn.Module:
+    """The checkpoint's backbone with its weights, in eval mode on `device`."""
+    classifier = checkpoint["config"].get("model", {}).get("classifier", "linear")  # older checkpoints: linear
+    model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=classifier)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise GlmcError(f"{path} does not fit a {checkpoint['backbone']}: {str(error).splitlines()[0]}") from None
-    model = model.to(target)
-    if target.type == "cuda":
+    model = model.to(device).eval()
+    if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def restore_for_evaluation(path: str | os.PathLike, data_root: str | None = None, device: str = "auto") -> Restored:
+    """Load a checkpoint and rebuild what evaluating it needs: model, test set, normalisation."""
+    checkpoint = load_checkpoint(path)
+    config = checkpoint_config(checkpoint, data_root)
+    dataset = checkpoint_dataset(checkpoint, path, config)
+    target = resolve_device(device)
+    model = restore_model(checkpoint, path, target)
+    return Restored(checkpoint, config, dataset, model, Normalise(dataset.mean, dataset.std), target)
+
+
+def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto", shot_bounds: str | None = None) -> Metrics:
+    return evaluate_restored(restore_for_evaluation(path, data_root, device), shot_bounds)
+
+
+def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model: nn.Module | None = None) -> Metrics:
+    """Test-set metrics of the restored model (or of `model`, e.g. a calibrated copy of it)."""
+    dataset, config = restored.dataset, restored.config
     bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
     return evaluate(
-        model,
-        torch.from_numpy(dataset.test_images).to(target),
-        torch.from_numpy(dataset.test_labels).to(target),
-        checkpoint["class_counts"],
-        Normalise(dataset.mean, dataset.std),
+        restored.model if model is None else model,
+        torch.from_numpy(dataset.test_images).to(restored.device),
+        torch.from_numpy(dataset.test_labels).to(restored.device),
+        restored.checkpoint["class_counts"],
+        restored.normalise,
         config.train.eval_batch_size,
         bounds,
     )

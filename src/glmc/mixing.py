@@ -92,3 +92,8 @@ def mixed_targets(
     # weighting each one-hot before mixing.
     weights = class_weights.to(device=targets.device, dtype=targets.dtype)
     return targets * weights  # N x K
+
+
+def partner_indices(n: int, rng: np.random.Generator, device: torch.device) -> Tensor:
+    """A random permutation of `0..n-1` (int64, on `device`): each image's mixing partner in its own batch."""
+    return torch.from_numpy(rng.permutation(n)).to(device)

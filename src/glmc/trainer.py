@@ -6,14 +6,19 @@ derived from (seed, epoch, step), so resuming from a checkpoint continues exactl
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import torch
 import yaml
@@ -21,12 +26,13 @@ from tqdm import tqdm
 
 import glmc
 from glmc.augment import CifarAugment, Normalise
-from glmc.checkpoint import load_checkpoint, save_checkpoint
-from glmc.config import Config, config_from_dict, dump_config, flatten
+from glmc.checkpoint import checksum_path, load_latest_good, previous_path, save_checkpoint, write_text_atomically
+from glmc.config import Config, ModelConfig, config_from_dict, dump_config, flatten
 from glmc.data.datasets import LongTailedDataset, create_dataset
 from glmc.data.loader import TwoStreamLoader
 from glmc.engine import (
     LossMeter,
+    NonFiniteWatch,
     create_optimizer,
     evaluate,
     learning_rate,
@@ -36,11 +42,13 @@ from glmc.engine import (
     step_rng,
     train_step,
 )
-from glmc.errors import GlmcError
+from glmc.errors import GlmcError, RunInterrupted
 from glmc.methods import create_method
+from glmc.methods.base import Method
 from glmc.metrics import Metrics
 from glmc.models import create_model
 from glmc.shots import SHOT_BOUNDS
+from glmc.tensorboard import TENSORBOARD_DIR, TensorBoardLog
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.jsonl"
@@ -58,18 +66,67 @@ class RunState:
     seconds: float = 0.0  # training + evaluation time over all sessions of the run
     best: dict | None = None  # the best evaluation record so far (test-selected)
     records: list[dict] = field(default_factory=list)
+    skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
+    epoch_loss_totals: dict | None = None  # loss sums of the unfinished epoch, so its means survive a resume
+    epoch_loss_steps: int = 0
 
 
-def train(config: Config, output: str | os.PathLike, resume: bool = False, overwrite: bool = False, quiet: bool = False) -> dict:
-    """Train, evaluate and write the run folder; returns the summary."""
+@dataclass
+class Run:
+    """Everything a run trains and evaluates with, built (and so checked) before any file is written."""
+
+    config: Config
+    device: torch.device
+    dataset: LongTailedDataset
+    model: torch.nn.Module
+    loader: TwoStreamLoader
+    method: Method
+    optimizer: torch.optim.Optimizer
+    normalise: Normalise
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+
+
+def train(config: Config, output: str | os.PathLike, resume: bool = False, overwrite: bool = False, quiet: bool = False,
+          tensorboard: bool = False) -> dict:
+    """Train, evaluate and write the run folder; returns the summary.
+
+    `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
+    """
     output = Path(output)
+    board = TensorBoardLog(output / TENSORBOARD_DIR, resume) if tensorboard else None  # no package: fails here
+    run = build_run(config)
+    prepare_output(output, resume, overwrite)  # only once every input has been checked
+    state = RunState()
+    if resume and has_checkpoint(output):
+        state = restore(output / LAST_CHECKPOINT, run)
+    write_text_atomically(output / CONFIG_FILE, dump_config(config))
+    keep_records(output / METRICS_FILE, state.records)
+    log(quiet, f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
+        f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
+        f"{len(run.loader)} steps per epoch")
+    clock = Clock(state.seconds)
+    with stop_requests() as stop:
+        while not finished(state, config):
+            logged = len(state.records)
+            train_epoch(run, state, output, clock, stop, quiet)
+            if board:
+                board.log_all(state.records[logged:])
+    if board:
+        board.close()
+    summary = make_summary(config, run.dataset, state, run.device)
+    write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    log(quiet, shots_table(summary))
+    return summary
+
+
+def build_run(config: Config, dataset: LongTailedDataset | None = None) -> Run:
+    """The run's parts; `dataset` replaces the configured one (benchmarks on stand-in data)."""
     device = resolve_device(config.train.device)
     torch.manual_seed(config.train.seed)
-    dataset = create_dataset(config.data)
-    bounds = SHOT_BOUNDS[config.train.shot_bounds]
+    dataset = dataset or create_dataset(config.data)
     counts = dataset.class_counts
-
-    model = create_model(config.model.backbone, dataset.num_classes).to(device)
+    model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     normalise = Normalise(dataset.mean, dataset.std)
@@ -84,59 +141,131 @@ def train(config: Config, output: str | os.PathLike, resume: bool = False, overw
         seed=config.train.seed,
         drop_last=config.train.drop_last,
     )
-    method = create_method(config.method, counts, config.train.epochs)
-    optimizer = create_optimizer(model, config.optim, device)
-    test_images = torch.from_numpy(dataset.test_images).to(device)
-    test_labels = torch.from_numpy(dataset.test_labels).to(device)
+    return Run(
+        config=config,
+        device=device,
+        dataset=dataset,
+        model=model,
+        loader=loader,
+        method=create_method(config.method, counts, config.train.epochs),
+        optimizer=create_optimizer(model, config.optim, device),
+        normalise=normalise,
+        test_images=torch.from_numpy(dataset.test_images).to(device),
+        test_labels=torch.from_numpy(dataset.test_labels).to(device),
+    )
 
-    prepare_output(output, resume, overwrite)  # only once every input has been checked
-    state = RunState()
-    if resume:
-        state = restore(output / LAST_CHECKPOINT, config, dataset, model, optimizer)
-    (output / CONFIG_FILE).write_text(dump_config(config))
-    keep_records(output / METRICS_FILE, state.records)
 
-    epochs, max_steps = config.train.epochs, config.train.max_steps
-    log(quiet, f"training {config.model.backbone} with {config.method.name} on {dataset.name} "
-        f"({len(dataset.train_labels)} images, {dataset.fingerprint[:19]}…) on {device}, {len(loader)} steps per epoch")
-    while state.epoch < epochs and (max_steps is None or state.global_step < max_steps):
-        started = time.time()
-        epoch = state.epoch
-        set_learning_rate(optimizer, learning_rate(epoch, epochs, config.optim))
-        meter = LossMeter()
-        steps_left = None if max_steps is None else max_steps - state.global_step
-        batches = limited(loader.epoch(epoch, state.step), steps_left)
-        total = len(loader) - state.step if steps_left is None else min(len(loader) - state.step, steps_left)
-        bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{epochs}", disable=quiet, leave=False, file=sys.stderr)
-        for batch in bar:
-            parts = train_step(model, method, optimizer, batch, epoch, step_rng(config.train.seed, epoch, state.step))
+def finished(state: RunState, config: Config) -> bool:
+    max_steps = config.train.max_steps
+    return state.epoch >= config.train.epochs or (max_steps is not None and state.global_step >= max_steps)
+
+
+class Clock:
+    """Training seconds over all sessions of a run: those before this one plus this one's."""
+
+    def __init__(self, earlier: float) -> None:
+        self.earlier, self.started = earlier, time.time()
+
+    def total(self) -> float:
+        return self.earlier + time.time() - self.started
+
+
+@contextlib.contextmanager
+def stop_requests() -> Iterator[list[int]]:
+    """Turns SIGINT/SIGTERM into a request the loop honours after the current step.
+
+    A second signal stops at once (KeyboardInterrupt).
+    """
+    requested: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def request(signum: int, frame: object) -> None:
+        if requested:
+            raise KeyboardInterrupt
+        requested.append(signum)
+
+    previous = {sig: signal.signal(sig, request) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield requested
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+SYNC_EVERY = 25  # steps between the loop's host-device syncs (progress bar, non-finite check)
+
+
+def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: list[int], quiet: bool) -> None:
+    """Train the rest of `state.epoch`, evaluate if due, checkpoint; honours stop requests."""
+    config, epoch = run.config, state.epoch
+    started = time.time()
+    set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
+    meter = LossMeter(state.epoch_loss_totals, state.epoch_loss_steps)
+    watch = NonFiniteWatch()
+    steps_left = None if config.train.max_steps is None else config.train.max_steps - state.global_step
+    total = len(run.loader) - state.step if steps_left is None else min(len(run.loader) - state.step, steps_left)
+    batches = limited(run.loader.epoch(epoch, state.step), steps_left)
+    # disable=None: no bar when stderr is not a terminal, so a log file gets clean evaluation lines
+    bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=True if quiet else None,
+               leave=False, file=sys.stderr)
+    skip = config.train.nonfinite == "skip"
+    for batch in bar:
+        rng = step_rng(config.train.seed, epoch, state.step)
+        parts = train_step(run.model, run.method, run.optimizer, batch, epoch, rng, skip_nonfinite=skip)
+        state.step += 1
+        state.global_step += 1
+        if parts is None:
+            state.skipped_steps += 1
+        else:
             meter.add(parts)
-            state.step += 1
-            state.global_step += 1
-            if state.step % 25 == 0:
-                bar.set_postfix(loss=f"{parts['loss'].item():.3f}")  # a sync every 25 steps only
-        bar.close()
+            watch.observe(parts, state.global_step - 1)
+        if state.step % SYNC_EVERY == 0:
+            watch.check()
+            if meter.steps:
+                bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
+        if stop:
+            bar.close()
+            save_last(run, state, output, clock, watch, meter)
+            name = signal.Signals(stop[0]).name
+            raise RunInterrupted(f"{name}: stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved, "
+                                 f"continue with: glmc train --resume {output}", 128 + stop[0])
+        every = config.train.checkpoint_every
+        if every is not None and state.global_step % every == 0 and state.step < len(run.loader):
+            save_last(run, state, output, clock, watch, meter)
+    bar.close()
+    watch.check()
 
-        epoch_done = state.step >= len(loader)
-        stopping = max_steps is not None and state.global_step >= max_steps
-        if epoch_done:
-            state.epoch, state.step = epoch + 1, 0
-        if stopping or (epoch_done and (state.epoch % config.train.eval_every == 0 or state.epoch == epochs)):
-            metrics = evaluate(model, test_images, test_labels, counts, normalise, config.train.eval_batch_size, bounds)
-            record = evaluation_record(epoch, state, metrics, meter, optimizer, time.time() - started)
-            state.records.append(record)
-            append_record(output / METRICS_FILE, record)
-            log(quiet, evaluation_line(record, epochs))
-            if state.best is None or record["top1"] > state.best["top1"]:
-                state.best = record
-                save_checkpoint(output / BEST_CHECKPOINT, checkpoint_payload(config, dataset, model, optimizer, state, BEST_LABEL))
-        state.seconds += time.time() - started
-        save_checkpoint(output / LAST_CHECKPOINT, checkpoint_payload(config, dataset, model, optimizer, state, "last"))
+    epoch_done = state.step >= len(run.loader)
+    if epoch_done:
+        state.epoch, state.step = epoch + 1, 0
+    if finished(state, config) or (epoch_done and state.epoch % config.train.eval_every == 0):
+        evaluate_and_record(run, state, output, meter, time.time() - started, quiet)
+    save_last(run, state, output, clock, watch, LossMeter() if epoch_done else meter)
 
-    summary = make_summary(config, dataset, state, device)
-    (output / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    log(quiet, shots_table(summary))
-    return summary
+
+def save_last(run: Run, state: RunState, output: Path, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
+    """Checkpoint the run as it stands, with the loss sums of the unfinished epoch."""
+    watch.check()  # never checkpoint a model that has seen a non-finite loss
+    state.epoch_loss_totals, state.epoch_loss_steps = meter.totals, meter.steps
+    state.seconds = clock.total()
+    save_checkpoint(output / LAST_CHECKPOINT, checkpoint_payload(run, state, "last"), keep_previous=True)
+
+
+def evaluate_and_record(run: Run, state: RunState, output: Path, meter: LossMeter, seconds: float, quiet: bool) -> None:
+    config = run.config
+    bounds = SHOT_BOUNDS[config.train.shot_bounds]
+    metrics = evaluate(run.model, run.test_images, run.test_labels, run.dataset.class_counts, run.normalise,
+                       config.train.eval_batch_size, bounds)
+    epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
+    record = evaluation_record(epoch, state, metrics, meter, run.optimizer, seconds)
+    state.records.append(record)
+    append_record(output / METRICS_FILE, record)
+    log(quiet, evaluation_line(record, config.train.epochs))
+    if state.best is None or record["top1"] > state.best["top1"]:
+        state.best = record
+        save_checkpoint(output / BEST_CHECKPOINT, checkpoint_payload(run, state, BEST_LABEL))
 
 
 def log(quiet: bool, message: str) -> None:
@@ -145,72 +274,81 @@ def log(quiet: bool, message: str) -> None:
 
 
 def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    holds_run = (output / CONFIG_FILE).exists() or (output / LAST_CHECKPOINT).exists()
-    if resume and not (output / LAST_CHECKPOINT).exists():
-        raise GlmcError(f"nothing to resume: {output / LAST_CHECKPOINT} does not exist")
+    holds_run = (output / CONFIG_FILE).exists() or has_checkpoint(output)
+    if resume and not holds_run:
+        raise GlmcError(f"nothing to resume in {output}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
     if holds_run and not (resume or overwrite):
         raise GlmcError(f"{output} already holds a run; pass --resume to continue it or --overwrite to replace it")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GlmcError(f"cannot create output folder {output}: {error.strerror}") from None
-    if not os.access(output, os.W_OK):
+    if not os.access(output, os.W_OK | os.X_OK):
         raise GlmcError(f"output folder {output} is not writable")
     if overwrite and not resume:
         for name in (METRICS_FILE, SUMMARY_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
-            (output / name).unlink(missing_ok=True)
+            for path in (output / name, checksum_path(output / name), previous_path(output / name),
+                         checksum_path(previous_path(output / name))):
+                path.unlink(missing_ok=True)
 
 
-def checkpoint_payload(config: Config, dataset: LongTailedDataset, model, optimizer, state: RunState, kind: str) -> dict:
+def has_checkpoint(output: Path) -> bool:
+    last = output / LAST_CHECKPOINT
+    return last.exists() or previous_path(last).exists()
+
+
+def checkpoint_payload(run: Run, state: RunState, kind: str) -> dict:
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "kind": kind,
-        "config": config.to_dict(),
-        "backbone": config.model.backbone,
-        "num_classes": dataset.num_classes,
-        "class_names": dataset.class_names,
-        "class_counts": dataset.class_counts,
-        "fingerprint": dataset.fingerprint,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "state": {
-            "epoch": state.epoch,
-            "step": state.step,
-            "global_step": state.global_step,
-            "seconds": state.seconds,
-            "best": state.best,
-            "records": state.records,
-        },
+        "config": run.config.to_dict(),
+        "backbone": run.config.model.backbone,
+        "num_classes": run.dataset.num_classes,
+        "class_names": run.dataset.class_names,
+        "class_counts": run.dataset.class_counts,
+        "fingerprint": run.dataset.fingerprint,
+        "mean": list(run.dataset.mean),  # test-time preprocessing, so `glmc predict` needs no dataset
+        "std": list(run.dataset.std),
+        "image_size": list(run.dataset.train_images.shape[-2:]),  # height, width
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "state": dataclasses.asdict(state),
         "rng": rng,
     }
 
 
-def restore(path: Path, config: Config, dataset: LongTailedDataset, model, optimizer) -> RunState:
-    checkpoint = load_checkpoint(path)
-    check_compatible(checkpoint, config.model.backbone, dataset.num_classes, path)
-    if checkpoint["fingerprint"] != dataset.fingerprint:
-        raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, this config selects {dataset.fingerprint}")
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
+def restore(path: Path, run: Run) -> RunState:
+    """Load the run's last good checkpoint into the model and optimiser; returns its state."""
+    checkpoint = load_latest_good(path)
+    check_compatible(checkpoint, run.config.model, run.dataset.num_classes, path)
+    if checkpoint["fingerprint"] != run.dataset.fingerprint:
+        raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, this config selects {run.dataset.fingerprint}")
+    run.model.load_state_dict(checkpoint["model"])
+    run.optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    return RunState(**checkpoint["state"])
+    state = RunState(**checkpoint["state"])
+    if state.epoch_loss_totals is not None:
+        state.epoch_loss_totals = {name: value.to(run.device) for name, value in state.epoch_loss_totals.items()}
+    return state
 
 
-def check_compatible(checkpoint: dict, backbone: str, num_classes: int, path: Path) -> None:
-    if (checkpoint["backbone"], checkpoint["num_classes"]) != (backbone, num_classes):
+def check_compatible(checkpoint: dict, model: ModelConfig, num_classes: int, path: Path) -> None:
+    classifier = checkpoint["config"].get("model", {}).get("classifier", "linear")
+    held = (checkpoint["backbone"], checkpoint["num_classes"], classifier)
+    if held != (model.backbone, num_classes, model.classifier):
         raise GlmcError(
-            f"{path} holds a {checkpoint['backbone']} with {checkpoint['num_classes']} classes, "
-            f"not a {backbone} with {num_classes} classes"
+            f"{path} holds a {held[0]} with {held[1]} classes ({held[2]} classifier), "
+            f"not a {model.backbone} with {num_classes} classes ({model.classifier} classifier)"
         )
 
 
 def keep_records(path: Path, records: list[dict]) -> None:
     """metrics.jsonl holds exactly the checkpoint's records (drops any written after it)."""
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def append_record(path: Path, record: dict) -> None:
@@ -220,13 +358,14 @@ def append_record(path: Path, record: dict) -> None:
 
 def evaluation_record(epoch: int, state: RunState, metrics: Metrics, meter: LossMeter, optimizer, seconds: float) -> dict:
     return {
-        "epoch": epoch + 1,
+        "epoch": epoch,
         "global_step": state.global_step,
         "partial_epoch": state.step != 0,
         **metrics.to_json(),
         "losses": meter.means(),
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(seconds, 3),
+        "skipped_steps": state.skipped_steps,
     }
 
 

@@ -97,11 +97,17 @@ def load_cifar(layout: CifarLayout, data_root: str | os.PathLike, download: bool
         download_cifar(layout, data_root)
     _check_complete(layout, folder)
     class_names = _read_class_names(layout, folder)
-    return CifarData(
-        train=_read_split(layout, folder, layout.train_files),
-        test=_read_split(layout, folder, layout.test_files),
-        class_names=class_names,
-    )
+    train = _read_split(layout, folder, layout.train_files)
+    _check_every_class_present(train.labels, class_names, folder)
+    return CifarData(train=train, test=_read_split(layout, folder, layout.test_files), class_names=class_names)
+
+
+def _check_every_class_present(labels: np.ndarray, class_names: list[str], folder: Path) -> None:
+    counts = np.bincount(labels, minlength=len(class_names))
+    empty = np.flatnonzero(counts == 0)
+    if empty.size:
+        names = ", ".join(f"{k} ({class_names[k]})" for k in empty[:5])
+        raise DataError(f"{folder}: {empty.size} classes have no training images: {names}")
 
 
 def _missing_files(layout: CifarLayout, folder: Path) -> list[str]:

@@ -1,8 +1,19 @@
-"""Training objectives: GLMC and the baselines, one file each, one registry."""
+"""Training objectives: GLMC, its ablations and the baselines, one file each, one registry."""
 
 from __future__ import annotations
 
-from glmc.methods import ce, glmc  # noqa: F401  (importing registers them)
+from glmc.methods import (  # noqa: F401  (importing registers them)
+    balanced_softmax,
+    cb,
+    ce,
+    cutmix,
+    drw,
+    focal,
+    glmc,
+    glmc_ablations,
+    ldam_drw,
+    mixup,
+)
 from glmc.methods.base import METHODS, MethodConfig, StepResult, create_method
 
 __all__ = ["METHODS", "MethodConfig", "StepResult", "create_method"]

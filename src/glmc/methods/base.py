@@ -37,6 +37,24 @@ class MethodConfig:
     # or "area" (the clipped box's actual pixel share, as in the CutMix paper).
     cutmix_label: str = "lambda"
 
+    # ---- the baselines' options; each default is its paper's (or its code's, where named) ----
+    # beta of the effective number E_n = (1 - beta^n) / (1 - beta) (Cui et al. 2019), whose
+    # inverse weighs the loss in `cb`, `drw` and `ldam-drw`. 0 gives equal weights.
+    cb_beta: float = 0.9999
+    # Deferred re-weighting (Cao et al. 2019): the re-weighting of `drw` and `ldam-drw`
+    # switches on at epoch round(drw_start * train.epochs); 0.8 is their epoch 160 of 200.
+    drw_start: float = 0.8
+    # Focal loss exponent gamma (Lin et al. 2017). 1.0 is Cao et al.'s CIFAR-LT focal baseline,
+    # the one the long-tailed tables quote (Lin et al. use 2.0 for detection); 0 is cross-entropy.
+    focal_gamma: float = 1.0
+    # LDAM (Cao et al. 2019): margins C / n_j^(1/4) with the largest equal to `ldam_max_margin`,
+    # logits scaled by `ldam_scale` s (their CIFAR values 0.5 and 30).
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+    # Logit-adjusted loss (Menon et al. 2021): logits + tau * log(prior). tau = 1 is Balanced
+    # Softmax (Ren et al. 2020); tau = 0 is cross-entropy.
+    logit_adjust_tau: float = 1.0
+
     def __post_init__(self) -> None:
         # `not x >= 0` rather than `x < 0` so that NaN is rejected too.
         if not self.beta > 0:
@@ -49,6 +67,18 @@ class MethodConfig:
             raise ConfigError(
                 f"method.cutmix_label must be one of {', '.join(CUTMIX_LABELS)}, got {self.cutmix_label!r}"
             )
+        if not 0 <= self.cb_beta < 1:
+            raise ConfigError(f"method.cb_beta must be in [0, 1) (effective number of samples), got {self.cb_beta}")
+        if not 0 <= self.drw_start <= 1:
+            raise ConfigError(f"method.drw_start must be in [0, 1] (a fraction of train.epochs), got {self.drw_start}")
+        if not self.focal_gamma >= 0:
+            raise ConfigError(f"method.focal_gamma must be >= 0, got {self.focal_gamma}")
+        if not self.ldam_max_margin >= 0:
+            raise ConfigError(f"method.ldam_max_margin must be >= 0, got {self.ldam_max_margin}")
+        if not self.ldam_scale > 0:
+            raise ConfigError(f"method.ldam_scale must be > 0, got {self.ldam_scale}")
+        if not self.logit_adjust_tau >= 0:
+            raise ConfigError(f"method.logit_adjust_tau must be >= 0, got {self.logit_adjust_tau}")
 
 
 class StepResult(NamedTuple):

@@ -28,7 +28,15 @@ class GLMC:
     batch `x_l = cutmix(uniform.view2, resampled.view2)` sharing one `lam`;
     `L_CE` is soft cross-entropy of `fc` on both, `L_cb` that of `fc_cb` with
     class-weighted labels, `L_sim = -cos(p_g, sg(z_l)) - cos(p_l, sg(z_g))`.
+
+    The four class attributes below switch parts off; the paper's ablations
+    (`glmc.methods.glmc_ablations`) are subclasses that set one of them.
     """
+
+    global_mixture = True  # the MixUp branch x_g
+    local_mixture = True  # the CutMix branch x_l
+    consistency = True  # gamma * L_sim (needs both branches)
+    cumulative = True  # alpha = 1 - (T / T_max)^2 and L_cb; False fixes alpha = 1
 
     def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
@@ -40,36 +48,49 @@ class GLMC:
         self, model: nn.Module, batch: TwoStreamBatch, epoch: int, rng: np.random.Generator
     ) -> StepResult:
         uniform, resampled = batch.uniform, batch.resampled
+        # lam and the box are drawn by every variant, so one seed gives them all the same mixtures.
         lam = sample_lambda(rng, self.config.beta)
         height, width = uniform.view2.shape[-2:]
         box = cutmix_box(height, width, lam, rng)
-        x_global = mixup(uniform.view1, resampled.view1, lam)  # N x C x H x W
-        x_local = cutmix(uniform.view2, resampled.view2, box)  # N x C x H x W
-        lam_local = self._cutmix_lambda(lam, box, height, width)
-
-        weights = self._weights_on(uniform.labels.device)
         labels = (uniform.labels, resampled.labels)
-        p_global = mixed_targets(*labels, lam, self.num_classes)  # N x K
-        p_local = mixed_targets(*labels, lam_local, self.num_classes)  # N x K
-        p_global_w = mixed_targets(*labels, lam, self.num_classes, weights)  # N x K
-        p_local_w = mixed_targets(*labels, lam_local, self.num_classes, weights)  # N x K
+        branches = []  # (output, lam of the uniform image's label share)
+        if self.global_mixture:
+            x_global = mixup(uniform.view1, resampled.view1, lam)  # N x C x H x W
+            branches.append((model(x_global), lam))
+        if self.local_mixture:
+            x_local = cutmix(uniform.view2, resampled.view2, box)  # N x C x H x W
+            branches.append((model(x_local), self._cutmix_lambda(lam, box, height, width)))
 
-        out_g = model(x_global)
-        out_l = model(x_local)
-        ce = soft_cross_entropy(out_g.logits_fc, p_global) + soft_cross_entropy(out_l.logits_fc, p_local)
-        cb = soft_cross_entropy(out_g.logits, p_global_w) + soft_cross_entropy(out_l.logits, p_local_w)
-        sim = simsiam_loss(out_g.p, out_l.z) + simsiam_loss(out_l.p, out_g.z)
-
-        alpha = cumulative_alpha(epoch, self.total_epochs)
-        loss = alpha * ce + (1.0 - alpha) * cb + self.config.consistency_weight * sim
-        parts = {
-            "ce": ce.detach(),
-            "cb": cb.detach(),
-            "sim": sim.detach(),
-            "alpha": _scalar(alpha, loss),
-            "lam": _scalar(lam, loss),
-        }
+        alpha = cumulative_alpha(epoch, self.total_epochs) if self.cumulative else 1.0
+        ce = sum(
+            soft_cross_entropy(self._ce_logits(out), mixed_targets(*labels, share, self.num_classes))  # N x K targets
+            for out, share in branches
+        )
+        loss = alpha * ce
+        parts = {"ce": ce.detach()}
+        if self.cumulative:
+            weights = self._weights_on(uniform.labels.device)
+            cb = sum(
+                soft_cross_entropy(out.logits, mixed_targets(*labels, share, self.num_classes, weights))
+                for out, share in branches
+            )
+            loss = loss + (1.0 - alpha) * cb
+            parts["cb"] = cb.detach()
+        if self.consistency and len(branches) == 2:
+            (out_g, _), (out_l, _) = branches
+            sim = simsiam_loss(out_g.p, out_l.z) + simsiam_loss(out_l.p, out_g.z)
+            loss = loss + self.config.consistency_weight * sim
+            parts["sim"] = sim.detach()
+        parts |= {"alpha": _scalar(alpha, loss), "lam": _scalar(lam, loss)}
         return StepResult(loss=loss, parts=parts)
+
+    def _ce_logits(self, out) -> Tensor:
+        """The head L_CE trains: `fc`, or, when alpha is fixed at 1 and L_cb is gone, the prediction head.
+
+        With alpha = 1 the paper's fc_cb would never be trained, and glmc predicts with fc_cb;
+        training fc_cb with L_CE instead is the same model with its classifiers renamed.
+        """
+        return out.logits_fc if self.cumulative else out.logits
 
     def _cutmix_lambda(self, lam: float, box: tuple[int, int, int, int], height: int, width: int) -> float:
         """The uniform image's share of the CutMix label."""

@@ -84,7 +84,7 @@ class CifarResNet(nn.Module):
     """
 
     def __init__(
-        self, blocks_per_stage: int, base_width: int, num_classes: int, projection_dim: int = 128
+        self, blocks_per_stage: int, base_width: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear"
     ) -> None:
         super().__init__()
         widths = (base_width, 2 * base_width, 4 * base_width)
@@ -95,7 +95,7 @@ class CifarResNet(nn.Module):
             make_stage(widths[0], widths[1], blocks_per_stage, stride=2),
             make_stage(widths[1], widths[2], blocks_per_stage, stride=2),
         )
-        self.heads = GLMCHeads(self.feature_dim, num_classes, projection_dim)
+        self.heads = GLMCHeads(self.feature_dim, num_classes, projection_dim, classifier)
         self.apply(kaiming_init)
 
     def forward(self, x: Tensor) -> GLMCOutput:
@@ -105,40 +105,40 @@ class CifarResNet(nn.Module):
         return self.heads(h)
 
 
-def cifar_resnet(depth: int, base_width: int, num_classes: int) -> CifarResNet:
-    """The CIFAR ResNet of depth 6n + 2 with stage widths w, 2w, 4w."""
+def cifar_resnet(depth: int, base_width: int, num_classes: int, classifier: str = "linear") -> CifarResNet:
+    """The CIFAR ResNet of depth 6n + 2 with stage widths w, 2w, 4w; `classifier`: the kind of fc_cb."""
     if depth < 8 or (depth - 2) % 6 != 0:
         raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-    return CifarResNet((depth - 2) // 6, base_width, num_classes)
+    return CifarResNet((depth - 2) // 6, base_width, num_classes, classifier=classifier)
 
 
 @BACKBONES.register("resnet32")
-def resnet32(num_classes: int) -> CifarResNet:
+def resnet32(num_classes: int, classifier: str = "linear") -> CifarResNet:
     """The standard CIFAR ResNet-32 (widths 16/32/64, about 0.46M parameters).
 
     This is the ResNet-32 that other long-tailed papers use; compare with them on it.
     """
-    return cifar_resnet(32, 16, num_classes)
+    return cifar_resnet(32, 16, num_classes, classifier)
 
 
 @BACKBONES.register("resnet32-wide")
-def resnet32_wide(num_classes: int) -> CifarResNet:
+def resnet32_wide(num_classes: int, classifier: str = "linear") -> CifarResNet:
     """The GLMC authors' `resnet32`: widths 64/128/256, about 7.4M parameters.
 
     It is 4x wider than the standard ResNet-32 and costs about 16x the compute. The
     authors' published numbers need it, as they confirmed in their issue #1; it is not
     the ResNet-32 of other papers (that is `resnet32`).
     """
-    return cifar_resnet(32, 64, num_classes)
+    return cifar_resnet(32, 64, num_classes, classifier)
 
 
 @BACKBONES.register("resnet20")
-def resnet20(num_classes: int) -> CifarResNet:
+def resnet20(num_classes: int, classifier: str = "linear") -> CifarResNet:
     """CIFAR ResNet-20 (widths 16/32/64), for quick runs on a CPU."""
-    return cifar_resnet(20, 16, num_classes)
+    return cifar_resnet(20, 16, num_classes, classifier)
 
 
 @BACKBONES.register("resnet8")
-def resnet8(num_classes: int) -> CifarResNet:
+def resnet8(num_classes: int, classifier: str = "linear") -> CifarResNet:
     """CIFAR ResNet-8 (one block per stage, widths 16/32/64), for smoke runs on a CPU."""
-    return cifar_resnet(8, 16, num_classes)
+    return cifar_resnet(8, 16, num_classes, classifier)

@@ -2,9 +2,33 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glmc.models.output import GLMCOutput
+from glmc.registry import Registry
+
+
+class CosineLinear(nn.Linear):
+    """A normalised linear classifier: `cos(h, w_k)`, no bias (Cao et al. 2019, LDAM's `NormedLinear`).
+
+    Input N x d, output N x K in [-1, 1]. LDAM scales these by its `s` inside the loss; the
+    argmax, and so the prediction, does not depend on the scale.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return F.linear(F.normalize(h, dim=-1), F.normalize(self.weight, dim=-1))  # N x K
+
+
+# The prediction head `fc_cb`: "linear" (the default) or "cosine" (LDAM's normalised one).
+CLASSIFIERS: Registry[Callable[[int, int], nn.Module]] = Registry("classifier")
+CLASSIFIERS.register("linear")(nn.Linear)
+CLASSIFIERS.register("cosine")(CosineLinear)
 
 
 class GLMCHeads(nn.Module):
@@ -12,13 +36,14 @@ class GLMCHeads(nn.Module):
 
     Input: `h`, N x d pooled features. Output: a `GLMCOutput` with `logits` = fc_cb(h)
     (N x K, used for prediction), `logits_fc` = fc(h) (N x K), `z` = projection(h)
-    (N x e), `p` = predictor(z) (N x e) and `feature` = h (N x d).
+    (N x e), `p` = predictor(z) (N x e) and `feature` = h (N x d). `classifier` names the
+    kind of `fc_cb` in CLASSIFIERS.
     """
 
-    def __init__(self, feature_dim: int, num_classes: int, projection_dim: int = 128) -> None:
+    def __init__(self, feature_dim: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear") -> None:
         super().__init__()
         self.fc = nn.Linear(feature_dim, num_classes)  # classifier C, trained with L_CE
-        self.fc_cb = nn.Linear(feature_dim, num_classes)  # re-balanced, trained with L_cb
+        self.fc_cb = CLASSIFIERS.get(classifier)(feature_dim, num_classes)  # re-balanced, trained with L_cb
         self.projection = nn.Linear(feature_dim, projection_dim)
         self.predictor = nn.Linear(projection_dim, projection_dim)
 
@@ -28,3 +53,11 @@ class GLMCHeads(nn.Module):
         z = self.projection(h)  # N x d -> N x e
         p = self.predictor(z)  # N x e -> N x e
         return GLMCOutput(logits=logits, logits_fc=logits_fc, z=z, p=p, feature=h)
+
+
+def prediction_head(model: nn.Module) -> nn.Module:
+    """The classifier that evaluation predicts with (`fc_cb` of the model's GLMC heads)."""
+    for module in model.modules():
+        if isinstance(module, GLMCHeads):
+            return module.fc_cb
+    raise TypeError(f"{type(model).__name__} has no GLMC heads")

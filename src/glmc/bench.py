@@ -1,0 +1,214 @@
+"""`glmc bench`: how fast a preset's training step runs, and where the time goes.
+
+Runs a preset's real training step (loader, method, backward, optimiser) on its real data
+when present, otherwise on random images of the same shape and class counts. Reports
+training samples per second (elements of the uniform batch, not augmented views), ms per
+step and its split into data / forward / backward / optimiser, peak memory, and the
+achieved FLOP rate (on CUDA also as a fraction of the device's dense bf16 peak).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from glmc.config import Config
+from glmc.data.datasets import LongTailedDataset, create_dataset
+from glmc.data.longtail import exponential_profile
+from glmc.engine import autocast_for, step_rng
+from glmc.errors import DataError
+from glmc.trainer import Run, build_run, git_commit
+
+PHASES = ("data", "forward", "backward", "optimizer")
+
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by device-name fragment.
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10G": 70e12, "RTX 4090": 165e12}
+
+# Shapes for random stand-in data: dataset -> (classes, n_max, image side)
+STAND_IN_SHAPES = {"cifar10-lt": (10, 5000, 32), "cifar100-lt": (100, 500, 32)}
+
+
+@dataclass
+class BenchResult:
+    preset: str
+    device: str
+    data: str  # "real" or "random (same shape)"
+    backbone: str
+    method: str
+    batch_size: int
+    steps: int
+    images_per_s: float
+    ms_per_step: float
+    phase_ms: dict[str, float]
+    peak_memory_mb: float
+    flops_per_step: float
+    achieved_tflops: float
+    bf16_peak_fraction: float | None
+    threads: int
+    torch: str
+    machine: str
+    git_commit: str | None
+
+    def to_json(self) -> dict:
+        return {key: value for key, value in self.__dict__.items()}
+
+    def render(self) -> str:
+        phases = "  ".join(f"{name} {self.phase_ms[name]:.1f} ms ({100 * self.phase_ms[name] / self.ms_per_step:.0f}%)"
+                           for name in PHASES)
+        peak = f", {100 * self.bf16_peak_fraction:.1f}% of bf16 peak" if self.bf16_peak_fraction is not None else ""
+        return "\n".join([
+            f"preset       {self.preset} ({self.backbone}, {self.method}, batch {self.batch_size}) on {self.device}",
+            f"data         {self.data}",
+            f"throughput   {self.images_per_s:.1f} images/s, {self.ms_per_step:.1f} ms/step over {self.steps} steps",
+            f"split        {phases}",
+            f"compute      {self.flops_per_step / 1e9:.2f} GFLOP/step, {self.achieved_tflops:.3f} TFLOP/s{peak}",
+            f"peak memory  {self.peak_memory_mb:.0f} MB",
+        ])
+
+
+def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResult:
+    dataset, source = dataset_or_stand_in(config)
+    run = build_run(config, dataset)
+    batches = endless_batches(run)
+    for _ in range(warmup):  # allocator, cudnn autotuning, compilation
+        timed_step(run, batches)
+    flops = count_flops(run, batches)
+    reset_peak_memory(run.device)
+    totals = dict.fromkeys(PHASES, 0.0)
+    for _ in range(steps):
+        for name, seconds in timed_step(run, batches).items():
+            totals[name] += seconds
+    step_seconds = sum(totals.values()) / steps
+    achieved = flops / step_seconds
+    return BenchResult(
+        preset=preset,
+        device=device_label(run.device),
+        data=source,
+        backbone=config.model.backbone,
+        method=config.method.name,
+        batch_size=config.train.batch_size,
+        steps=steps,
+        images_per_s=config.train.batch_size / step_seconds,
+        ms_per_step=1000 * step_seconds,
+        phase_ms={name: 1000 * total / steps for name, total in totals.items()},
+        peak_memory_mb=peak_memory_mb(run.device),
+        flops_per_step=flops,
+        achieved_tflops=achieved / 1e12,
+        bf16_peak_fraction=bf16_fraction(run.device, achieved),
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        git_commit=git_commit(),
+    )
+
+
+def dataset_or_stand_in(config: Config) -> tuple[LongTailedDataset, str]:
+    try:
+        return create_dataset(config.data), "real"
+    except DataError as missing:
+        if config.data.dataset not in STAND_IN_SHAPES:
+            raise
+        print(f"glmc: {missing}; benchmarking on random images of the same shape", file=sys.stderr)
+        return random_stand_in(config), "random (same shape)"
+
+
+def random_stand_in(config: Config) -> LongTailedDataset:
+    classes, n_max, side = STAND_IN_SHAPES[config.data.dataset]
+    counts = exponential_profile(n_max, classes, config.data.imbalance_factor)
+    labels = np.repeat(np.arange(classes), counts)
+    rng = np.random.default_rng(0)
+    return LongTailedDataset(
+        name=config.data.dataset,
+        split="random stand-in",
+        imbalance_factor=config.data.imbalance_factor,
+        class_names=[f"class {k}" for k in range(classes)],
+        train_images=rng.integers(0, 256, (len(labels), 3, side, side), dtype=np.uint8),
+        train_labels=labels,
+        train_indices=np.arange(len(labels)),
+        test_images=rng.integers(0, 256, (classes, 3, side, side), dtype=np.uint8),
+        test_labels=np.arange(classes),
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
+    )
+
+
+def endless_batches(run: Run):
+    epoch = 0
+    while True:
+        for step, batch in enumerate(run.loader.epoch(epoch)):
+            yield epoch, step, batch
+        epoch += 1
+
+
+def timed_step(run: Run, batches) -> dict[str, float]:
+    """One training step, the device synchronised between phases so each is timed alone."""
+    seconds = {}
+    mark = time.perf_counter()
+
+    def lap(name: str) -> None:
+        nonlocal mark
+        synchronize(run.device)
+        now = time.perf_counter()
+        seconds[name] = now - mark
+        mark = now
+
+    epoch, step, batch = next(batches)
+    lap("data")
+    with autocast_for(run.device):
+        result = run.method(run.model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+    lap("forward")
+    run.optimizer.zero_grad(set_to_none=True)
+    result.loss.backward()
+    lap("backward")
+    run.optimizer.step()
+    lap("optimizer")
+    return seconds
+
+
+def count_flops(run: Run, batches) -> float:
+    """FLOPs of one step's forward and backward passes (the optimiser's are negligible)."""
+    epoch, step, batch = next(batches)
+    with FlopCounterMode(display=False) as counter:
+        with autocast_for(run.device):
+            result = run.method(run.model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+        result.loss.backward()
+    run.optimizer.zero_grad(set_to_none=True)
+    return float(counter.get_total_flops())
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the process's peak RSS (KiB on Linux)
+
+
+def bf16_fraction(device: torch.device, flops_per_s: float) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    peak = next((value for fragment, value in BF16_PEAK.items() if fragment in name), None)
+    return None if peak is None else flops_per_s / peak
+
+
+def device_label(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"

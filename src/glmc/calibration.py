@@ -1,0 +1,382 @@
+"""Post-hoc calibration of a trained checkpoint: the backbone is never retrained.
+
+Each calibration changes only the prediction head `fc_cb` (a linear layer) of a restored
+checkpoint and is registered in CALIBRATIONS with its typed parameters:
+
+| name                | what                                                     | source |
+|---------------------|----------------------------------------------------------|--------|
+| `tau-norm`          | `W_k <- W_k / ||W_k||^tau`                               | Kang et al., ICLR 2020 |
+| `logit-adjustment`  | `z_k <- z_k - tau log pi_k` (folded into the bias)       | Menon et al., ICLR 2021 |
+| `maxnorm`           | classifier re-training with a class-balanced loss, weight decay and the per-class max-norm projection | Alshammari et al., CVPR 2022 |
+
+`calibrate_checkpoint` loads a checkpoint, measures it on the test set, applies one
+calibration to a copy of its model, measures again, and writes a new checkpoint (same
+format, the calibration recorded under `calibrations`) and a JSON file of the metrics.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import time
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from glmc.augment import CifarAugment
+from glmc.checkpoint import save_checkpoint
+from glmc.config import OptimConfig, coerce, parse_override
+from glmc.data.loader import TwoStreamLoader
+from glmc.engine import autocast_for, learning_rate, set_learning_rate
+from glmc.errors import ConfigError, GlmcError
+from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
+from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
+from glmc.models.heads import prediction_head
+from glmc.registry import Registry, unknown_name_message
+
+# ---------------------------------------------------------------- the pure functions
+
+
+def tau_normalised(weight: Tensor, tau: float) -> Tensor:
+    """Kang et al. 2020's tau-normalised classifier: `W_k / ||W_k||_2^tau`, row by row.
+
+    weight: K x d -> K x d. tau = 0 is the identity, tau = 1 gives unit rows.
+    """
+    norms = torch.linalg.vector_norm(weight, dim=1, keepdim=True)  # K x 1
+    return weight / norms.clamp_min(1e-12).pow(tau)
+
+
+def logit_adjusted_bias(bias: Tensor, log_prior: Tensor, tau: float) -> Tensor:
+    """Menon et al. 2021's post-hoc logit adjustment `z_k - tau log pi_k`, as a new bias (length K)."""
+    return bias - tau * log_prior.to(bias)
+
+
+def max_norm_threshold(weight: Tensor, t: float) -> Tensor:
+    """MaxNorm's threshold `min + t (max - min)` of the per-class row norms (Alshammari et al. 2022); 0-dim."""
+    norms = torch.linalg.vector_norm(weight, dim=1)  # K
+    return norms.min() + t * (norms.max() - norms.min())
+
+
+def max_norm_projection(weight: Tensor, threshold: Tensor | float) -> Tensor:
+    """Project every row onto the ball of radius `threshold`: rows longer than it are scaled
+    back onto it, the others are left exactly as they are. weight: K x d -> K x d.
+    """
+    norms = torch.linalg.vector_norm(weight, dim=1, keepdim=True)  # K x 1
+    scale = torch.where(norms > threshold, threshold / norms.clamp_min(1e-12), torch.ones_like(norms))
+    return weight * scale
+
+
+def class_balanced_softmax_bce(logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+    """The class-balanced "softmax" loss of Alshammari et al.'s released code (after Cui et al.'s
+    CB_loss port): binary cross-entropy between softmax(z) and onehot(y), every element of
+    row i weighted by w_{y_i}, averaged over N x K. logits: N x K, labels: N, weights: K -> scalar.
+    """
+    onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # N x K
+    row_weights = weights.to(logits.dtype)[labels][:, None].expand_as(onehot)  # N x K
+    return F.binary_cross_entropy(logits.softmax(dim=1), onehot, weight=row_weights)
+
+
+# ---------------------------------------------------------------- the registry
+
+
+class Calibration(typing.Protocol):
+    Params: type
+
+    def __init__(self, params: Any) -> None: ...
+
+    def __call__(self, model: nn.Module, restored: Restored) -> dict:
+        """Calibrate `model` (a copy of `restored.model`) in place; returns facts worth recording."""
+
+
+CALIBRATIONS: Registry[Callable[..., Calibration]] = Registry("calibration")
+
+
+def linear_head(model: nn.Module, name: str) -> nn.Linear:
+    """The prediction head, which every calibration here needs to be a plain linear layer with a bias."""
+    head = prediction_head(model)
+    if type(head) is not nn.Linear or head.bias is None:
+        raise GlmcError(f"calibration {name} needs a linear classifier with a bias (model.classifier=linear), "
+                        f"this checkpoint's is a {type(head).__name__}")
+    return head
+
+
+@dataclass(frozen=True)
+class TauNormParams:
+    # Kang et al. choose tau in [0, 1] on a validation set; 1 (every row unit norm) is the
+    # end of their range. The bias is kept.
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.tau >= 0:
+            raise ConfigError(f"tau-norm tau must be >= 0, got {self.tau}")
+
+
+@CALIBRATIONS.register("tau-norm")
+class TauNorm:
+    """tau-normalisation (Kang et al. 2020, "Decoupling Representation and Classifier for
+    Long-Tailed Recognition", the tau-normalised classifier): `w_k <- w_k / ||w_k||^tau`."""
+
+    Params = TauNormParams
+
+    def __init__(self, params: TauNormParams) -> None:
+        self.params = params
+
+    def __call__(self, model: nn.Module, restored: Restored) -> dict:
+        head = linear_head(model, "tau-norm")
+        with torch.no_grad():
+            head.weight.copy_(tau_normalised(head.weight, self.params.tau))
+        return {}
+
+
+@dataclass(frozen=True)
+class LogitAdjustmentParams:
+    # Menon et al.'s temperature; tau = 1 is their Bayes-optimal choice for the balanced error.
+    tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.tau >= 0:
+            raise ConfigError(f"logit-adjustment tau must be >= 0, got {self.tau}")
+
+
+@CALIBRATIONS.register("logit-adjustment")
+class LogitAdjustment:
+    """Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment"):
+    predict `argmax_k z_k - tau log pi_k`, pi the training label prior; folded into fc_cb's
+    bias, so the checkpoint keeps its architecture."""
+
+    Params = LogitAdjustmentParams
+
+    def __init__(self, params: LogitAdjustmentParams) -> None:
+        self.params = params
+
+    def __call__(self, model: nn.Module, restored: Restored) -> dict:
+        head = linear_head(model, "logit-adjustment")
+        prior = log_prior(restored.checkpoint["class_counts"])  # K
+        with torch.no_grad():
+            head.bias.copy_(logit_adjusted_bias(head.bias, prior, self.params.tau))
+        return {}
+
+
+MAXNORM_LOSSES = ("focal-softmax", "softmax-bce")
+PROJECTIONS = ("epoch", "step")
+
+
+@dataclass(frozen=True)
+class MaxNormParams:
+    """Alshammari et al.'s second stage, which the GLMC "+ MaxNorm" rows follow (METHOD.md
+    section 6). The GLMC authors never released their exact settings (their issue #15)."""
+
+    epochs: int = 10
+    lr: float = 0.01  # SGD, cosine over `epochs`, stepped per epoch
+    momentum: float = 0.9
+    weight_decay: float = 0.1  # on the classifier's weight and bias
+    threshold: float = 0.1  # t of the threshold min + t (max - min) of the row norms at the start
+    cb_beta: float = 0.9999  # effective-number class weights (Cui et al. 2019)
+    focal_gamma: float = 2.0
+    # "focal-softmax": METHOD.md's class-balanced focal-softmax, mean_i w_y (1 - p_y)^gamma (-log p_y).
+    # "softmax-bce": what their released code computes (Cui et al.'s CB_loss, type "softmax"):
+    # weighted binary cross-entropy of softmax(z) against onehot(y); it ignores gamma.
+    loss: str = "focal-softmax"
+    # "epoch": project after every training epoch, as their code does (METHOD.md);
+    # "step": after every SGD step (projected gradient descent taken literally).
+    projection: str = "epoch"
+    batch_size: int | None = None  # None: the run's train.batch_size (their 64 = GLMC's)
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.epochs > 0, "epochs must be > 0", self.epochs),
+            (self.lr > 0, "lr must be > 0", self.lr),
+            (self.momentum >= 0, "momentum must be >= 0", self.momentum),
+            (self.weight_decay >= 0, "weight_decay must be >= 0", self.weight_decay),
+            (0 <= self.threshold <= 1, "threshold must be in [0, 1]", self.threshold),
+            (0 <= self.cb_beta < 1, "cb_beta must be in [0, 1)", self.cb_beta),
+            (self.focal_gamma >= 0, "focal_gamma must be >= 0", self.focal_gamma),
+            (self.loss in MAXNORM_LOSSES, f"loss must be one of {', '.join(MAXNORM_LOSSES)}", self.loss),
+            (self.projection in PROJECTIONS, f"projection must be one of {', '.join(PROJECTIONS)}", self.projection),
+            (self.batch_size is None or self.batch_size > 0, "batch_size must be > 0", self.batch_size),
+        ]
+        for ok, message, value in checks:
+            if not ok:
+                raise ConfigError(f"maxnorm {message}, got {value!r}")
+
+
+@CALIBRATIONS.register("maxnorm")
+class MaxNorm:
+    """MaxNorm (Alshammari et al. 2022, "Long-Tailed Recognition via Weight Balancing", the
+    second stage): with the backbone frozen (eval mode: its batch-norm statistics do not
+    move), re-train fc_cb by SGD with weight decay on a class-balanced loss, and after every
+    epoch (or step) project each class's weight row onto the ball of radius
+    `min + t (max - min)` of the row norms measured before training; the bias is not
+    constrained. Training data: the run's long-tailed training set, the uniform stream of
+    glmc's loader with the standard augmentation, seeded by the run's seed.
+    """
+
+    Params = MaxNormParams
+
+    def __init__(self, params: MaxNormParams) -> None:
+        self.params = params
+
+    def __call__(self, model: nn.Module, restored: Restored) -> dict:
+        p = self.params
+        head = linear_head(model, "maxnorm")
+        threshold = max_norm_threshold(head.weight.detach(), p.threshold)
+        counts = restored.checkpoint["class_counts"]
+        weights = effective_number_weights(counts, p.cb_beta).to(restored.device)  # K
+        loader = self._loader(restored)
+        model.eval()
+        model.requires_grad_(False)
+        head.requires_grad_(True)
+        optimizer = torch.optim.SGD(head.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay)
+        schedule = OptimConfig(lr=p.lr, schedule="cosine")
+        losses = []
+        for epoch in range(p.epochs):
+            set_learning_rate(optimizer, learning_rate(epoch, p.epochs, schedule))
+            total = torch.zeros((), device=restored.device)
+            for batch in loader.epoch(epoch):
+                with torch.no_grad(), autocast_for(restored.device):
+                    feature = model(batch.uniform.view1).feature  # N x d, frozen
+                loss = self._loss(head(feature.float()), batch.uniform.labels, weights)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += loss.detach()
+                if p.projection == "step":
+                    self._project(head, threshold)
+            if p.projection == "epoch":
+                self._project(head, threshold)
+            losses.append(total / len(loader))
+        model.requires_grad_(True)
+        return {"threshold": float(threshold), "epoch_losses": [round(v, 6) for v in torch.stack(losses).tolist()]}
+
+    def _loss(self, logits: Tensor, labels: Tensor, weights: Tensor) -> Tensor:
+        if self.params.loss == "softmax-bce":
+            return class_balanced_softmax_bce(logits, labels, weights)
+        return focal_loss(logits, labels, self.params.focal_gamma, weights)
+
+    @staticmethod
+    def _project(head: nn.Linear, threshold: Tensor) -> None:
+        with torch.no_grad():
+            head.weight.copy_(max_norm_projection(head.weight, threshold))
+
+    def _loader(self, restored: Restored) -> TwoStreamLoader:
+        dataset, train = restored.dataset, restored.config.train
+        return TwoStreamLoader(
+            torch.from_numpy(dataset.train_images).to(restored.device),
+            torch.from_numpy(dataset.train_labels).to(restored.device),
+            dataset.class_counts,
+            self.params.batch_size or train.batch_size,
+            CifarAugment(restored.normalise),
+            seed=train.seed,
+            drop_last=train.drop_last,
+        )
+
+
+# ---------------------------------------------------------------- parameters, and a checkpoint in and out
+
+
+def calibration_params(name: str, overrides: Sequence[str] = ()) -> Any:
+    """The typed parameters of calibration `name`: its defaults, then `key=value` overrides."""
+    params_type = CALIBRATIONS.get(name).Params
+    hints = typing.get_type_hints(params_type)
+    values: dict[str, Any] = {}
+    for text in overrides:
+        key, raw = parse_override(text)
+        if key not in hints:
+            raise ConfigError(unknown_name_message(f"{name} parameter", key, sorted(hints)))
+        values[key] = coerce(f"{name}.{key}", raw, hints[key])
+    return params_type(**values)
+
+
+def default_output(checkpoint: str | os.PathLike, name: str) -> Path:
+    """`runs/x/checkpoint_last.pt` -> `runs/x/checkpoint_last-maxnorm.pt`."""
+    path = Path(checkpoint)
+    return path.with_name(f"{path.stem}-{name}.pt")
+
+
+def metrics_path(output: str | os.PathLike) -> Path:
+    """The metrics JSON written next to a calibrated checkpoint: same name, `.json`."""
+    return Path(output).with_suffix(".json")
+
+
+def calibrate_checkpoint(
+    path: str | os.PathLike,
+    name: str,
+    overrides: Sequence[str] = (),
+    output: str | os.PathLike | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    overwrite: bool = False,
+) -> dict:
+    """Apply calibration `name` to the checkpoint at `path`; write the new checkpoint and its
+    metrics JSON; return the metrics record (before, after, parameters)."""
+    calibration = CALIBRATIONS.get(name)(calibration_params(name, overrides))
+    output = Path(output) if output is not None else default_output(path, name)
+    report = metrics_path(output)
+    if Path(path).resolve() == output.resolve():
+        raise GlmcError(f"--output {output} is the checkpoint being calibrated; choose another path")
+    if not overwrite and (output.exists() or report.exists()):
+        raise GlmcError(f"{output if output.exists() else report} already exists; pass --overwrite to replace it")
+    if not output.parent.is_dir():
+        raise GlmcError(f"output folder {output.parent} does not exist")
+
+    started = time.time()
+    restored = restore_for_evaluation(path, data_root, device)
+    linear_head(restored.model, name)  # refuse a cosine head before any work
+    before = evaluate_restored(restored)
+    model = copy.deepcopy(restored.model)
+    facts = calibration(model, restored)
+    after = evaluate_restored(restored, model=model)
+
+    record = {
+        "calibration": name,
+        "params": dataclasses.asdict(calibration.params),
+        "source": str(path),
+        "checkpoint": str(output),
+        "method": restored.config.method.name,
+        "backbone": restored.checkpoint["backbone"],
+        "fingerprint": restored.checkpoint["fingerprint"],
+        "before": before.to_json(),
+        "after": after.to_json(),
+        **facts,
+        "seconds": round(time.time() - started, 2),
+    }
+    payload = {key: value for key, value in restored.checkpoint.items() if key != "format"}
+    payload["model"] = model.state_dict()
+    payload["kind"] = f"{restored.checkpoint.get('kind', 'checkpoint')}, calibrated with {name}"
+    payload["calibrations"] = [*restored.checkpoint.get("calibrations", []), record]
+    save_checkpoint(output, payload)
+    report.write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def metrics_line(label: str, metrics: dict) -> str:
+    shots = "  ".join(f"{name} {'-' if metrics[name] is None else format(metrics[name], '.2f')}" for name in ("many", "medium", "few"))
+    return f"{label:<7} top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {shots}"
+
+
+def render(record: dict) -> str:
+    """Before and after, one line each."""
+    params = ", ".join(f"{key}={value}" for key, value in record["params"].items())
+    return "\n".join([
+        f"{record['calibration']} ({params}) on {record['source']}",
+        metrics_line("before", record["before"]),
+        metrics_line("after", record["after"]),
+        f"wrote {record['checkpoint']} and {metrics_path(record['checkpoint'])}",
+    ])
+
+
+def describe_calibrations() -> str:
+    """Every calibration with its parameters and their defaults, for `--help`."""
+    lines = []
+    for name in CALIBRATIONS.names():
+        params = CALIBRATIONS.get(name).Params
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(params))
+        lines.append(f"{name}: {defaults}")
+    return "; ".join(lines)

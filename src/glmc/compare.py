@@ -1,0 +1,176 @@
+"""`glmc compare RUN_DIR...`: one table of runs, refusing runs that are not comparable.
+
+A row is read from a run folder's summary.json (its embedded config, or config.yaml). Two
+runs belong in one table only when they trained on the same split (the fingerprint), were
+tested on the same test set (dataset, number of classes, number of test images) and group
+classes into many/medium/few by the same bounds; `allow_mixed` overrides that, and the
+table then says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from glmc.errors import GlmcError
+from glmc.trainer import BEST_LABEL, CONFIG_FILE, SUMMARY_FILE
+
+SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """What the table shows of one run. Accuracies in percent; a shot group may be None."""
+
+    run: str
+    method: str
+    fingerprint: str
+    test_set: str
+    shot_bounds: str
+    backbone: str
+    epochs: str  # "200", or "3 of 200" for a run stopped early
+    top1_final: float
+    top1_best: float
+    best_epoch: int
+    many: float | None
+    medium: float | None
+    few: float | None
+
+
+def load_run(run_dir: str | os.PathLike) -> RunRow:
+    """The table row of the run in `run_dir`; a missing or unreadable summary is a one-line GlmcError."""
+    folder = Path(run_dir)
+    summary = _read_summary(folder)
+    try:
+        final, best, dataset = summary["final"], summary["best"], summary["dataset"]
+        config = summary.get("config") or _read_config(folder)
+        epochs = int(summary["epochs"])
+        return RunRow(
+            run=str(run_dir),
+            method=method_label(summary["method"], config),
+            fingerprint=summary["fingerprint"],
+            test_set=f"{dataset['dataset']} test ({dataset['num_classes']} classes, {dataset['test_total']} images)",
+            shot_bounds=str(final.get("shot_bounds", "standard")),
+            backbone=summary["backbone"],
+            epochs=str(epochs) if int(final["epoch"]) >= epochs else f"{final['epoch']} of {epochs}",
+            top1_final=float(final["top1"]),
+            top1_best=float(best["top1"]),
+            best_epoch=int(best["epoch"]),
+            many=final["many"],
+            medium=final["medium"],
+            few=final["few"],
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise GlmcError(f"{folder / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
+
+
+def _read_summary(folder: Path) -> dict:
+    path = folder / SUMMARY_FILE
+    if not folder.is_dir():
+        raise GlmcError(f"run folder not found: {folder}")
+    if not path.is_file():
+        raise GlmcError(f"{folder} holds no {SUMMARY_FILE} (not a finished glmc run)")
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GlmcError(f"cannot read {path}: {error}") from None
+    if not isinstance(summary, dict):
+        raise GlmcError(f"{path} is not a glmc run summary")
+    return summary
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    try:
+        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    except (OSError, yaml.YAMLError) as error:
+        raise GlmcError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
+    return config if isinstance(config, dict) else {}
+
+
+def method_label(method: str, config: dict) -> str:
+    """The method's name, with SAM's rho when the run used it."""
+    rho = float((config.get("optim") or {}).get("sam_rho", 0.0) or 0.0)
+    return f"{method} + SAM (rho {rho:g})" if rho > 0 else method
+
+
+COMPARED = (("fingerprint", "split fingerprint"), ("test_set", "test set"), ("shot_bounds", "shot bounds"))
+
+
+def check_comparable(rows: Sequence[RunRow], allow_mixed: bool = False) -> list[str]:
+    """Raise GlmcError when the runs differ in split, test set or shot bounds, unless
+    `allow_mixed`; then return one note per difference, for the table's footer."""
+    notes = []
+    for attribute, what in COMPARED:
+        values = {getattr(row, attribute) for row in rows}
+        if len(values) > 1:
+            listed = ", ".join(f"{row.run} ({_short(getattr(row, attribute))})" for row in rows)
+            if not allow_mixed:
+                raise GlmcError(f"the runs differ in {what}: {listed}; pass --allow-mixed to tabulate them anyway")
+            notes.append(f"mixed {what}: the rows are not directly comparable")
+    return notes
+
+
+def _short(value: str) -> str:
+    return value[:SHORT_FINGERPRINT] + "…" if value.startswith("sha256:") else value
+
+
+COLUMNS = ("run", "method", "split", "backbone", "epochs", "top-1 final", "top-1 best*", "many", "medium", "few")
+
+
+def table_cells(row: RunRow) -> list[str]:
+    return [
+        row.run,
+        row.method,
+        _short(row.fingerprint),
+        row.backbone,
+        row.epochs,
+        f"{row.top1_final:.2f}",
+        f"{row.top1_best:.2f} (ep {row.best_epoch})",
+        *(_percent(value) for value in (row.many, row.medium, row.few)),
+    ]
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
+    test_sets = sorted({row.test_set for row in rows})
+    bounds = sorted({row.shot_bounds for row in rows})
+    return [
+        f"* {BEST_LABEL}; the headline is the final epoch. many/medium/few: final epoch, {' / '.join(bounds)} bounds.",
+        f"test set: {'; '.join(test_sets)}",
+        *notes,
+    ]
+
+
+def render_text(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
+    cells = [list(COLUMNS)] + [table_cells(row) for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(COLUMNS))]
+    numeric = set(range(4, len(COLUMNS)))
+    lines = ["  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+             for line in cells]
+    return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], "", *footer(rows, notes)])
+
+
+def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
+    def line(values: Sequence[str]) -> str:
+        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+
+    align = ["---"] * 4 + ["---:"] * (len(COLUMNS) - 4)
+    body = [line(COLUMNS), line(align), *(line(table_cells(row)) for row in rows)]
+    return "\n".join([*body, "", *(f"{text}  " for text in footer(rows, notes))]) + "\n"
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) -> tuple[list[RunRow], list[str]]:
+    """The rows of `run_dirs`, in order, and the notes on what is mixed; refuses mixed runs unless `allow_mixed`."""
+    if not run_dirs:
+        raise GlmcError("give at least one run folder")
+    rows = [load_run(path) for path in run_dirs]
+    return rows, check_comparable(rows, allow_mixed)

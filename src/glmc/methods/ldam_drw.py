@@ -1,0 +1,49 @@
+"""LDAM-DRW: label-distribution-aware margins with deferred re-weighting (Cao et al., NeurIPS 2019)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glmc.data.batch import TwoStreamBatch
+from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.losses import deferred_weights, drw_start_epoch, effective_number_weights, ldam_logits, ldam_margins
+
+
+@METHODS.register("ldam-drw")
+class LDAMDRW:
+    """The LDAM loss with deferred re-weighting (Cao et al. 2019, "Learning Imbalanced Datasets
+    with Label-Distribution-Aware Margin Loss", the LDAM loss and Algorithm 1):
+
+        L_LDAM(z, y) = -log( e^{s(z_y - Delta_y)} / (e^{s(z_y - Delta_y)} + sum_{j != y} e^{s z_j}) ),
+        Delta_j = C / n_j^(1/4)
+
+    on the cosine logits `z` of a normalised classifier (`model.classifier=cosine`, which the
+    config requires), C so that the largest margin is method.ldam_max_margin, s =
+    method.ldam_scale. From epoch T_drw = round(method.drw_start * train.epochs) the loss is
+    re-weighted by the effective-number weights (beta = method.cb_beta), as in `drw`.
+    """
+
+    required_classifier = "cosine"  # checked by glmc.config.validate
+
+    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+        self.config = config
+        self.margins = ldam_margins(class_counts, config.ldam_max_margin)  # K
+        self.weights = effective_number_weights(class_counts, config.cb_beta)  # K
+        self.start_epoch = drw_start_epoch(config.drw_start, total_epochs)
+
+    def __call__(
+        self, model: nn.Module, batch: TwoStreamBatch, epoch: int, rng: np.random.Generator
+    ) -> StepResult:
+        labels = batch.uniform.labels
+        self.margins, self.weights = self.margins.to(labels.device), self.weights.to(labels.device)
+        logits = model(batch.uniform.view1).logits  # N x K, cosines
+        margin_logits = ldam_logits(logits, labels, self.margins, self.config.ldam_scale)  # N x K
+        weights = deferred_weights(self.weights, epoch, self.start_epoch)
+        loss = F.cross_entropy(margin_logits, labels, weight=None if weights is None else weights.to(margin_logits.dtype))
+        active = torch.full((), float(weights is not None), dtype=loss.dtype, device=loss.device)
+        return StepResult(loss=loss, parts={"ldam": loss.detach(), "drw": active})

@@ -1,0 +1,401 @@
+"""`glmc report RUN_DIR...`: PNG plots and a self-contained report.html for finished runs.
+
+One run: `RUN_DIR/report/` gets learning_curves.png, per_class.png, confusion.png and
+report.html (dataset card, fingerprint, config, final/best metrics and the plots, images
+embedded). Several runs: one comparison folder gets curves.png and per_class.png (the runs
+overlaid), each run's own plots in a subfolder, and one report.html with all of them.
+
+The confusion matrix is not part of a run folder: it is computed here by evaluating
+checkpoint_last.pt on the test set (the state the summary's final metrics come from) and
+cached in `RUN_DIR/report/confusion.json`, keyed by the checkpoint's SHA-256, so later
+reports take seconds even for wide models on a CPU.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import os
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from glmc import plots
+from glmc.data.loader import evaluation_batches
+from glmc.engine import autocast_for, channels_last_if_cuda, resolve_device
+from glmc.errors import GlmcError
+from glmc.evaluation import restore_for_evaluation
+from glmc.metrics import ConfusionCounter
+from glmc.shots import SHOT_BOUNDS, STANDARD
+
+REPORT_DIR = "report"
+REPORT_FILE = "report.html"
+CONFUSION_FILE = "confusion.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"  # the trainer's name for the final state
+
+
+@dataclass
+class RunData:
+    """What a finished run folder says about itself."""
+
+    path: Path
+    name: str
+    summary: dict
+    records: list[dict]
+    config_text: str
+    confusion: np.ndarray | None = None  # K x K counts, rows true, in label order
+    confusion_note: str = ""  # why there is no confusion matrix
+
+    @property
+    def card(self) -> dict:
+        return self.summary["dataset"]
+
+    def class_order(self) -> plots.ClassOrder:
+        bounds = SHOT_BOUNDS.get(self.summary["final"].get("shot_bounds", "standard"), STANDARD)
+        return plots.ClassOrder.of(self.card["class_counts"], self.card["class_names"], bounds)
+
+
+@dataclass
+class Picture:
+    """One PNG of the report: its file (relative to the report folder) and what it shows."""
+
+    file: str
+    caption: str
+
+
+@dataclass
+class Section:
+    """A run's part of the page: its tables and its pictures."""
+
+    run: RunData
+    pictures: list[Picture] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------- reading runs
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise GlmcError(f"{path} is not valid JSON: {error}") from None
+
+
+def read_records(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise GlmcError(f"{path} line {number} is not valid JSON") from None
+    return records
+
+
+def load_run(path: str | os.PathLike, name: str | None = None) -> RunData:
+    """A finished run: summary.json, metrics.jsonl and config.yaml of `path`."""
+    path = Path(path)
+    if not path.is_dir():
+        raise GlmcError(f"no such run folder: {path}")
+    missing = [f for f in ("summary.json", "metrics.jsonl") if not (path / f).is_file()]
+    if missing:
+        raise GlmcError(f"{path} holds no finished run ({' and '.join(missing)} missing; summary.json is written when training ends)")
+    summary = read_json(path / "summary.json")
+    config = path / "config.yaml"
+    config_text = config.read_text() if config.is_file() else yaml.safe_dump(summary.get("config", {}), sort_keys=False)
+    return RunData(path, name or path.resolve().name, summary, read_records(path / "metrics.jsonl"), config_text)
+
+
+def display_names(paths: Sequence[Path]) -> list[str]:
+    """Folder names, or the paths as given where two folders share a name."""
+    names = [p.resolve().name for p in paths]
+    return [str(p) if names.count(n) > 1 else n for p, n in zip(paths, names)]
+
+
+# ---------------------------------------------------------------- the confusion matrix
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for chunk in iter(lambda: file.read(1 << 20), b""):
+            digest.update(chunk)
+    return "sha256:" + digest.hexdigest()
+
+
+def cached_confusion(cache: Path, checkpoint_hash: str) -> np.ndarray | None:
+    """The cached matrix if it was computed from exactly this checkpoint."""
+    try:
+        stored = json.loads(cache.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if stored.get("checkpoint_sha256") != checkpoint_hash:
+        return None
+    return np.asarray(stored["confusion"], dtype=np.int64)
+
+
+def write_cache(cache: Path, checkpoint_hash: str, confusion: np.ndarray) -> None:
+    """Best effort: a read-only run folder just means the next report recomputes."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps({
+            "checkpoint": LAST_CHECKPOINT,
+            "checkpoint_sha256": checkpoint_hash,
+            "rows": "true class, in label order",
+            "columns": "predicted class, in label order",
+            "confusion": confusion.tolist(),
+        }) + "\n")
+    except OSError:
+        pass
+
+
+@torch.no_grad()
+def test_set_confusion(checkpoint: Path, data_root: str | None, device: str) -> np.ndarray:
+    """Evaluate `checkpoint` on its test set: K x K counts, rows true, columns predicted."""
+    restored = restore_for_evaluation(checkpoint, data_root, device)
+    images = torch.from_numpy(restored.dataset.test_images).to(restored.device)
+    labels = torch.from_numpy(restored.dataset.test_labels).to(restored.device)
+    counter = ConfusionCounter(restored.checkpoint["num_classes"])
+    with autocast_for(restored.device):
+        for inputs, targets in evaluation_batches(images, labels, restored.config.train.eval_batch_size, restored.normalise):
+            counter.update(restored.model(channels_last_if_cuda(inputs)).logits.float(), targets)
+    return counter.confusion.cpu().numpy()
+
+
+def attach_confusion(run: RunData, data_root: str | None, device: str) -> None:
+    """Give `run` its final confusion matrix (cached or computed), or a note saying why not."""
+    checkpoint = run.path / LAST_CHECKPOINT
+    if not checkpoint.is_file():
+        run.confusion_note = f"no confusion matrix: {checkpoint} is missing"
+        return
+    checkpoint_hash = file_sha256(checkpoint)
+    cache = run.path / REPORT_DIR / CONFUSION_FILE
+    run.confusion = cached_confusion(cache, checkpoint_hash)
+    if run.confusion is not None:
+        return
+    try:
+        run.confusion = test_set_confusion(checkpoint, data_root, device)
+    except GlmcError as error:  # typically the test set is not where the run read it
+        run.confusion_note = f"no confusion matrix: {error} (pass --data-root)"
+        return
+    write_cache(cache, checkpoint_hash, run.confusion)
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def draw_run_pictures(run: RunData, folder: Path) -> list[Picture]:
+    """A run's learning curves, per-class accuracy and (when available) confusion matrix."""
+    folder.mkdir(parents=True, exist_ok=True)
+    final, best = run.summary["final"], run.summary["best"]
+    classes = run.class_order()
+    figures = [
+        ("learning_curves.png", plots.learning_curves(run.records, f"{run.name}: learning curves", best["epoch"]),
+         "Losses (total and each part), test accuracy, learning rate and method weights per epoch."),
+        ("per_class.png", plots.per_class_accuracy(final["per_class"], classes,
+                                                   f"{run.name}: per-class test accuracy (final epoch {final['epoch']})"),
+         "Final per-class test accuracy, classes ordered by training count; the line is the training count (log axis)."),
+    ]
+    if run.confusion is not None:
+        figures.append(("confusion.png", plots.confusion_heatmap(run.confusion, classes, f"{run.name}: confusion matrix (final epoch)"),
+                        "Rows: true class, columns: prediction, both ordered by training count; "
+                        "right: the same by many / medium / few group."))
+    return [save_picture(folder, file, figure, caption) for file, figure, caption in figures]
+
+
+def save_picture(folder: Path, file: str, figure, caption: str) -> Picture:
+    plots.save_png(figure, folder / file)
+    return Picture(file, caption)
+
+
+def draw_overlays(runs: Sequence[RunData], folder: Path) -> list[Picture]:
+    curves = plots.overlay_curves([(r.name, r.records) for r in runs], "learning curves of the runs compared")
+    per_class = plots.overlay_per_class([(r.name, r.summary["final"]["per_class"], r.class_order()) for r in runs],
+                                        "final per-class test accuracy by training count")
+    return [
+        save_picture(folder, "curves.png", curves, "Total loss, learning rate, top-1 and many/medium/few per epoch, one colour per run."),
+        save_picture(folder, "per_class.png", per_class,
+                     "Final per-class test accuracy of every run, classes ordered by training count (log axis on the right)."),
+    ]
+
+
+# ---------------------------------------------------------------- the page
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .5em 0 1em; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: right; }
+th { background: #f6f6f6; } td:first-child, th:first-child { text-align: left; }
+code, pre { background: #f6f6f6; } pre { padding: .8em; overflow-x: auto; font-size: .85em; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; } figcaption { color: #555; font-size: .9em; }
+.note { color: #8a5300; } .muted { color: #777; font-size: .9em; }
+"""
+
+
+def esc(value) -> str:
+    return html.escape(str(value))
+
+
+def percent(value) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
+    head = "".join(f"<th>{esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def metrics_table(summary: dict) -> str:
+    rows = []
+    for label, record in (("final epoch (headline)", summary["final"]), (summary["best"].get("label", "best epoch"), summary["best"])):
+        rows.append([label, record["epoch"], *(percent(record.get(k)) for k in ("top1", "top5", "many", "medium", "few"))])
+    return table(["", "epoch", "top-1", "top-5", "many", "medium", "few"], rows)
+
+
+def card_table(card: dict) -> str:
+    counts = card["class_counts"]
+    rows = [
+        ("dataset", card["dataset"]), ("split", card["split"]), ("imbalance factor", f"{card['imbalance_factor']:g}"),
+        ("classes", card["num_classes"]), ("training images", f"{card['total']} (max {max(counts)}, min {min(counts)} per class)"),
+        ("test images", card["test_total"]), ("many / medium / few classes", f"{card['many']} / {card['medium']} / {card['few']}"),
+        ("split fingerprint", card["fingerprint"]),
+    ]
+    return table(["dataset card", ""], rows)
+
+
+RUN_FIELDS = {"method": "method", "backbone": "backbone", "epochs": "epochs", "steps": "steps", "wall_seconds": "wall time",
+              "device": "device", "torch": "torch", "version": "glmc version", "git_commit": "glmc commit"}
+
+
+def run_table(summary: dict) -> str:
+    rows = [(label, summary.get(key) if summary.get(key) is not None else "–") for key, label in RUN_FIELDS.items()]
+    return table(["run", ""], [(label, wall_time(value) if label == "wall time" else value) for label, value in rows])
+
+
+def wall_time(seconds) -> str:
+    if not isinstance(seconds, (int, float)):
+        return str(seconds)
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d} ({seconds:.0f} s)"
+
+
+def per_class_table(run: RunData) -> str:
+    """Every class, head first: training count, shot group, final and best test accuracy."""
+    classes = run.class_order()
+    final, best = run.summary["final"]["per_class"], run.summary["best"]["per_class"]
+    rows = [(rank, classes.names[rank], int(classes.counts[rank]), classes.groups[rank], percent(final[k]), percent(best[k]))
+            for rank, k in enumerate(classes.order)]
+    return table(["rank", "class", "training images", "group", "final accuracy", "best accuracy"], rows)
+
+
+def headline(run: RunData) -> str:
+    """One line under the title: what was trained on what."""
+    card = run.card
+    return (f"{run.summary.get('method', '?')} · {run.summary.get('backbone', '?')} · {card['dataset']} "
+            f"(imbalance factor {card['imbalance_factor']:g}, {card['split']} split) · split {card['fingerprint']}")
+
+
+def figure_html(folder: Path, picture: Picture, prefix: str = "") -> str:
+    link = prefix + picture.file  # relative to the report folder
+    data = base64.b64encode((folder / link).read_bytes()).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{esc(link)}" data-file="{esc(link)}">'
+            f'<figcaption>{esc(picture.caption)} <span class="muted">({esc(link)})</span></figcaption></figure>')
+
+
+def run_section_html(section: Section, folder: Path, prefix: str = "", level: int = 2) -> str:
+    run, h = section.run, f"h{level}"
+    parts = [f"<p>{esc(headline(run))}</p>", f"<{h}>Results</{h}>", metrics_table(run.summary),
+             '<p class="muted">Headline numbers are the final epoch; the best epoch is selected on the test set.</p>']
+    parts += [figure_html(folder, picture, prefix) for picture in section.pictures]
+    if run.confusion_note:
+        parts.append(f'<p class="note">{esc(run.confusion_note)}</p>')
+    parts += [f"<{h}>Dataset</{h}>", card_table(run.card),
+              f"<details><summary>per-class counts and accuracy</summary>{per_class_table(run)}</details>",
+              f"<{h}>Run</{h}>", run_table(run.summary),
+              f"<details><summary>config.yaml</summary><pre>{esc(run.config_text)}</pre></details>"]
+    return "\n".join(parts)
+
+
+def page(title: str, body: str) -> str:
+    generated = time.strftime("%Y-%m-%d %H:%M:%S")
+    return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
+            f"<style>{STYLE}</style></head><body>\n<h1>{esc(title)}</h1>\n"
+            f'<p class="muted">glmc report, generated {generated}</p>\n{body}\n</body></html>\n')
+
+
+def comparison_table(runs: Sequence[RunData]) -> str:
+    rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
+             f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
+             *(percent(r.summary["final"].get(k)) for k in ("top1", "many", "medium", "few")), percent(r.summary["best"]["top1"])]
+            for r in runs]
+    return table(["run", "method", "backbone", "dataset", "IF", "fingerprint", "epochs", "top-1", "many", "medium", "few",
+                  "best top-1 (test-selected)"], rows)
+
+
+# ---------------------------------------------------------------- the command
+
+
+def write_run_report(run: RunData, folder: Path) -> Path:
+    section = Section(run, draw_run_pictures(run, folder))
+    report = folder / REPORT_FILE
+    report.write_text(page(f"{run.name}", run_section_html(section, folder)))
+    return report
+
+
+def write_comparison_report(runs: Sequence[RunData], folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    overlays = draw_overlays(runs, folder)
+    body = ["<h2>Runs</h2>", comparison_table(runs), '<p class="muted">Final epoch; best epochs are selected on the test set.</p>',
+            *(figure_html(folder, picture) for picture in overlays)]
+    for index, run in enumerate(runs):
+        subfolder = f"{index + 1}-{re.sub(r'[^A-Za-z0-9._-]+', '_', run.name).strip('_')}"
+        section = Section(run, draw_run_pictures(run, folder / subfolder))
+        body += [f"<h2>{esc(run.name)}</h2>", f'<p class="muted">{esc(run.path)}</p>',
+                 run_section_html(section, folder, prefix=f"{subfolder}/", level=3)]
+    report = folder / REPORT_FILE
+    report.write_text(page(f"{len(runs)} runs compared", "\n".join(body)))
+    return report
+
+
+def default_output(run_dirs: Sequence[Path]) -> Path:
+    if len(run_dirs) == 1:
+        return run_dirs[0] / REPORT_DIR
+    return Path(f"reports/compare-{time.strftime('%Y%m%d-%H%M%S')}")
+
+
+def make_report(
+    run_dirs: Sequence[str | os.PathLike],
+    output: str | os.PathLike | None = None,
+    data_root: str | None = None,
+    device: str = "auto",
+    confusion: bool = True,
+    note: Callable[[str], None] = lambda message: print(f"glmc: note: {message}", file=sys.stderr),
+) -> Path:
+    """Write the report of one run (or the comparison of several) and return its report.html."""
+    paths = [Path(p) for p in run_dirs]
+    runs = [load_run(path, name) for path, name in zip(paths, display_names(paths))]
+    if confusion:
+        resolve_device(device)  # a bad --device is an error, not a note about a missing picture
+    for run in runs:
+        if confusion:
+            attach_confusion(run, data_root, device)
+            if run.confusion_note:
+                note(f"{run.name}: {run.confusion_note}")
+        else:
+            run.confusion_note = "confusion matrix skipped (--no-confusion)"
+    folder = Path(output) if output else default_output(paths)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GlmcError(f"cannot create report folder {folder}: {error.strerror}") from None
+    return write_run_report(runs[0], folder) if len(runs) == 1 else write_comparison_report(runs, folder)

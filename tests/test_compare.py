@@ -1,0 +1,102 @@
+"""`glmc compare`: the table, and its refusal to mix splits, test sets or shot bounds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from glmc.cli import main
+from glmc.compare import compare_runs, load_run, render_markdown, render_text
+from glmc.errors import GlmcError
+
+FINGERPRINT = "sha256:f7669c469c9dd" + "0" * 51
+
+
+def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, top1=(80.5, 81.25), epoch=200,
+              shot_bounds="standard", sam_rho=0.0, few=None):
+    """A run folder with a summary.json shaped like glmc.trainer.make_summary's."""
+    folder.mkdir(parents=True)
+    final = {"epoch": epoch, "global_step": 1, "top1": top1[0], "top5": 99.0, "many": 90.0, "medium": 70.123,
+             "few": few, "per_class": [], "shot_bounds": shot_bounds, "num_samples": test_total}
+    summary = {
+        "final": final,
+        "best": {**final, "epoch": 150, "top1": top1[1], "label": "best epoch, selected on the test set"},
+        "fingerprint": fingerprint,
+        "dataset": {"dataset": "cifar10-lt", "num_classes": 10, "test_total": test_total, "fingerprint": fingerprint},
+        "method": method,
+        "backbone": "resnet32",
+        "epochs": 200,
+        "config": {"optim": {"sam_rho": sam_rho}},
+    }
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_table_has_a_row_per_run_in_order(tmp_path):
+    runs = [write_run(tmp_path / "glmc"), write_run(tmp_path / "ce", method="ce", top1=(70.0, 71.5), few=12.5),
+            write_run(tmp_path / "sam", sam_rho=0.05), write_run(tmp_path / "short", epoch=3)]
+    rows, notes = compare_runs(runs)
+    assert notes == [] and [row.method for row in rows] == ["glmc", "ce", "glmc + SAM (rho 0.05)", "glmc"]
+    text = render_text(rows)
+    header, _, first, second, *_ = text.splitlines()
+    assert header.split()[:4] == ["run", "method", "split", "backbone"]
+    assert "80.50" in first and "81.25 (ep 150)" in first and "70.12" in first and first.rstrip().endswith("-")
+    assert "70.00" in second and "12.50" in second and "sha256:f7669c469c9d…" in second
+    assert "3 of 200" in text.splitlines()[5]
+    assert "best epoch, selected on the test set" in text and "cifar10-lt test (10 classes, 10000 images)" in text
+
+
+def test_markdown_is_written_and_printed_table_is_the_same(tmp_path, capsys):
+    runs = [str(write_run(tmp_path / "a")), str(write_run(tmp_path / "b", method="focal"))]
+    assert main(["compare", *runs, "--markdown", str(tmp_path / "table.md")]) == 0
+    markdown = (tmp_path / "table.md").read_text().splitlines()
+    assert markdown[0].startswith("| run | method | split | backbone | epochs | top-1 final | top-1 best* |")
+    assert markdown[1].startswith("| --- | --- | --- | --- | ---: |")
+    assert len([line for line in markdown if line.startswith("| ")]) == 4
+    assert "focal" in markdown[3] and "focal" in capsys.readouterr().out
+    assert render_markdown(*compare_runs(runs)) == (tmp_path / "table.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "other, what",
+    [({"fingerprint": "sha256:" + "1" * 64}, "split fingerprint"), ({"test_total": 5000}, "test set"),
+     ({"shot_bounds": "authors"}, "shot bounds")],
+)
+def test_mixed_runs_are_refused_unless_allowed(tmp_path, other, what):
+    runs = [write_run(tmp_path / "a"), write_run(tmp_path / "b", **other)]
+    with pytest.raises(GlmcError, match=f"the runs differ in {what}: .*--allow-mixed") as error:
+        compare_runs(runs)
+    assert "\n" not in str(error.value)
+    rows, notes = compare_runs(runs, allow_mixed=True)
+    assert len(rows) == 2 and notes == [f"mixed {what}: the rows are not directly comparable"]
+    assert notes[0] in render_text(rows, notes)
+
+
+def test_bad_run_folders_are_one_line_errors(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "summary.json").write_text("{not json")
+    (tmp_path / "partial").mkdir()
+    (tmp_path / "partial" / "summary.json").write_text(json.dumps({"method": "ce"}))
+    for name, message in [("missing", "run folder not found"), ("empty", "holds no summary.json"),
+                          ("corrupt", "cannot read"), ("partial", "is not a glmc run summary")]:
+        with pytest.raises(GlmcError, match=message) as error:
+            load_run(tmp_path / name)
+        assert "\n" not in str(error.value)
+    done = subprocess.run([sys.executable, "-m", "glmc.cli", "compare", str(tmp_path / "corrupt")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+
+
+def test_compare_reads_a_real_run_folder(tmp_path):
+    from glmc.config import build_config
+    from glmc.trainer import train
+
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "2",
+                                 "train.device": "cpu", "train.max_steps": "2", "method.name": "focal"})
+    summary = train(config, tmp_path / "run", quiet=True)
+    row = load_run(tmp_path / "run")
+    assert (row.method, row.fingerprint, row.epochs) == ("focal", summary["fingerprint"], "1 of 2")
+    assert row.top1_final == summary["final"]["top1"] and row.test_set == "synthetic-lt test (10 classes, 1000 images)"

@@ -1,0 +1,128 @@
+"""`glmc report`: PNGs of sensible size, an HTML page that embeds them all, the long-tail plots."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glmc import plots, report
+from glmc.cli import main
+from glmc.shots import STANDARD
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+RUN_PICTURES = {"learning_curves.png", "per_class.png", "confusion.png"}
+
+
+def assert_sensible_png(path):
+    assert path.read_bytes()[:8] == PNG_SIGNATURE, path
+    assert path.stat().st_size > 10_000, path  # a real picture, not an empty canvas
+    with Image.open(path) as image:
+        width, height = image.size
+    assert 600 <= width <= 2400 and 400 <= height <= 1600, (path, image.size)
+
+
+def embedded_files(page: str) -> set[str]:
+    """The PNG files the page embeds (each as a base64 data URL tagged with its file name)."""
+    images = re.findall(r'<img src="data:image/png;base64,[A-Za-z0-9+/=]+" alt="[^"]*" data-file="([^"]+)"', page)
+    return set(images)
+
+
+@pytest.fixture(scope="module")
+def run_report(tiny_run):
+    page = report.make_report([tiny_run], device="cpu")
+    return tiny_run, page
+
+
+def test_report_of_a_finished_run_has_its_plots_and_a_self_contained_page(run_report):
+    run, page_path = run_report
+    assert page_path == run / "report" / "report.html"
+    for name in RUN_PICTURES:
+        assert_sensible_png(run / "report" / name)
+    page = page_path.read_text()
+    assert embedded_files(page) == RUN_PICTURES
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["fingerprint"] in page  # dataset card and fingerprint
+    assert "best epoch, selected on the test set" in page and "final epoch (headline)" in page
+    assert f"{summary['final']['top1']:.2f}" in page
+    assert "resample_weighting" in page  # the config
+    assert "stripes-0deg-red" in page  # the per-class table names the classes
+
+
+def test_confusion_matrix_is_the_final_state_of_the_run(run_report):
+    run, _ = run_report
+    cached = json.loads((run / "report" / "confusion.json").read_text())
+    confusion = np.array(cached["confusion"])
+    per_class = 100 * np.diag(confusion) / confusion.sum(axis=1)
+    final = json.loads((run / "summary.json").read_text())["final"]["per_class"]
+    assert per_class.round(4).tolist() == pytest.approx(final)
+
+
+def test_a_second_report_reads_the_cached_confusion_matrix(run_report, tmp_path, monkeypatch):
+    run, _ = run_report
+
+    def no_evaluation(*args):
+        raise AssertionError("the cached confusion matrix should have been used")
+
+    monkeypatch.setattr(report, "test_set_confusion", no_evaluation)
+    page = report.make_report([run], output=tmp_path, device="cpu").read_text()
+    assert "confusion.png" in embedded_files(page)
+
+
+def test_cli_report_of_several_runs_overlays_them(tiny_run, tmp_path, capsys):
+    other = tmp_path / "other-run"
+    shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    output = tmp_path / "comparison"
+    assert main(["report", str(tiny_run), str(other), "--output", str(output), "--no-confusion"]) == 0
+    assert str(output / "report.html") in capsys.readouterr().out
+    for name in ("curves.png", "per_class.png"):
+        assert_sensible_png(output / name)
+    page = (output / "report.html").read_text()
+    expected = {"curves.png", "per_class.png"} | {f"{folder}/{name}" for folder in (f"1-{tiny_run.name}", "2-other-run")
+                                                  for name in ("learning_curves.png", "per_class.png")}
+    assert embedded_files(page) == expected
+    assert all((output / name).is_file() for name in expected)
+    assert "confusion matrix skipped" in page
+
+
+def test_a_run_without_checkpoint_still_gets_a_report_with_a_note(tiny_run, tmp_path, capsys):
+    run = tmp_path / "no-checkpoint"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    assert main(["report", str(run)]) == 0
+    assert "no confusion matrix" in capsys.readouterr().err
+    assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png"}
+
+
+def test_a_folder_without_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "holds no finished run" in error and error.count("\n") == 1
+
+
+def test_classes_are_ordered_head_first_with_their_shot_groups():
+    classes = plots.ClassOrder.of([5, 500, 50, 500, 19], ["a", "b", "c", "d", "e"], STANDARD)
+    assert classes.names == ["b", "d", "c", "e", "a"]  # ties keep label order
+    assert classes.groups == ["many", "many", "medium", "few", "few"]
+    assert classes.group_spans() == [("many", 0, 2), ("medium", 2, 3), ("few", 3, 5)]
+
+
+def test_partial_epochs_sit_between_epochs_on_the_curves():
+    records = [{"epoch": 1, "global_step": 10, "partial_epoch": True}, {"epoch": 1, "global_step": 20, "partial_epoch": False},
+               {"epoch": 2, "global_step": 40, "partial_epoch": False}]
+    assert plots.epoch_axis(records).tolist() == [0.5, 1.0, 2.0]
+
+
+@pytest.mark.parametrize("num_classes", [100, 1000])
+def test_large_confusion_matrices_stay_compact(num_classes, tmp_path):
+    rng = np.random.default_rng(0)
+    counts = np.round(500 * 0.01 ** (np.arange(num_classes) / (num_classes - 1))).astype(int).tolist()
+    confusion = rng.integers(0, 3, (num_classes, num_classes)) + np.diag(np.full(num_classes, 20))
+    classes = plots.ClassOrder.of(counts, [f"c{k}" for k in range(num_classes)], STANDARD)
+    plots.save_png(plots.confusion_heatmap(confusion, classes, "fake"), tmp_path / "confusion.png")
+    assert_sensible_png(tmp_path / "confusion.png")
+    shares, groups = plots.group_confusion(confusion[np.ix_(classes.order, classes.order)], classes)
+    assert groups == ["many", "medium", "few"] and np.allclose(shares.sum(axis=1), 1.0)
