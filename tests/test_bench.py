@@ -1,12 +1,17 @@
-"""`glmc bench`: the JSON it prints and the stand-in data when the real data is absent."""
+"""`glmc bench` and the fast paths: the JSON it prints, stand-in data, equivalence of fast steps."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import torch
 
 from glmc.cli import main
+from glmc.config import build_config
+from glmc.engine import step_rng
+from glmc.methods import MethodConfig, create_method
+from glmc.trainer import build_run
 
 
 def bench_json(capsys, *args) -> tuple[dict, str]:
@@ -34,3 +39,36 @@ def test_bench_without_the_data_uses_random_images_of_the_same_shape(capsys, tmp
 def test_bench_refuses_zero_steps(capsys):
     assert main(["bench", "--preset", "quickstart", "--steps", "0"]) == 2
     assert "--steps must be >= 1" in capsys.readouterr().err
+
+
+# --- fast paths: the same loss as the plain path on the same batch ---------------------
+
+
+def one_step_loss(run, method, model) -> torch.Tensor:
+    batch = next(run.loader.epoch(0))
+    return method(model, batch, 5, step_rng(0, 0, 0)).loss
+
+
+def test_joint_forward_equals_two_passes_for_a_per_sample_model():
+    run = build_run(build_config("quickstart", {"train.device": "cpu", "train.batch_size": "16"}))
+    run.model.eval()  # BatchNorm on running statistics: the encoder treats samples independently
+    counts = run.dataset.class_counts
+    plain = create_method(MethodConfig(), counts, 30)
+    joint = create_method(MethodConfig(joint_forward=True), counts, 30)
+    torch.testing.assert_close(one_step_loss(run, joint, run.model), one_step_loss(run, plain, run.model))
+
+
+def test_joint_forward_changes_batchnorm_statistics_in_training_mode():
+    run = build_run(build_config("quickstart", {"train.device": "cpu", "train.batch_size": "16"}))
+    counts = run.dataset.class_counts
+    plain = one_step_loss(run, create_method(MethodConfig(), counts, 30), run.model)
+    joint = one_step_loss(run, create_method(MethodConfig(joint_forward=True), counts, 30), run.model)
+    assert not torch.allclose(plain, joint)  # hence an option, off by default
+
+
+def test_compiled_step_gives_the_plain_loss():
+    run = build_run(build_config("quickstart", {"train.device": "cpu", "train.batch_size": "8", "train.compile": "true"}))
+    assert run.step_model is not run.model
+    method = create_method(run.config.method, run.dataset.class_counts, 30)
+    torch.testing.assert_close(one_step_loss(run, method, run.step_model), one_step_loss(run, method, run.model),
+                               rtol=1e-4, atol=1e-4)

@@ -163,7 +163,7 @@ def timed_step(run: Run, batches) -> dict[str, float]:
     epoch, step, batch = next(batches)
     lap("data")
     with autocast_for(run.device):
-        result = run.method(run.model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+        result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
     lap("forward")
     run.optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
@@ -178,7 +178,7 @@ def count_flops(run: Run, batches) -> float:
     epoch, step, batch = next(batches)
     with FlopCounterMode(display=False) as counter:
         with autocast_for(run.device):
-            result = run.method(run.model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+            result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
         result.loss.backward()
     run.optimizer.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

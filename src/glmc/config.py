@@ -69,6 +69,7 @@ class TrainConfig:
     shot_bounds: str = "standard"  # many/medium/few bounds: "standard" or "authors" (few <= 20)
     nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run (keeping the last good checkpoint) or "skip" the step
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (None: at the end of each epoch)
+    compile: bool = False  # torch.compile the training forward/backward (first steps compile: minutes on a CPU)
 
 
 @dataclass

@@ -78,7 +78,8 @@ class Run:
     config: Config
     device: torch.device
     dataset: LongTailedDataset
-    model: torch.nn.Module
+    model: torch.nn.Module  # the module whose state is saved and evaluated
+    step_model: torch.nn.Module  # what the training step calls: `model`, or its torch.compile'd wrapper
     loader: TwoStreamLoader
     method: Method
     optimizer: torch.optim.Optimizer
@@ -146,6 +147,7 @@ def build_run(config: Config, dataset: LongTailedDataset | None = None) -> Run:
         device=device,
         dataset=dataset,
         model=model,
+        step_model=torch.compile(model) if config.train.compile else model,
         loader=loader,
         method=create_method(config.method, counts, config.train.epochs),
         optimizer=create_optimizer(model, config.optim, device),
@@ -213,7 +215,7 @@ def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: lis
     skip = config.train.nonfinite == "skip"
     for batch in bar:
         rng = step_rng(config.train.seed, epoch, state.step)
-        parts = train_step(run.model, run.method, run.optimizer, batch, epoch, rng, skip_nonfinite=skip)
+        parts = train_step(run.step_model, run.method, run.optimizer, batch, epoch, rng, skip_nonfinite=skip)
         state.step += 1
         state.global_step += 1
         if parts is None:

@@ -36,6 +36,9 @@ class MethodConfig:
     # How the CutMix soft label splits between the two images: "lambda" (authors' code)
     # or "area" (the clipped box's actual pixel share, as in the CutMix paper).
     cutmix_label: str = "lambda"
+    # GLMC: both mixed batches through the encoder as one batch of 2N (faster on a GPU). Not the
+    # authors' computation: BatchNorm then normalises over both batches together.
+    joint_forward: bool = False
 
     # ---- the baselines' options; each default is its paper's (or its code's, where named) ----
     # beta of the effective number E_n = (1 - beta^n) / (1 - beta) (Cui et al. 2019), whose

@@ -16,6 +16,7 @@ from glmc.data.batch import TwoStreamBatch
 from glmc.methods.base import METHODS, MethodConfig, StepResult
 from glmc.methods.losses import class_weights, cumulative_alpha, simsiam_loss, soft_cross_entropy
 from glmc.mixing import box_area_fraction, cutmix, cutmix_box, mixed_targets, mixup, sample_lambda
+from glmc.models.output import GLMCOutput
 
 
 @METHODS.register("glmc")
@@ -53,13 +54,14 @@ class GLMC:
         height, width = uniform.view2.shape[-2:]
         box = cutmix_box(height, width, lam, rng)
         labels = (uniform.labels, resampled.labels)
-        branches = []  # (output, lam of the uniform image's label share)
+        inputs, shares = [], []  # mixed batches, and the uniform image's share of each one's label
         if self.global_mixture:
-            x_global = mixup(uniform.view1, resampled.view1, lam)  # N x C x H x W
-            branches.append((model(x_global), lam))
+            inputs.append(mixup(uniform.view1, resampled.view1, lam))  # N x C x H x W
+            shares.append(lam)
         if self.local_mixture:
-            x_local = cutmix(uniform.view2, resampled.view2, box)  # N x C x H x W
-            branches.append((model(x_local), self._cutmix_lambda(lam, box, height, width)))
+            inputs.append(cutmix(uniform.view2, resampled.view2, box))  # N x C x H x W
+            shares.append(self._cutmix_lambda(lam, box, height, width))
+        branches = list(zip(self._forward(model, inputs), shares))
 
         alpha = cumulative_alpha(epoch, self.total_epochs) if self.cumulative else 1.0
         ce = sum(
@@ -91,6 +93,18 @@ class GLMC:
         training fc_cb with L_CE instead is the same model with its classifiers renamed.
         """
         return out.logits_fc if self.cumulative else out.logits
+
+    def _forward(self, model: nn.Module, inputs: list[Tensor]) -> list[GLMCOutput]:
+        """One forward pass per mixed batch (the authors'), or one over all of them (`joint_forward`).
+
+        The joint pass is the same function wherever the model treats samples independently;
+        BatchNorm in training mode does not (it normalises over the 2N images together), hence
+        an option, off by default.
+        """
+        if not (self.config.joint_forward and len(inputs) > 1):
+            return [model(x) for x in inputs]
+        joint = model(torch.cat(inputs))  # every field: (len(inputs) N) x ...
+        return [GLMCOutput(*fields) for fields in zip(*(field.chunk(len(inputs)) for field in joint))]
 
     def _cutmix_lambda(self, lam: float, box: tuple[int, int, int, int], height: int, width: int) -> float:
         """The uniform image's share of the CutMix label."""
