@@ -113,6 +113,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     return payload
 
 
+def checkpoint_classifier(checkpoint: dict) -> str:
+    """The prediction head a checkpoint's model was built with (checkpoints from before the
+    option existed hold a linear one)."""
+    return checkpoint["config"].get("model", {}).get("classifier", "linear")
+
+
 def load_latest_good(path: Path) -> dict:
     """The checkpoint at `path`, or its previous version (with a warning) if it is damaged or gone."""
     previous = previous_path(path)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from glmc.augment import Normalise
-from glmc.checkpoint import load_checkpoint
+from glmc.checkpoint import checkpoint_classifier, load_checkpoint
 from glmc.config import Config, config_from_dict, flatten
 from glmc.data.datasets import LongTailedDataset, create_dataset
 from glmc.engine import evaluate, resolve_device
@@ -47,8 +47,7 @@ def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config
 
 def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.device) -> nn.Module:
     """The checkpoint's backbone with its weights, in eval mode on `device`."""
-    classifier = checkpoint["config"].get("model", {}).get("classifier", "linear")  # older checkpoints: linear
-    model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=classifier)
+    model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=checkpoint_classifier(checkpoint))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import glmc
 from glmc.augment import CifarAugment, Normalise
-from glmc.checkpoint import checksum_path, load_latest_good, previous_path, save_checkpoint, write_text_atomically
+from glmc.checkpoint import checkpoint_classifier, checksum_path, load_latest_good, previous_path, save_checkpoint, write_text_atomically
 from glmc.config import Config, ModelConfig, config_from_dict, dump_config, flatten
 from glmc.data.datasets import LongTailedDataset, create_dataset
 from glmc.data.loader import TwoStreamLoader
@@ -339,8 +339,7 @@ def restore(path: Path, run: Run) -> RunState:
 
 
 def check_compatible(checkpoint: dict, model: ModelConfig, num_classes: int, path: Path) -> None:
-    classifier = checkpoint["config"].get("model", {}).get("classifier", "linear")
-    held = (checkpoint["backbone"], checkpoint["num_classes"], classifier)
+    held = (checkpoint["backbone"], checkpoint["num_classes"], checkpoint_classifier(checkpoint))
     if held != (model.backbone, num_classes, model.classifier):
         raise GlmcError(
             f"{path} holds a {held[0]} with {held[1]} classes ({held[2]} classifier), "
