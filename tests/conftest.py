@@ -93,3 +93,56 @@ def tiny_run(tmp_path_factory) -> Path:
                                  "train.epochs": "2", "train.batch_size": "128", "train.device": "cpu"})
     train(config, output, quiet=True)
     return output
+
+
+# ---------------------------------------------------------------- image-file datasets
+
+IMAGE_CLASSES = ("circle", "cross", "square")  # sorted: the folder dataset's label order
+CLASS_COLOURS = ((220, 40, 40), (40, 200, 60), (50, 70, 230))  # one dominant colour per class: learnable
+
+
+def class_image(label: int, index: int, size: tuple[int, int]):
+    """A PIL RGB image of class `label`: its colour, noise and a varying size."""
+    from PIL import Image
+
+    rng = np.random.default_rng([label, index])
+    width, height = size
+    pixels = np.clip(np.array(CLASS_COLOURS[label]) + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    return Image.fromarray(pixels, "RGB")
+
+
+def write_image_tree(root: Path, train_counts=(9, 5, 3), test_per_class: int = 3) -> dict:
+    """A small JPEG tree in the folder layout (root/train/<class>/, root/test/<class>/) with the
+    awkward kinds of file users have: grayscale and CMYK JPEGs, a PNG with alpha, a palette PNG,
+    and one corrupt JPEG (train/cross/corrupt.jpg). Also writes ImageNet-LT style list files
+    (train.txt, test.txt: `relative/path label`) naming the same images.
+
+    Returns {"corrupt": relative path, "train": [(path, label)], "test": [(path, label)]}.
+    """
+    entries: dict[str, list[tuple[str, int]]] = {"train": [], "test": []}
+    for part, counts in (("train", train_counts), ("test", (test_per_class,) * len(IMAGE_CLASSES))):
+        for label, (name, count) in enumerate(zip(IMAGE_CLASSES, counts)):
+            folder = root / part / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                image = class_image(label, index + (1000 if part == "test" else 0), (40 + 7 * index, 36 + 5 * (index % 3)))
+                kind = index % 5 if part == "train" else 0
+                if kind == 1:
+                    relative, saved = f"{part}/{name}/{index:03d}.jpg", image.convert("L")
+                elif kind == 2:
+                    relative, saved = f"{part}/{name}/{index:03d}.jpg", image.convert("CMYK")
+                elif kind == 3:
+                    relative, saved = f"{part}/{name}/{index:03d}.png", image.convert("RGBA")
+                elif kind == 4:
+                    relative, saved = f"{part}/{name}/{index:03d}.png", image.convert("P")
+                else:
+                    relative, saved = f"{part}/{name}/{index:03d}.jpg", image
+                saved.save(root / relative)
+                entries[part].append((relative, label))
+    corrupt = "train/cross/corrupt.jpg"
+    good = (root / entries["train"][0][0]).read_bytes()
+    (root / corrupt).write_bytes(good[: len(good) // 3])  # a JPEG cut short: the header reads, decoding fails
+    entries["train"].append((corrupt, 1))
+    for part in ("train", "test"):
+        (root / f"{part}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries[part]))
+    return {"corrupt": corrupt, **entries}

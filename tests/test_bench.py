@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import write_image_tree
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.engine import step_rng
@@ -72,3 +73,19 @@ def test_compiled_step_gives_the_plain_loss():
     method = create_method(run.config.method, run.dataset.class_counts, 30)
     torch.testing.assert_close(one_step_loss(run, method, run.step_model), one_step_loss(run, method, run.model),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_input_only_bench_times_the_image_file_workers(tmp_path, capsys):
+    write_image_tree(tmp_path)
+    args = ["bench", "--preset", "folder-resnet18", "--input-only", "--data-root", str(tmp_path), "--steps", "2",
+            "--warmup", "0", "--set", "data.workers=0", "--set", "train.batch_size=4", "--set", "data.image_size=32",
+            "--json"]
+    assert main(args) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["data"] == str(tmp_path) and result["workers"] == 0 and result["batch_size"] == 4
+    assert result["images_per_s"] > 0 and result["images_per_s_per_worker"] > 0
+
+
+def test_input_only_bench_refuses_in_memory_datasets(capsys):
+    assert main(["bench", "--preset", "quickstart", "--input-only", "--steps", "1"]) == 2
+    assert "--input-only times the image-file loader" in capsys.readouterr().err

@@ -34,10 +34,36 @@ def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
 
 def test_every_preset_builds_and_has_a_description():
     presets = load_presets()
-    assert len(presets) == 13 + 6 * 12 and "quickstart" in presets  # GLMC, then 8 baselines + 4 ablations per setting
+    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting; 5 large-image presets
+    assert len(presets) == 13 + 6 * 12 + 5 and "quickstart" in presets
     for name, preset in presets.items():
         build_config(name)
         assert preset["description"]
+
+
+def test_large_image_presets_hold_the_authors_rows():
+    imagenet, inat = build_config("imagenet-lt-authors"), build_config("inat2018-authors")
+    for config in (imagenet, inat):
+        assert config.model.backbone == "resnext50-32x4d" and config.optim.schedule == "warmup-cosine"
+        assert (config.optim.warmup_epochs, config.optim.lr, config.train.resample_weighting) == (10, 0.1, 0.2)
+        assert (config.method.label_weighting, config.method.consistency_weight) == (1.0, 10.0)
+    assert (imagenet.train.epochs, imagenet.train.batch_size, imagenet.optim.weight_decay) == (135, 120, 2e-4)
+    assert (inat.train.epochs, inat.train.batch_size, inat.optim.weight_decay) == (120, 128, 1e-4)
+    assert build_config("places-lt").data.dataset == "places-lt"
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("data.unreadable", "ignore", "unknown unreadable-image policy 'ignore'"),
+        ("data.resize", "200", "data.resize must be >= data.image_size"),
+        ("data.workers", "-1", "data.workers must be >= 0"),
+        ("data.image_size", "4", "data.image_size must be >= 8"),
+    ],
+)
+def test_bad_image_file_options_are_refused(key, value, message):
+    with pytest.raises(ConfigError, match=message):
+        build_config("folder-resnet18", {key: value})
 
 
 def test_overrides_are_typed_and_win_over_the_preset():

@@ -40,8 +40,9 @@ def test_forward_returns_glmc_output_with_expected_shapes(name: str, num_classes
     d = model.feature_dim
     assert out.logits.shape == (BATCH, num_classes)
     assert out.logits_fc.shape == (BATCH, num_classes)
-    assert out.z.shape == (BATCH, PROJECTION_DIM)
-    assert out.p.shape == (BATCH, PROJECTION_DIM)
+    projection = model.heads.projection.out_features  # 128 for the CIFAR nets, 256 for the ImageNet ones
+    assert out.z.shape == (BATCH, projection)
+    assert out.p.shape == (BATCH, projection)
     assert out.feature.shape == (BATCH, d)
 
 

@@ -114,7 +114,7 @@ def test_missing_paths_and_bad_topk_are_errors(tiny_run, tmp_path, capsys):
     assert main(["predict", checkpoint, str(tmp_path / "nowhere.png"), "--device", "cpu"]) == 2
     assert "no such image file or folder" in capsys.readouterr().err
     assert main(["predict", checkpoint, str(tmp_path), "--device", "cpu"]) == 2
-    assert "no PNG or JPEG images in folder" in capsys.readouterr().err
+    assert "no images (.jpg, .jpeg, .png" in capsys.readouterr().err
     assert main(["predict", checkpoint, str(tmp_path), "--topk", "0", "--device", "cpu"]) == 2
     assert "--topk must be at least 1" in capsys.readouterr().err
 

@@ -1,8 +1,12 @@
-"""Batched CIFAR augmentation on the device: random crop with zero padding, flip, normalise.
+"""Batched augmentation on the device.
 
-One gather does crop and flip for the whole batch, so no Python runs per image. Zero
-padding happens on the uint8 pixels, before normalisation, as `RandomCrop(32, padding=4)`
-does on a PIL image.
+CIFAR: random crop with zero padding, flip, normalise. One gather does crop and flip for the
+whole batch, so no Python runs per image. Zero padding happens on the uint8 pixels, before
+normalisation, as `RandomCrop(32, padding=4)` does on a PIL image.
+
+Large images (METHOD.md section 5, MoCo v2): the loader's workers crop and flip; the
+device applies colour jitter, random grayscale and Gaussian blur to whole batches with
+kornia, then normalises.
 """
 
 from __future__ import annotations
@@ -43,9 +47,13 @@ class Normalise:
     std: tuple[float, ...]
 
     def __call__(self, images: Tensor) -> Tensor:
+        return self.unit(images.float() / 255.0)
+
+    def unit(self, images: Tensor) -> Tensor:
+        """float pixels on the [0, 1] scale -> `(x - mean) / std`, per channel."""
         mean = torch.tensor(self.mean, device=images.device).view(1, -1, 1, 1)
         std = torch.tensor(self.std, device=images.device).view(1, -1, 1, 1)
-        return (images.float() / 255.0 - mean) / std
+        return (images - mean) / std
 
 
 @dataclass(frozen=True)
@@ -59,3 +67,36 @@ class CifarAugment:
     def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """images: N x C x H x W uint8 -> N x C x H x W float, normalised."""
         return self.normalise(random_crop_flip(images, self.padding, generator, self.flip))
+
+
+def blur_kernel_size(image_size: int) -> int:
+    """MoCo v2's Gaussian blur spans about a tenth of the image: 23 px at 224; odd, at least 3."""
+    return max(3, int(0.1 * image_size) // 2 * 2 + 1)
+
+
+class ImageNetColour:
+    """The device half of the large-image training view: colour jitter (0.4, 0.4, 0.4, 0)
+    always, grayscale with p 0.2, Gaussian blur sigma in [0.1, 2] with p 0.5, normalise.
+
+    Called with a seed, so a step's augmentation can be reproduced (kornia draws from
+    torch's global generator, which is forked and seeded around the call).
+    """
+
+    def __init__(self, normalise: Normalise, image_size: int) -> None:
+        import kornia.augmentation as K  # imported here: only image-file datasets need it
+
+        kernel = blur_kernel_size(image_size)
+        self.normalise = normalise
+        self.transforms = torch.nn.Sequential(
+            K.ColorJitter(0.4, 0.4, 0.4, 0.0, p=1.0),
+            K.RandomGrayscale(p=0.2),
+            K.RandomGaussianBlur((kernel, kernel), (0.1, 2.0), p=0.5),
+        )
+
+    def __call__(self, images: Tensor, seed: int) -> Tensor:
+        """images: N x 3 x H x W uint8 -> N x 3 x H x W float, normalised."""
+        devices = [images.device] if images.is_cuda else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            coloured = self.transforms(images.float() / 255.0)
+        return self.normalise.unit(coloured)

@@ -9,6 +9,7 @@ achieved FLOP rate (on CUDA also as a fraction of the device's dense bf16 peak).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import resource
@@ -212,3 +213,97 @@ def device_label(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({torch.get_num_threads()} threads)"
+
+
+# ---------------------------------------------------------------- the input pipeline of image files
+
+STAND_IN_PHOTO = (500, 375)  # width, height: about the mean ImageNet training image
+STAND_IN_FILES = 256
+
+
+@dataclass
+class InputBenchResult:
+    preset: str
+    data: str  # the data root, or "generated JPEGs (...)"
+    image_size: int
+    workers: int
+    steps: int
+    batch_size: int
+    images_per_s: float  # source images decoded and cropped twice, per second, by all workers
+    images_per_s_per_worker: float  # the same in one process (workers=0)
+    machine: str
+    git_commit: str | None
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+    def render(self) -> str:
+        return "\n".join([
+            f"preset       {self.preset}: decode + 2 random resized crops of {self.image_size} + flip, per image",
+            f"data         {self.data}",
+            f"throughput   {self.images_per_s:.1f} images/s with {self.workers} workers "
+            f"({2 * self.images_per_s:.1f} crops/s), {self.steps} steps of 2 x {self.batch_size} images",
+            f"one worker   {self.images_per_s_per_worker:.1f} images/s",
+            f"machine      {self.machine}",
+        ])
+
+
+def write_photo_stand_ins(folder, files: int = STAND_IN_FILES, classes: int = 4) -> None:
+    """JPEGs of ImageNet's typical size and file size (~100 KB at quality 90): smooth random
+    colour fields with sensor-like noise, in the folder layout (train/ and test/)."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for part, count in (("train", files), ("test", classes)):
+        for index in range(count):
+            label = index % classes
+            target = Path(folder) / part / f"class{label}"
+            target.mkdir(parents=True, exist_ok=True)
+            coarse = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+            smooth = np.asarray(Image.fromarray(coarse).resize(STAND_IN_PHOTO, Image.Resampling.BICUBIC), dtype=np.float32)
+            noisy = np.clip(smooth + rng.normal(0, 18, smooth.shape), 0, 255).astype(np.uint8)
+            Image.fromarray(noisy).save(target / f"{index:05d}.jpg", quality=90)
+
+
+def run_input_bench(preset: str, config: Config, steps: int, warmup: int) -> InputBenchResult:
+    """Images per second through the workers' half of the image-file loader (no device work)."""
+    import tempfile
+
+    from glmc.data.files import FileTwoStreamLoader, make_loader
+    from glmc.data.pipeline import create_train_loader
+
+    with tempfile.TemporaryDirectory() as scratch:
+        try:
+            dataset, source = create_dataset(config.data), config.data.data_root
+        except DataError as missing:
+            print(f"glmc: {missing}; benchmarking on generated JPEGs", file=sys.stderr)
+            write_photo_stand_ins(scratch)
+            config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="folder", data_root=scratch))
+            dataset = create_dataset(config.data)
+            source = f"generated JPEGs ({STAND_IN_PHOTO[0]}x{STAND_IN_PHOTO[1]}, quality 90, {STAND_IN_FILES} files)"
+        loader = create_train_loader(dataset, config.data, config.train.batch_size, torch.device("cpu"),
+                                     resample_weighting=config.train.resample_weighting, seed=config.train.seed)
+        if not isinstance(loader, FileTwoStreamLoader):
+            raise DataError(f"--input-only times the image-file loader; {dataset.name} is held in memory")
+
+        def rate(workers: int, timed_steps: int) -> float:
+            keys = (key for epoch in range(10**6) for key in loader.keys(epoch, 0))
+            batches = iter(make_loader(loader.views, keys, workers, pin=False))
+            for _ in range(warmup + (2 if workers else 0)):  # workers start and fill their queues
+                next(batches)
+            started, images = time.perf_counter(), 0
+            for _ in range(timed_steps):
+                indices, _, _, _ = next(batches)
+                images += len(indices)
+            return images / (time.perf_counter() - started)
+
+        parallel = rate(config.data.workers, steps)
+        single = rate(0, max(1, steps // 4))
+    return InputBenchResult(
+        preset=preset, data=source, image_size=config.data.image_size, workers=config.data.workers, steps=steps,
+        batch_size=config.train.batch_size, images_per_s=parallel, images_per_s_per_worker=single,
+        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        git_commit=git_commit(),
+    )

@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glmc.augment import CifarAugment
 from glmc.checkpoint import save_checkpoint
 from glmc.config import OptimConfig, coerce, parse_override
+from glmc.data.files import FileTwoStreamLoader
 from glmc.data.loader import TwoStreamLoader
+from glmc.data.pipeline import create_train_loader
 from glmc.engine import autocast_for, learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
@@ -265,17 +266,10 @@ class MaxNorm:
         with torch.no_grad():
             head.weight.copy_(max_norm_projection(head.weight, threshold))
 
-    def _loader(self, restored: Restored) -> TwoStreamLoader:
-        dataset, train = restored.dataset, restored.config.train
-        return TwoStreamLoader(
-            torch.from_numpy(dataset.train_images).to(restored.device),
-            torch.from_numpy(dataset.train_labels).to(restored.device),
-            dataset.class_counts,
-            self.params.batch_size or train.batch_size,
-            CifarAugment(restored.normalise),
-            seed=train.seed,
-            drop_last=train.drop_last,
-        )
+    def _loader(self, restored: Restored) -> TwoStreamLoader | FileTwoStreamLoader:
+        config = restored.config
+        return create_train_loader(restored.dataset, config.data, self.params.batch_size or config.train.batch_size,
+                                   restored.device, seed=config.train.seed, drop_last=config.train.drop_last)
 
 
 # ---------------------------------------------------------------- parameters, and a checkpoint in and out

@@ -65,6 +65,11 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--imbalance-factor", type=float, default=defaults.imbalance_factor, help="n_max / n_min, >= 1")
     parser.add_argument("--split", default=defaults.split, help=f"split protocol: {', '.join(SPLITS.names())}")
     parser.add_argument("--download", action="store_true", help="fetch the official archive (MD5-checked) if missing")
+    parser.add_argument("--train-list", default="", help="image-list datasets: the training list of `relative/path label` lines")
+    parser.add_argument("--val-list", default="", help="image-list datasets: the validation list")
+    parser.add_argument("--test-list", default="", help="image-list datasets: the test list")
+    parser.add_argument("--long-tailed-subset", action="store_true",
+                        help="image-file datasets: draw a long-tailed subset (--imbalance-factor, --split)")
 
 
 def data_config_from(args: argparse.Namespace) -> DataConfig:
@@ -74,6 +79,10 @@ def data_config_from(args: argparse.Namespace) -> DataConfig:
         imbalance_factor=args.imbalance_factor,
         split=args.split,
         download=args.download,
+        train_list=args.train_list,
+        val_list=args.val_list,
+        test_list=args.test_list,
+        long_tailed_subset=args.long_tailed_subset,
     )
 
 
@@ -164,7 +173,8 @@ def run_train(args: argparse.Namespace) -> int:
         config = build_config(args.preset, overrides)
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     train(config, output, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
-    print(f"run folder: {output}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
+        print(f"run folder: {output}")
     return 0
 
 
@@ -176,12 +186,15 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (default 3)")
     parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or ./data); random data if absent")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value")
+    parser.add_argument("--input-only", action="store_true",
+                        help="image-file presets: time only the workers' decoding and cropping (generated JPEGs if no data)")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON object")
     parser.set_defaults(run=run_bench)
 
 
 def run_bench(args: argparse.Namespace) -> int:
     from glmc.bench import run_bench as bench
+    from glmc.bench import run_input_bench
     from glmc.config import build_config, parse_override
 
     if args.steps < 1 or args.warmup < 0:
@@ -192,7 +205,8 @@ def run_bench(args: argparse.Namespace) -> int:
         overrides["data.data_root"] = data_root
     if args.device:
         overrides["train.device"] = args.device
-    result = bench(args.preset, build_config(args.preset, overrides), args.steps, args.warmup)
+    measure = run_input_bench if args.input_only else bench
+    result = measure(args.preset, build_config(args.preset, overrides), args.steps, args.warmup)
     print(json.dumps(result.to_json()) if args.json else result.render())
     return 0
 
@@ -203,6 +217,8 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", help="dataset folder (default: the one the run used)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--shot-bounds", choices=["standard", "authors"], help="many/medium/few bounds (default: the run's)")
+    parser.add_argument("--on", choices=["test", "val"], default="test",
+                        help="the held-out set: test (default), or val where the dataset has a validation list or folder")
     parser.add_argument("--json", action="store_true", help="print the metrics object as JSON")
     parser.set_defaults(run=run_eval)
 
@@ -210,13 +226,14 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     from glmc.evaluation import evaluate_checkpoint
 
-    metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, shot_bounds=args.shot_bounds)
+    metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, shot_bounds=args.shot_bounds,
+                                  part=args.on)
     if args.json:
         print(json.dumps(metrics.to_json()))
     else:
         shots = " / ".join(f"{name} {getattr(metrics, name):.2f}" if getattr(metrics, name) is not None else f"{name} -"
                            for name in ("many", "medium", "few"))
-        print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {shots}  ({metrics.num_samples} test images)")
+        print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {shots}  ({metrics.num_samples} {args.on} images)")
     return 0
 
 

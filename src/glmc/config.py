@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import yaml
 
 from glmc.data.datasets import DATASETS, DataConfig
+from glmc.data.files import UNREADABLE_POLICIES
 from glmc.data.longtail import SPLITS
 from glmc.data.samplers import SAMPLERS
 from glmc.errors import ConfigError
@@ -70,6 +71,7 @@ class TrainConfig:
     nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run (keeping the last good checkpoint) or "skip" the step
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (None: at the end of each epoch)
     compile: bool = False  # torch.compile the training forward/backward (first steps compile: minutes on a CPU)
+    sync_batchnorm: bool = False  # under torchrun: batch statistics over all ranks' images (SyncBatchNorm)
 
 
 @dataclass
@@ -207,9 +209,15 @@ def validate(config: Config) -> None:
         raise ConfigError(unknown_name_message("shot bounds", config.train.shot_bounds, sorted(SHOT_BOUNDS)))
     if config.train.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(unknown_name_message("non-finite policy", config.train.nonfinite, list(NONFINITE_POLICIES)))
+    if config.data.unreadable not in UNREADABLE_POLICIES:
+        raise ConfigError(unknown_name_message("unreadable-image policy", config.data.unreadable, list(UNREADABLE_POLICIES)))
     if config.optim.schedule not in SCHEDULES:
         raise ConfigError(unknown_name_message("schedule", config.optim.schedule, list(SCHEDULES)))
     _require(config.data.imbalance_factor >= 1, "data.imbalance_factor must be >= 1", config.data.imbalance_factor)
+    _require(config.data.image_size >= 8, "data.image_size must be >= 8", config.data.image_size)
+    _require(config.data.resize >= config.data.image_size, f"data.resize must be >= data.image_size ({config.data.image_size})",
+             config.data.resize)
+    _require(config.data.workers >= 0, "data.workers must be >= 0", config.data.workers)
     _require(config.optim.lr > 0, "optim.lr must be > 0", config.optim.lr)
     _require(config.optim.momentum >= 0, "optim.momentum must be >= 0", config.optim.momentum)
     _require(config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0", config.optim.weight_decay)

@@ -10,16 +10,16 @@ import contextlib
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from glmc.augment import Normalise
+from glmc import distributed
 from glmc.config import OptimConfig
 from glmc.data.batch import TwoStreamBatch
-from glmc.data.loader import derived_seed, evaluation_batches
+from glmc.data.loader import derived_seed
 from glmc.errors import ConfigError, GlmcError
 from glmc.methods.base import Method
 from glmc.metrics import ConfusionCounter, Metrics
@@ -99,7 +99,7 @@ def train_step(
         result = method(model, batch, epoch, rng)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
-    if skip_nonfinite and not torch.isfinite(result.loss):
+    if skip_nonfinite and distributed.any_across(not torch.isfinite(result.loss), device):  # ranks skip together
         optimizer.zero_grad(set_to_none=True)
         return None
     if replay is not None:
@@ -175,21 +175,26 @@ class LossMeter:
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    images: Tensor,
-    labels: Tensor,
+    batches: Iterable[tuple[Tensor, Tensor]],
     class_counts: Sequence[int],
-    normalise: Normalise,
-    batch_size: int,
     shot_bounds: ShotBounds,
 ) -> Metrics:
-    """Top-1/5, per-class and many/medium/few accuracy of `logits` on un-augmented images."""
+    """Top-1/5, per-class and many/medium/few accuracy of `logits` on un-augmented test batches.
+
+    batches: (N x C x H x W normalised float, N labels) on the model's device. Under torchrun
+    each rank passes its slice of the test set; the counts are summed over ranks, so every
+    rank returns the metrics of the whole test set.
+    """
     was_training = model.training
     model.eval()
     counter = ConfusionCounter(len(class_counts))
-    with autocast_for(images.device):
-        for inputs, targets in evaluation_batches(images, labels, batch_size, normalise):
+    device = next(model.parameters()).device
+    with autocast_for(device):
+        for inputs, targets in batches:
             counter.update(model(channels_last_if_cuda(inputs)).logits.float(), targets)
     model.train(was_training)
+    if distributed.active():
+        counter.reduce(distributed.sum_across, device)
     return counter.finish(class_counts, shot_bounds)
 
 

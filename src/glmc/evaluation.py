@@ -9,9 +9,10 @@ import torch
 from torch import nn
 
 from glmc.augment import Normalise
+from glmc.data.pipeline import create_test_set
 from glmc.checkpoint import checkpoint_classifier, load_checkpoint
 from glmc.config import Config, config_from_dict, flatten
-from glmc.data.datasets import LongTailedDataset, create_dataset
+from glmc.data.datasets import DatasetSummary, create_dataset
 from glmc.engine import evaluate, resolve_device
 from glmc.errors import GlmcError
 from glmc.metrics import Metrics
@@ -25,7 +26,7 @@ class Restored:
 
     checkpoint: dict
     config: Config
-    dataset: LongTailedDataset
+    dataset: DatasetSummary
     model: nn.Module  # in eval mode, on `device`
     normalise: Normalise
     device: torch.device
@@ -37,7 +38,7 @@ def checkpoint_config(checkpoint: dict, data_root: str | None = None) -> Config:
     return config_from_dict({**flatten(checkpoint["config"]), **overrides, "data.download": False})
 
 
-def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config) -> LongTailedDataset:
+def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config) -> DatasetSummary:
     """The checkpoint's dataset, rebuilt from its config; the split must be the one it trained on."""
     dataset = create_dataset(config.data)
     if dataset.fingerprint != checkpoint["fingerprint"]:
@@ -68,20 +69,16 @@ def restore_for_evaluation(path: str | os.PathLike, data_root: str | None = None
     return Restored(checkpoint, config, dataset, model, Normalise(dataset.mean, dataset.std), target)
 
 
-def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto", shot_bounds: str | None = None) -> Metrics:
-    return evaluate_restored(restore_for_evaluation(path, data_root, device), shot_bounds)
+def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto", shot_bounds: str | None = None,
+                        part: str = "test") -> Metrics:
+    return evaluate_restored(restore_for_evaluation(path, data_root, device), shot_bounds, part=part)
 
 
-def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model: nn.Module | None = None) -> Metrics:
-    """Test-set metrics of the restored model (or of `model`, e.g. a calibrated copy of it)."""
-    dataset, config = restored.dataset, restored.config
+def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model: nn.Module | None = None,
+                      part: str = "test") -> Metrics:
+    """Metrics of the restored model (or of `model`, e.g. a calibrated copy of it) on the
+    test set, or on the validation set (`part="val"`) where the dataset has one."""
+    config = restored.config
     bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
-    return evaluate(
-        restored.model if model is None else model,
-        torch.from_numpy(dataset.test_images).to(restored.device),
-        torch.from_numpy(dataset.test_labels).to(restored.device),
-        restored.checkpoint["class_counts"],
-        restored.normalise,
-        config.train.eval_batch_size,
-        bounds,
-    )
+    test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device, part=part)
+    return evaluate(restored.model if model is None else model, test_set.batches(), restored.checkpoint["class_counts"], bounds)

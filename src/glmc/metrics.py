@@ -170,6 +170,15 @@ class ConfusionCounter:
             self.confusion = self.confusion + batch_confusion
             self.top5_correct = self.top5_correct + batch_top5
 
+    def reduce(self, sum_over_ranks, device: torch.device) -> None:
+        """Replace the counts by their sum over ranks (`sum_over_ranks` sums a tensor in place);
+        a rank that counted nothing contributes zeros."""
+        if self.confusion is None:
+            self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
+            self.top5_correct = torch.zeros((), dtype=torch.int64, device=device)
+        counts = sum_over_ranks(torch.cat([self.confusion.flatten(), self.top5_correct.view(1)]))
+        self.confusion, self.top5_correct = counts[:-1].view(self.num_classes, self.num_classes), counts[-1]
+
     def finish(self, class_counts: Sequence[int], shot_bounds: ShotBounds | str = STANDARD) -> Metrics:
         """The metrics of everything counted so far; `class_counts` are the training counts."""
         if self.confusion is None:

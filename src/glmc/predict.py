@@ -1,9 +1,10 @@
 """Class probabilities for new images from a checkpoint: `glmc predict CKPT IMAGE_OR_FOLDER...`.
 
 Preprocessing is the checkpoint's own test-time view: decode with Pillow, convert to RGB
-(grayscale, RGBA and palette images included), resize the whole image to the training
-resolution (no crop; images already at that size are left untouched), normalise with the
-training set's per-channel mean and std. Checkpoints store mean, std and image size; for
+(grayscale, RGBA and palette images included); for models trained on image files, resize the
+shorter side and take the centre crop, as their test set was; for the others (CIFAR) resize
+the whole image to the training resolution (no crop; images already at that size are left
+untouched); normalise with the training set's per-channel mean and std. Checkpoints store mean, std and image size; for
 older ones that lack them the dataset is rebuilt from the stored config to recover them.
 """
 
@@ -21,12 +22,12 @@ from torch import nn
 
 from glmc.augment import Normalise
 from glmc.checkpoint import load_checkpoint
+from glmc.data.files import DECODE_ERRORS, UnreadableImage, centre_view, decode_rgb
+from glmc.data.images import IMAGE_SUFFIXES  # what a folder is searched for (case-insensitive)
+from glmc.data.pipeline import input_size
 from glmc.engine import autocast_for, channels_last_if_cuda, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import checkpoint_config, checkpoint_dataset, restore_model
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")  # what a folder is searched for (case-insensitive)
-DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a bad file
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Preprocessing:
     mean: tuple[float, ...]  # per channel, on the [0, 1] scale
     std: tuple[float, ...]
     image_size: tuple[int, int]  # height, width of the training images
+    test_resize: int | None = None  # shorter side before the centre crop (models trained on image files)
 
 
 @dataclass(frozen=True)
@@ -61,15 +63,15 @@ class Prediction:
 def checkpoint_preprocessing(checkpoint: dict, path: str | os.PathLike, data_root: str | None = None) -> Preprocessing:
     """Mean, std and image size stored in the checkpoint, else recovered by rebuilding its dataset."""
     if all(key in checkpoint for key in ("mean", "std", "image_size")):
-        return Preprocessing(tuple(checkpoint["mean"]), tuple(checkpoint["std"]), tuple(checkpoint["image_size"]))
+        return Preprocessing(tuple(checkpoint["mean"]), tuple(checkpoint["std"]), tuple(checkpoint["image_size"]),
+                             checkpoint.get("test_resize"))
     config = checkpoint_config(checkpoint, data_root)
     try:
         dataset = checkpoint_dataset(checkpoint, path, config)
     except GlmcError as error:
         raise GlmcError(f"{path} predates stored preprocessing and its dataset cannot be rebuilt to recover it "
                         f"(pass --data-root): {error}") from None
-    height, width = dataset.train_images.shape[-2:]
-    return Preprocessing(tuple(dataset.mean), tuple(dataset.std), (int(height), int(width)))
+    return Preprocessing(tuple(dataset.mean), tuple(dataset.std), input_size(dataset, config.data))
 
 
 class Predictor:
@@ -93,7 +95,8 @@ class Predictor:
 
     def predict(self, paths: Sequence[Path], topk: int) -> list[Prediction]:
         """The `topk` most probable classes of each image in one batch."""
-        images = np.stack([read_image(path, self.preprocessing.image_size) for path in paths])  # N x 3 x H x W
+        images = np.stack([read_image(path, self.preprocessing.image_size, self.preprocessing.test_resize)
+                           for path in paths])  # N x 3 x H x W
         top = self.probabilities(images).topk(min(topk, len(self.class_names)), dim=1)
         return [
             Prediction(str(path), [self.class_names[i] for i in indices], indices, probabilities)
@@ -109,7 +112,7 @@ def image_files(inputs: Iterable[str | os.PathLike]) -> list[Path]:
         if path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
             if not found:
-                raise GlmcError(f"no PNG or JPEG images in folder {path}")
+                raise GlmcError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {path}")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -127,17 +130,20 @@ def check_readable(paths: Iterable[Path]) -> None:
             raise GlmcError(f"cannot read image {path}: {decode_reason(error)}") from None
 
 
-def read_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    """Decode `path` as RGB at `size` (height, width): 3 x H x W uint8."""
+def read_image(path: Path, size: tuple[int, int], test_resize: int | None = None) -> np.ndarray:
+    """Decode `path` as RGB at `size` (height, width): 3 x H x W uint8. With `test_resize`, the
+    shorter side is resized to it and the centre cut out; else the whole image is resized."""
     height, width = size
     try:
-        with Image.open(path) as image:
-            rgb = image.convert("RGB")
-            if rgb.size != (width, height):
-                rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = np.asarray(rgb, dtype=np.uint8)  # H x W x 3
-    except DECODE_ERRORS as error:
-        raise GlmcError(f"cannot read image {path}: {decode_reason(error)}") from None
+        rgb = decode_rgb(str(path))
+    except UnreadableImage as error:
+        raise GlmcError(f"cannot read image {path}: {error}") from None
+    if test_resize is not None:
+        pixels = centre_view(rgb, height, test_resize)  # H x W x 3
+    else:
+        if rgb.size != (width, height):
+            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(rgb, dtype=np.uint8)  # H x W x 3
     return np.ascontiguousarray(pixels.transpose(2, 0, 1))  # 3 x H x W
 
 

@@ -30,7 +30,7 @@ import torch
 import yaml
 
 from glmc import plots
-from glmc.data.loader import evaluation_batches
+from glmc.data.pipeline import create_test_set
 from glmc.engine import autocast_for, channels_last_if_cuda, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_for_evaluation
@@ -162,11 +162,11 @@ def write_cache(cache: Path, checkpoint_hash: str, confusion: np.ndarray) -> Non
 def test_set_confusion(checkpoint: Path, data_root: str | None, device: str) -> np.ndarray:
     """Evaluate `checkpoint` on its test set: K x K counts, rows true, columns predicted."""
     restored = restore_for_evaluation(checkpoint, data_root, device)
-    images = torch.from_numpy(restored.dataset.test_images).to(restored.device)
-    labels = torch.from_numpy(restored.dataset.test_labels).to(restored.device)
+    config = restored.config
+    test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device)
     counter = ConfusionCounter(restored.checkpoint["num_classes"])
     with autocast_for(restored.device):
-        for inputs, targets in evaluation_batches(images, labels, restored.config.train.eval_batch_size, restored.normalise):
+        for inputs, targets in test_set.batches():
             counter.update(restored.model(channels_last_if_cuda(inputs)).logits.float(), targets)
     return counter.confusion.cpu().numpy()
 

@@ -25,11 +25,15 @@ import yaml
 from tqdm import tqdm
 
 import glmc
-from glmc.augment import CifarAugment, Normalise
+from glmc import distributed
 from glmc.checkpoint import checkpoint_classifier, checksum_path, load_latest_good, previous_path, save_checkpoint, write_text_atomically
 from glmc.config import Config, ModelConfig, config_from_dict, dump_config, flatten
-from glmc.data.datasets import LongTailedDataset, create_dataset
+from glmc.data.datasets import DatasetSummary, create_dataset
+from glmc.data.files import FileTestSet, FileTwoStreamLoader
+from glmc.data.images import ImageFileDataset
 from glmc.data.loader import TwoStreamLoader
+from glmc.data.pipeline import DeviceTestSet, create_test_set, create_train_loader, input_size
+from glmc.distributed import SINGLE, Shard
 from glmc.engine import (
     LossMeter,
     NonFiniteWatch,
@@ -42,7 +46,7 @@ from glmc.engine import (
     step_rng,
     train_step,
 )
-from glmc.errors import GlmcError, RunInterrupted
+from glmc.errors import ConfigError, GlmcError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
 from glmc.metrics import Metrics
@@ -51,6 +55,7 @@ from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TENSORBOARD_DIR, TensorBoardLog
 
 CONFIG_FILE = "config.yaml"
+CLASSES_FILE = "classes.txt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
 LAST_CHECKPOINT = "checkpoint_last.pt"
@@ -69,6 +74,7 @@ class RunState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
     epoch_loss_totals: dict | None = None  # loss sums of the unfinished epoch, so its means survive a resume
     epoch_loss_steps: int = 0
+    unreadable: list[str] = field(default_factory=list)  # training images skipped as undecodable (data.unreadable=skip)
 
 
 @dataclass
@@ -77,15 +83,14 @@ class Run:
 
     config: Config
     device: torch.device
-    dataset: LongTailedDataset
+    dataset: DatasetSummary
     model: torch.nn.Module  # the module whose state is saved and evaluated
-    step_model: torch.nn.Module  # what the training step calls: `model`, or its torch.compile'd wrapper
-    loader: TwoStreamLoader
+    step_model: torch.nn.Module  # what the training step calls: `model`, wrapped by DDP and/or torch.compile
+    loader: TwoStreamLoader | FileTwoStreamLoader
     method: Method
     optimizer: torch.optim.Optimizer
-    normalise: Normalise
-    test_images: torch.Tensor
-    test_labels: torch.Tensor
+    test_set: DeviceTestSet | FileTestSet
+    shard: Shard = SINGLE  # this process's rank among the torchrun processes
 
 
 def train(config: Config, output: str | os.PathLike, resume: bool = False, overwrite: bool = False, quiet: bool = False,
@@ -95,17 +100,32 @@ def train(config: Config, output: str | os.PathLike, resume: bool = False, overw
     `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
     """
     output = Path(output)
+    shard, device = distributed.start(config.train.device)
+    try:
+        return train_process(config, output, shard, device, resume, overwrite, quiet or not shard.is_main,
+                             tensorboard and shard.is_main)
+    finally:
+        distributed.stop()
+
+
+def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool, overwrite: bool, quiet: bool,
+                  tensorboard: bool) -> dict:
+    """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes)."""
     board = TensorBoardLog(output / TENSORBOARD_DIR, resume) if tensorboard else None  # no package: fails here
-    run = build_run(config)
-    prepare_output(output, resume, overwrite)  # only once every input has been checked
+    run = build_run(config, shard=shard, device=device)
+    if shard.is_main:
+        prepare_output(output, resume, overwrite)  # only once every input has been checked
+    distributed.barrier()
     state = RunState()
     if resume and has_checkpoint(output):
         state = restore(output / LAST_CHECKPOINT, run)
-    write_text_atomically(output / CONFIG_FILE, dump_config(config))
-    keep_records(output / METRICS_FILE, state.records)
+    if shard.is_main:
+        write_text_atomically(output / CONFIG_FILE, dump_config(config))
+        write_text_atomically(output / CLASSES_FILE, "".join(f"{k}\t{name}\n" for k, name in enumerate(run.dataset.class_names)))
+        keep_records(output / METRICS_FILE, state.records)
     log(quiet, f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
         f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
-        f"{len(run.loader)} steps per epoch")
+        f"{len(run.loader)} steps per epoch" + (f", {shard.world} processes" if shard.world > 1 else ""))
     clock = Clock(state.seconds)
     with stop_requests() as stop:
         while not finished(state, config):
@@ -115,46 +135,54 @@ def train(config: Config, output: str | os.PathLike, resume: bool = False, overw
                 board.log_all(state.records[logged:])
     if board:
         board.close()
-    summary = make_summary(config, run.dataset, state, run.device)
-    write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+    summary = make_summary(config, run.dataset, state, run.device, shard.world)
+    if shard.is_main:
+        write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     log(quiet, shots_table(summary))
     return summary
 
 
-def build_run(config: Config, dataset: LongTailedDataset | None = None) -> Run:
-    """The run's parts; `dataset` replaces the configured one (benchmarks on stand-in data)."""
-    device = resolve_device(config.train.device)
+def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shard = SINGLE,
+              device: str | None = None) -> Run:
+    """The run's parts; `dataset` replaces the configured one (benchmarks on stand-in data).
+
+    `device` replaces config.train.device (a torchrun rank's own GPU).
+    """
+    device = resolve_device(device or config.train.device)
     torch.manual_seed(config.train.seed)
     dataset = dataset or create_dataset(config.data)
-    counts = dataset.class_counts
     model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    normalise = Normalise(dataset.mean, dataset.std)
-    loader = TwoStreamLoader(
-        torch.from_numpy(dataset.train_images).to(device),
-        torch.from_numpy(dataset.train_labels).to(device),
-        counts,
-        config.train.batch_size,
-        CifarAugment(normalise),
-        sampler=config.train.sampler,
-        resample_weighting=config.train.resample_weighting,
-        seed=config.train.seed,
-        drop_last=config.train.drop_last,
-    )
+    train = config.train
+    loader = create_train_loader(dataset, config.data, train.batch_size, device, sampler=train.sampler,
+                                 resample_weighting=train.resample_weighting, seed=train.seed,
+                                 drop_last=train.drop_last, shard=shard)
     return Run(
         config=config,
         device=device,
         dataset=dataset,
         model=model,
-        step_model=torch.compile(model) if config.train.compile else model,
+        step_model=step_model(model, config, shard, device),
         loader=loader,
-        method=create_method(config.method, counts, config.train.epochs),
+        method=create_method(config.method, dataset.class_counts, train.epochs),
         optimizer=create_optimizer(model, config.optim, device),
-        normalise=normalise,
-        test_images=torch.from_numpy(dataset.test_images).to(device),
-        test_labels=torch.from_numpy(dataset.test_labels).to(device),
+        test_set=create_test_set(dataset, config.data, train.eval_batch_size, device, shard),
+        shard=shard,
     )
+
+
+def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: torch.device) -> torch.nn.Module:
+    """What the training step calls: under torchrun a DDP wrapper (SyncBatchNorm first if asked), compiled if asked."""
+    wrapped = model
+    if shard.world > 1:
+        if config.train.sync_batchnorm and device.type != "cuda":
+            raise ConfigError("train.sync_batchnorm needs CUDA devices: PyTorch's SyncBatchNorm only runs on GPUs")
+        if config.train.sync_batchnorm:
+            # converts in place where it can; the returned module shares every parameter and buffer with `model`
+            wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
+    return torch.compile(wrapped) if config.train.compile else wrapped
 
 
 def finished(state: RunState, config: Config) -> bool:
@@ -227,12 +255,12 @@ def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: lis
             watch.check()
             if meter.steps:
                 bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
-        if stop:
+        if distributed.any_across(bool(stop), run.device) if run.shard.world > 1 else stop:  # all ranks stop together
             bar.close()
             save_last(run, state, output, clock, watch, meter)
-            name = signal.Signals(stop[0]).name
-            raise RunInterrupted(f"{name}: stopped at epoch {epoch + 1}, step {state.step}; checkpoint saved, "
-                                 f"continue with: glmc train --resume {output}", 128 + stop[0])
+            signum = stop[0] if stop else signal.SIGTERM  # another rank was asked
+            raise RunInterrupted(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {state.step}; "
+                                 f"checkpoint saved, continue with: glmc train --resume {output}", 128 + signum)
         every = config.train.checkpoint_every
         if every is not None and state.global_step % every == 0 and state.step < len(run.loader):
             save_last(run, state, output, clock, watch, meter)
@@ -248,26 +276,48 @@ def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: lis
 
 
 def save_last(run: Run, state: RunState, output: Path, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
-    """Checkpoint the run as it stands, with the loss sums of the unfinished epoch."""
+    """Checkpoint the run as it stands, with the loss sums of the unfinished epoch (rank 0 writes)."""
     watch.check()  # never checkpoint a model that has seen a non-finite loss
     state.epoch_loss_totals, state.epoch_loss_steps = meter.totals, meter.steps
     state.seconds = clock.total()
-    save_checkpoint(output / LAST_CHECKPOINT, checkpoint_payload(run, state, "last"), keep_previous=True)
+    note_unreadable(run, state)
+    if run.shard.is_main:
+        save_checkpoint(output / LAST_CHECKPOINT, checkpoint_payload(run, state, "last"), keep_previous=True)
+
+
+def note_unreadable(run: Run, state: RunState) -> None:
+    """Add the images skipped as undecodable (data.unreadable=skip), by any rank, to the run's list."""
+    if not isinstance(run.loader, FileTwoStreamLoader):
+        return
+    skipped = set(run.loader.unreadable.skipped_paths()) | set(run.test_set.unreadable.skipped_paths())
+    state.unreadable = sorted(distributed.union_across(set(state.unreadable) | skipped))
 
 
 def evaluate_and_record(run: Run, state: RunState, output: Path, meter: LossMeter, seconds: float, quiet: bool) -> None:
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
-    metrics = evaluate(run.model, run.test_images, run.test_labels, run.dataset.class_counts, run.normalise,
-                       config.train.eval_batch_size, bounds)
+    distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
+    metrics = evaluate(run.model, run.test_set.batches(), run.dataset.class_counts, bounds)
+    note_unreadable(run, state)
     epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
-    record = evaluation_record(epoch, state, metrics, meter, run.optimizer, seconds)
+    record = evaluation_record(epoch, state, metrics, epoch_losses(meter, run.shard), run.optimizer, seconds)
     state.records.append(record)
-    append_record(output / METRICS_FILE, record)
+    if run.shard.is_main:
+        append_record(output / METRICS_FILE, record)
     log(quiet, evaluation_line(record, config.train.epochs))
     if state.best is None or record["top1"] > state.best["top1"]:
         state.best = record
-        save_checkpoint(output / BEST_CHECKPOINT, checkpoint_payload(run, state, BEST_LABEL))
+        if run.shard.is_main:
+            save_checkpoint(output / BEST_CHECKPOINT, checkpoint_payload(run, state, BEST_LABEL))
+
+
+def epoch_losses(meter: LossMeter, shard: Shard) -> dict[str, float]:
+    """The epoch's mean loss parts, averaged over ranks."""
+    if shard.world == 1 or not meter.totals:
+        return meter.means()
+    names = list(meter.totals)
+    totals = distributed.sum_across(torch.stack([meter.totals[name] for name in names])).cpu().tolist()
+    return {name: total / (meter.steps * shard.world) for name, total in zip(names, totals)}
 
 
 def log(quiet: bool, message: str) -> None:
@@ -313,7 +363,9 @@ def checkpoint_payload(run: Run, state: RunState, kind: str) -> dict:
         "fingerprint": run.dataset.fingerprint,
         "mean": list(run.dataset.mean),  # test-time preprocessing, so `glmc predict` needs no dataset
         "std": list(run.dataset.std),
-        "image_size": list(run.dataset.train_images.shape[-2:]),  # height, width
+        "image_size": list(input_size(run.dataset, run.config.data)),  # height, width
+        # image files are resized (shorter side) then centre-cropped at test time; in-memory ones are used as they are
+        "test_resize": run.config.data.resize if isinstance(run.dataset, ImageFileDataset) else None,
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "state": dataclasses.asdict(state),
@@ -357,13 +409,13 @@ def append_record(path: Path, record: dict) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def evaluation_record(epoch: int, state: RunState, metrics: Metrics, meter: LossMeter, optimizer, seconds: float) -> dict:
+def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dict[str, float], optimizer, seconds: float) -> dict:
     return {
         "epoch": epoch,
         "global_step": state.global_step,
         "partial_epoch": state.step != 0,
         **metrics.to_json(),
-        "losses": meter.means(),
+        "losses": losses,
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(seconds, 3),
         "skipped_steps": state.skipped_steps,
@@ -393,7 +445,7 @@ def shots_table(summary: dict) -> str:
 METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples")
 
 
-def make_summary(config: Config, dataset: LongTailedDataset, state: RunState, device: torch.device) -> dict:
+def make_summary(config: Config, dataset: DatasetSummary, state: RunState, device: torch.device, processes: int = 1) -> dict:
     final = state.records[-1]
     return {
         "final": {k: final[k] for k in METRIC_KEYS},
@@ -408,6 +460,8 @@ def make_summary(config: Config, dataset: LongTailedDataset, state: RunState, de
         "version": glmc.__version__,
         "git_commit": git_commit(),
         "device": device_name(device),
+        "processes": processes,
+        "unreadable_images": {"count": len(state.unreadable), "files": state.unreadable[:100]},
         "torch": torch.__version__,
         "config": config.to_dict(),
     }

@@ -28,10 +28,49 @@ class DataConfig:
     imbalance_factor: float = 100.0  # n_max / n_min of the training set, >= 1
     split: str = "standard"  # "standard" (Cao et al.) or "glmc" (the authors' seed-3407 split)
     download: bool = False  # fetch the official archive (MD5-checked) when missing
+    # Image-file datasets (glmc.data.images): lists of `relative/path label` lines, relative to
+    # data_root unless absolute; empty means the dataset's standard file name.
+    train_list: str = ""
+    val_list: str = ""
+    test_list: str = ""
+    long_tailed_subset: bool = False  # draw a subset by the exponential profile (imbalance_factor, split)
+    image_size: int = 224  # training crops and test centre crops, in pixels
+    resize: int = 256  # test images: shorter side resized to this, then centre-cropped to image_size
+    workers: int = 8  # decoding processes per training process
+    unreadable: str = "fail"  # an image that cannot be decoded: "fail" (naming the file) or "skip" and count it
+
+
+class DatasetSummary:
+    """What every dataset kind shares: class counts, shot groups and the card.
+
+    A subclass is a frozen dataclass with the fields `name`, `split`, `imbalance_factor`,
+    `class_names`, `train_labels`, `test_labels` and a `fingerprint`.
+    """
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def class_counts(self) -> list[int]:
+        return np.bincount(self.train_labels, minlength=self.num_classes).tolist()
+
+    def card(self, bounds: ShotBounds = STANDARD) -> "DatasetCard":
+        counts = self.class_counts
+        return DatasetCard(
+            dataset=self.name,
+            split=self.split,
+            imbalance_factor=self.imbalance_factor,
+            class_names=self.class_names,
+            class_counts=counts,
+            test_total=len(self.test_labels),
+            fingerprint=self.fingerprint,
+            **bounds.sizes(counts),
+        )
 
 
 @dataclass(frozen=True)
-class LongTailedDataset:
+class LongTailedDataset(DatasetSummary):
     """A long-tailed training set and its complete, balanced test set, in memory."""
 
     name: str
@@ -47,29 +86,8 @@ class LongTailedDataset:
     std: tuple[float, ...]
 
     @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def class_counts(self) -> list[int]:
-        return np.bincount(self.train_labels, minlength=self.num_classes).tolist()
-
-    @property
     def fingerprint(self) -> str:
         return split_fingerprint(self.train_indices)
-
-    def card(self, bounds: ShotBounds = STANDARD) -> "DatasetCard":
-        counts = self.class_counts
-        return DatasetCard(
-            dataset=self.name,
-            split=self.split,
-            imbalance_factor=self.imbalance_factor,
-            class_names=self.class_names,
-            class_counts=counts,
-            test_total=len(self.test_labels),
-            fingerprint=self.fingerprint,
-            **bounds.sizes(counts),
-        )
 
 
 @dataclass(frozen=True)
@@ -169,4 +187,4 @@ def _cifar_lt(name: str, layout: CifarLayout, n_max: int, mean: tuple, std: tupl
 cifar10_lt = _cifar_lt("cifar10-lt", CIFAR10, 5000, CIFAR10_MEAN, CIFAR10_STD)
 cifar100_lt = _cifar_lt("cifar100-lt", CIFAR100, 500, CIFAR100_MEAN, CIFAR100_STD)
 
-from glmc.data import synthetic  # noqa: E402,F401  (registers synthetic-lt)
+from glmc.data import images, synthetic  # noqa: E402,F401  (register image-list, folder, ..., synthetic-lt)

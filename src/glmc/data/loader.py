@@ -20,6 +20,7 @@ from torch import Tensor
 from glmc.augment import Normalise
 from glmc.data.batch import StreamBatch, TwoStreamBatch
 from glmc.data.samplers import image_weights
+from glmc.distributed import SINGLE, Shard
 from glmc.errors import ConfigError
 
 # augment(images N x C x H x W uint8, generator) -> N x C x H x W float
@@ -31,12 +32,19 @@ def derived_seed(*counters: int) -> int:
     return int(np.random.SeedSequence(list(counters)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def steps_per_epoch(images: int, batch_size: int, drop_last: bool, world: int = 1) -> int:
+    """Full batches, plus the partial last one unless `drop_last` or it cannot give every rank an image."""
+    full, rest = divmod(images, batch_size)
+    return full + (1 if rest and not drop_last and rest >= world else 0)
+
+
 class TwoStreamLoader:
     """Yields `TwoStreamBatch`es of two augmented views per stream.
 
     images: N x C x H x W uint8 and labels: N int64, both on the training device.
     The last uniform batch of an epoch is partial unless `drop_last` (the authors keep it);
-    the re-sampled batch always matches its size.
+    the re-sampled batch always matches its size. `batch_size` is the global batch: with a
+    `shard` of several ranks, each rank yields its slice of both streams (glmc.distributed).
     """
 
     def __init__(
@@ -50,11 +58,15 @@ class TwoStreamLoader:
         resample_weighting: float = 0.0,
         seed: int = 0,
         drop_last: bool = False,
+        shard: Shard = SINGLE,
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be N x C x H x W uint8, got {tuple(images.shape)} {images.dtype}")
         if not 0 < batch_size <= len(images):
             raise ConfigError(f"batch size must be in [1, {len(images)}] (the training set size), got {batch_size}")
+        if batch_size < shard.world:
+            raise ConfigError(f"batch size {batch_size} is smaller than the {shard.world} processes sharing it")
+        self.shard = shard
         self.images = images
         self.labels = labels
         self.batch_size = batch_size
@@ -66,8 +78,7 @@ class TwoStreamLoader:
 
     def __len__(self) -> int:
         """Steps per epoch."""
-        full, rest = divmod(len(self.images), self.batch_size)
-        return full + (1 if rest and not self.drop_last else 0)
+        return steps_per_epoch(len(self.images), self.batch_size, self.drop_last, self.shard.world)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoStreamBatch]:
         """The batches of one epoch, from `start_step` on (for resuming mid-epoch)."""
@@ -76,6 +87,9 @@ class TwoStreamLoader:
             uniform = order[step * self.batch_size : (step + 1) * self.batch_size]
             generator = self._seeded(epoch, step)
             resampled = torch.multinomial(self.weights, len(uniform), replacement=True, generator=generator)
+            if self.shard.world > 1:  # every rank drew the same global batch; it augments its own slice
+                uniform, resampled = self.shard.take(uniform), self.shard.take(resampled)
+                generator = self._seeded(epoch, step, self.shard.rank)
             yield TwoStreamBatch(uniform=self._views(uniform, generator), resampled=self._views(resampled, generator))
 
     def _views(self, indices: Tensor, generator: torch.Generator) -> StreamBatch:

@@ -1,5 +1,9 @@
 """Backbones with GLMC heads, built by name: `create_model("resnet32", num_classes=10)`.
 
+CIFAR ResNets (cifar_resnet.py): resnet8, resnet20, resnet32, resnet32-wide. ImageNet
+ResNets for 224 px images (imagenet_resnet.py): resnet10, resnet18, resnet50,
+resnext50-32x4d.
+
 To add a backbone, write one file with a constructor decorated by
 `@BACKBONES.register("name")` (signature `fn(num_classes: int, classifier: str = "linear")
 -> nn.Module`, passing `classifier` to `GLMCHeads`, the module's forward returning a
@@ -34,6 +38,6 @@ def create_model(name: str, num_classes: int, classifier: str = "linear") -> nn.
 
 
 # Backbone modules register themselves on import; they need BACKBONES defined above.
-from glmc.models import cifar_resnet  # noqa: E402, F401
+from glmc.models import cifar_resnet, imagenet_resnet  # noqa: E402, F401
 
 __all__ = ["BACKBONES", "CLASSIFIERS", "GLMCOutput", "create_model"]

@@ -1,0 +1,288 @@
+"""The loader for datasets of image files: decoding and cropping in worker processes,
+colour and blur batched on the device.
+
+Workers (a torch DataLoader) decode each image with Pillow as RGB, then cut the training
+view (random resized crop and horizontal flip) twice, or the test view (shorter side
+resized, centre crop) once, and return uint8 pixels. The training device then applies the
+MoCo-v2 colour jitter, grayscale and Gaussian blur to whole batches (glmc.augment) and
+normalises.
+
+Randomness follows the device loader's counters: the epoch's order and a step's re-sampled
+draw come from (seed, epoch[, step]); each image's crops from (seed, epoch, step, its
+position in the global batch), so a crop does not depend on the number of workers or ranks.
+
+An image that cannot be decoded stops the run naming its file (`unreadable="fail"`), or is
+left out of its batch and counted (`"skip"`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from glmc.augment import ImageNetColour, Normalise
+from glmc.data.batch import StreamBatch, TwoStreamBatch
+from glmc.data.images import ImageFiles
+from glmc.data.loader import derived_seed, steps_per_epoch
+from glmc.data.samplers import image_weights
+from glmc.distributed import SINGLE, Shard
+from glmc.errors import ConfigError, DataError
+
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)  # what Pillow raises on a bad file
+UNREADABLE_POLICIES = ("fail", "skip")
+CROP_SCALE = (0.08, 1.0)  # area of a random resized crop, as a fraction of the image's
+CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height)
+
+
+class UnreadableImage(Exception):
+    """Raised inside a worker; travels back as an item's `error`."""
+
+
+def decode_rgb(path: str) -> Image.Image:
+    """The image at `path`, fully decoded, as 8-bit RGB (grayscale, CMYK, palette and alpha converted)."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # what Pillow asks for before palette transparency is dropped
+            return image.convert("RGB")
+    except DECODE_ERRORS as error:
+        lines = str(error).strip().splitlines()
+        raise UnreadableImage(lines[0] if lines else type(error).__name__) from None
+
+
+def random_resized_box(width: int, height: int, rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """A random crop box (left, top, right, bottom) of 8-100% of the area and aspect 3/4-4/3;
+    after 10 misses the largest centred box within the ratio bounds (Szegedy et al. 2015)."""
+    area = width * height
+    log_ratio = (math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*CROP_SCALE)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        w = int(round(math.sqrt(target * ratio)))
+        h = int(round(math.sqrt(target / ratio)))
+        if 0 < w <= width and 0 < h <= height:
+            left = int(rng.integers(0, width - w + 1))
+            top = int(rng.integers(0, height - h + 1))
+            return left, top, left + w, top + h
+    ratio = width / height
+    if ratio < CROP_RATIO[0]:
+        w, h = width, int(round(width / CROP_RATIO[0]))
+    elif ratio > CROP_RATIO[1]:
+        w, h = int(round(height * CROP_RATIO[1])), height
+    else:
+        w, h = width, height
+    left, top = (width - w) // 2, (height - h) // 2
+    return left, top, left + w, top + h
+
+
+def training_view(image: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Random resized crop to size x size, mirrored half the time: H x W x 3 uint8."""
+    box = random_resized_box(image.width, image.height, rng)
+    crop = np.asarray(image.resize((size, size), Image.Resampling.BILINEAR, box=box))
+    return crop[:, ::-1] if rng.random() < 0.5 else crop
+
+
+def centre_view(image: Image.Image, size: int, resize: int) -> np.ndarray:
+    """Shorter side resized to `resize`, then the centre size x size: H x W x 3 uint8."""
+    scale = resize / min(image.width, image.height)
+    width, height = max(size, round(image.width * scale)), max(size, round(image.height * scale))
+    resized = image.resize((width, height), Image.Resampling.BILINEAR)
+    left, top = round((width - size) / 2), round((height - size) / 2)
+    return np.asarray(resized.crop((left, top, left + size, top + size)))
+
+
+@dataclass
+class Decoded:
+    """One item from a worker: its index and views (V x H x W x 3 uint8), or why it failed."""
+
+    index: int
+    views: np.ndarray | None
+    error: str | None = None
+
+
+class DecodedViews(Dataset):
+    """Keys are (index, seed) for training views (two random crops each) or an index for the test view."""
+
+    def __init__(self, files: ImageFiles, size: int, resize: int, views: int = 2) -> None:
+        self.files, self.size, self.resize, self.views = files, size, resize, views
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int] | int) -> Decoded:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Pillow's EXIF and palette notes, once per worker and image
+                image = decode_rgb(self.files.file(index))
+        except UnreadableImage as error:
+            return Decoded(index, None, str(error))
+        if seed is None:
+            return Decoded(index, centre_view(image, self.size, self.resize)[None])
+        rng = np.random.default_rng(seed)
+        return Decoded(index, np.stack([training_view(image, self.size, rng) for _ in range(self.views)]))
+
+
+def collate(items: list[Decoded]) -> tuple[Tensor, Tensor, Tensor, list[tuple[int, str]]]:
+    """Decoded items -> (indices N, views N x V x H x W x 3 uint8, which keys decoded (bool, one per
+    item), [(index, reason)] of the others)."""
+    good = [item for item in items if item.error is None]
+    decoded = torch.tensor([item.error is None for item in items])
+    failed = [(item.index, item.error) for item in items if item.error is not None]
+    indices = torch.tensor([item.index for item in good], dtype=torch.int64)
+    views = torch.from_numpy(np.stack([item.views for item in good])) if good else torch.empty(0, dtype=torch.uint8)
+    return indices, views, decoded, failed
+
+
+@dataclass
+class Unreadable:
+    """The policy for undecodable images and the files it has skipped (by index)."""
+
+    files: ImageFiles
+    policy: str = "fail"
+    skipped: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.policy not in UNREADABLE_POLICIES:
+            raise ConfigError(f"data.unreadable must be one of {', '.join(UNREADABLE_POLICIES)}, got {self.policy!r}")
+
+    def handle(self, failed: list[tuple[int, str]]) -> None:
+        for index, reason in failed:
+            if self.policy == "fail":
+                raise DataError(f"cannot read image {self.files.file(index)}: {reason} "
+                                "(set data.unreadable=skip to leave such images out and count them)")
+            self.skipped.add(index)
+
+    def skipped_paths(self) -> list[str]:
+        return sorted(self.files.paths[i] for i in self.skipped)
+
+
+def make_loader(dataset: Dataset, keys: Iterator[list], workers: int, pin: bool) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate, pin_memory=pin,
+                      prefetch_factor=4 if workers else None)
+
+
+class FileTwoStreamLoader:
+    """Yields `TwoStreamBatch`es of image files, like `TwoStreamLoader` does for in-memory images.
+
+    `batch_size` is the global batch: with a `shard` of several ranks each yields its slice.
+    """
+
+    def __init__(
+        self,
+        files: ImageFiles,
+        class_counts: Sequence[int],
+        batch_size: int,
+        device: torch.device,
+        colour: ImageNetColour,
+        image_size: int = 224,
+        sampler: str = "power",
+        resample_weighting: float = 0.0,
+        seed: int = 0,
+        drop_last: bool = False,
+        workers: int = 8,
+        unreadable: str = "fail",
+        shard: Shard = SINGLE,
+    ) -> None:
+        if not 0 < batch_size <= len(files):
+            raise ConfigError(f"batch size must be in [1, {len(files)}] (the training set size), got {batch_size}")
+        if batch_size < shard.world:
+            raise ConfigError(f"batch size {batch_size} is smaller than the {shard.world} processes sharing it")
+        if workers < 0:
+            raise ConfigError(f"data.workers must be >= 0, got {workers}")
+        self.files, self.batch_size, self.device, self.colour = files, batch_size, device, colour
+        self.seed, self.drop_last, self.workers, self.shard = seed, drop_last, workers, shard
+        self.unreadable = Unreadable(files, unreadable)
+        self.views = DecodedViews(files, image_size, image_size)
+        self.weights = image_weights(torch.from_numpy(files.labels), class_counts, sampler, resample_weighting)
+
+    def __len__(self) -> int:
+        return steps_per_epoch(len(self.files), self.batch_size, self.drop_last, self.shard.world)
+
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoStreamBatch]:
+        """The batches of one epoch, from `start_step` on."""
+        loader = make_loader(self.views, self.keys(epoch, start_step), self.workers, self.device.type == "cuda")
+        for step, (indices, views, decoded, failed) in enumerate(loader, start_step):
+            self.unreadable.handle(failed)
+            yield self._batch(epoch, step, indices, views, decoded)
+
+    def keys(self, epoch: int, start_step: int) -> Iterator[list[tuple[int, int]]]:
+        """Per step: this rank's (index, crop seed) for the uniform stream, then as many for the re-sampled one."""
+        order = torch.randperm(len(self.files), generator=seeded(self.seed, epoch))
+        for step in range(start_step, len(self)):
+            uniform = order[step * self.batch_size : (step + 1) * self.batch_size]
+            resampled = torch.multinomial(self.weights, len(uniform), replacement=True, generator=seeded(self.seed, epoch, step))
+            seeds = np.random.SeedSequence([self.seed, epoch, step, 3]).generate_state(2 * len(uniform), np.uint64)
+            mine = self.shard.take(np.arange(len(uniform)))
+            yield [(int(indices[p]), int(seeds[stream * len(uniform) + p]))
+                   for stream, indices in enumerate((uniform, resampled)) for p in mine]
+
+    def _batch(self, epoch: int, step: int, indices: Tensor, views: Tensor, decoded: Tensor) -> TwoStreamBatch:
+        """Split the decoded items into the two streams, colour and normalise them on the device.
+
+        Keys whose image was skipped are missing from `indices`; the longer stream is then cut
+        to the shorter, as the methods mix the streams pairwise."""
+        per_stream = len(decoded) // 2
+        is_resampled = (torch.arange(len(decoded)) >= per_stream)[decoded]  # one per decoded item
+        uniform, resampled = (~is_resampled).nonzero().flatten(), is_resampled.nonzero().flatten()
+        size = min(len(uniform), len(resampled))
+        if size == 0:
+            raise DataError(f"every image of epoch {epoch + 1}, step {step + 1} was unreadable")
+        pixels = views.to(self.device, non_blocking=True).permute(0, 1, 4, 2, 3)  # N x V x 3 x H x W, channels-last memory
+        labels = torch.from_numpy(self.files.labels)[indices].to(self.device, non_blocking=True)
+        seed = derived_seed(self.seed, epoch, step, self.shard.rank, 2)
+        streams = []
+        for number, chosen in enumerate((uniform[:size], resampled[:size])):
+            chosen = chosen.to(self.device)
+            images = pixels[chosen]  # n x V x 3 x H x W
+            streams.append(StreamBatch(view1=self.colour(images[:, 0], seed + 2 * number),
+                                       view2=self.colour(images[:, 1], seed + 2 * number + 1),
+                                       labels=labels[chosen]))
+        return TwoStreamBatch(uniform=streams[0], resampled=streams[1])
+
+
+def seeded(*counters: int) -> torch.Generator:
+    return torch.Generator().manual_seed(derived_seed(*counters))
+
+
+class FileTestSet:
+    """The test (or validation) images of a file dataset, decoded in workers, in order.
+
+    With a `shard` of several ranks each evaluates its slice; summing the confusion counts
+    over ranks gives the single-process metrics.
+    """
+
+    def __init__(self, files: ImageFiles, normalise: Normalise, batch_size: int, device: torch.device,
+                 image_size: int = 224, resize: int = 256, workers: int = 8, unreadable: str = "fail",
+                 shard: Shard = SINGLE) -> None:
+        self.files, self.normalise, self.batch_size, self.device = files, normalise, batch_size, device
+        self.workers, self.shard = workers, shard
+        self.unreadable = Unreadable(files, unreadable)
+        self.views = DecodedViews(files, image_size, resize, views=1)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.files.labels
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        """(N x 3 x H x W normalised float, N labels) on the device."""
+        mine = list(self.shard.take(range(len(self.files))))
+        keys = (mine[start : start + self.batch_size] for start in range(0, len(mine), self.batch_size))
+        labels = torch.from_numpy(self.files.labels)
+        for indices, views, _, failed in make_loader(self.views, keys, self.workers, self.device.type == "cuda"):
+            self.unreadable.handle(failed)
+            if len(indices) == 0:
+                continue
+            pixels = views[:, 0].to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # N x 3 x H x W
+            yield self.normalise(pixels), labels[indices].to(self.device, non_blocking=True)

@@ -1,0 +1,83 @@
+"""torchrun with 2 CPU processes (gloo): sharded streams, one writer, gathered metrics, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_tree
+from glmc.cli import main
+
+TRAIN_ARGS = ["--set", "data.dataset=folder", "--set", "model.backbone=resnet10", "--set", "data.image_size=24",
+              "--set", "data.resize=28", "--set", "data.workers=1", "--set", "data.unreadable=skip",
+              "--batch-size", "6", "--epochs", "2", "--device", "cpu"]
+
+
+def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               "-m", "glmc", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("tree")
+    write_image_tree(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tree, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    output = tmp_path_factory.mktemp("runs") / "ddp"
+    done = torchrun("train", "--data-root", str(tree), "--output", str(output), *TRAIN_ARGS)
+    return output, done
+
+
+def test_two_processes_write_one_run(two_process_run):
+    output, done = two_process_run
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["steps"] == 2 * 3  # 18 images, global batch 6
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]  # one writer: each evaluation recorded once
+    assert done.stdout.count("run folder:") == 1 and done.stdout.count("epoch   2/2") == 1
+    assert summary["unreadable_images"]["count"] == 1  # skipped by whichever rank drew it, counted once
+
+
+def test_gathered_evaluation_equals_one_process_evaluating_the_checkpoint(two_process_run, capsys):
+    output, _ = two_process_run
+    summary = json.loads((output / "summary.json").read_text())
+    for checkpoint, record in (("checkpoint_last.pt", summary["final"]), ("checkpoint_best.pt", summary["best"])):
+        assert main(["eval", str(output / checkpoint), "--device", "cpu", "--json"]) == 0
+        metrics = json.loads(capsys.readouterr().out)
+        for key in ("top1", "top5", "per_class", "many", "medium", "few", "num_samples"):
+            assert metrics[key] == record[key], key
+
+
+def test_resume_under_torchrun_continues_exactly(tree, two_process_run, tmp_path):
+    uninterrupted, _ = two_process_run
+    output = tmp_path / "stopped"
+    torchrun("train", "--data-root", str(tree), "--output", str(output), *TRAIN_ARGS, "--max-steps", "4")
+    assert json.loads((output / "summary.json").read_text())["steps"] == 4
+    torchrun("train", "--resume", str(output), "--set", "train.max_steps=none")
+    resumed = torch.load(output / "checkpoint_last.pt", weights_only=True)["model"]
+    expected = torch.load(uninterrupted / "checkpoint_last.pt", weights_only=True)["model"]
+    assert all(torch.equal(resumed[name], expected[name]) for name in expected)
+
+
+def test_sync_batchnorm_on_cpu_processes_is_a_clear_error(tree, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "glmc",
+               "train", "--data-root", str(tree), "--output", str(tmp_path / "sync"), *TRAIN_ARGS,
+               "--set", "train.sync_batchnorm=true"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert done.returncode != 0
+    assert "train.sync_batchnorm needs CUDA devices" in done.stderr
+    assert not (tmp_path / "sync" / "config.yaml").exists()  # refused before the run folder was written
