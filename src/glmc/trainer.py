@@ -74,7 +74,7 @@ class RunState:
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
     epoch_loss_totals: dict | None = None  # loss sums of the unfinished epoch, so its means survive a resume
     epoch_loss_steps: int = 0
-    unreadable: list[str] = field(default_factory=list)  # training images skipped as undecodable (data.unreadable=skip)
+    unreadable: list[str] = field(default_factory=list)  # images (training or test) skipped as undecodable (data.unreadable=skip)
 
 
 @dataclass
