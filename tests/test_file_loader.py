@@ -276,3 +276,17 @@ def test_resume_on_image_files_continues_exactly(tree, folder_run, tmp_path):
     resumed = torch.load(output / "checkpoint_last.pt", weights_only=True)["model"]
     uninterrupted = torch.load(folder_run / "checkpoint_last.pt", weights_only=True)["model"]
     assert all(torch.equal(resumed[name], uninterrupted[name]) for name in uninterrupted)
+
+
+def test_calibrate_and_report_work_on_an_image_file_run(folder_run, tmp_path, capsys):
+    checkpoint = folder_run / "checkpoint_last.pt"
+    output = tmp_path / "maxnorm.pt"
+    assert main(["calibrate", str(checkpoint), "--method", "maxnorm", "--set", "epochs=1", "--output", str(output),
+                 "--device", "cpu", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert output.is_file() and record["after"]["num_samples"] == 9
+    assert main(["report", str(folder_run), "--output", str(tmp_path / "report"), "--device", "cpu"]) == 0
+    confusion = json.loads((folder_run / "report" / "confusion.json").read_text())["confusion"]  # cached in the run
+    final = json.loads((folder_run / "summary.json").read_text())["final"]
+    assert sum(map(sum, confusion)) == 9
+    assert [100 * row[k] / sum(row) for k, row in enumerate(confusion)] == pytest.approx(final["per_class"], abs=1e-3)
