@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
 from glmc.methods.base import METHODS, MethodConfig, StepResult
-from glmc.methods.losses import deferred_weights, drw_start_epoch, effective_number_weights
+from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights
 
 
 @METHODS.register("drw")
@@ -36,7 +34,5 @@ class DeferredReweighting:
         labels = batch.uniform.labels
         self.weights = self.weights.to(labels.device)
         logits = model(batch.uniform.view1).logits  # N x K
-        weights = deferred_weights(self.weights, epoch, self.start_epoch)
-        loss = F.cross_entropy(logits, labels, weight=None if weights is None else weights.to(logits.dtype))
-        active = torch.full((), float(weights is not None), dtype=loss.dtype, device=loss.device)
+        loss, active = deferred_cross_entropy(logits, labels, self.weights, epoch, self.start_epoch)
         return StepResult(loss=loss, parts={"ce": loss.detach(), "drw": active})

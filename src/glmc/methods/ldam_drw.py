@@ -5,13 +5,11 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
 from glmc.methods.base import METHODS, MethodConfig, StepResult
-from glmc.methods.losses import deferred_weights, drw_start_epoch, effective_number_weights, ldam_logits, ldam_margins
+from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights, ldam_logits, ldam_margins
 
 
 @METHODS.register("ldam-drw")
@@ -43,7 +41,5 @@ class LDAMDRW:
         self.margins, self.weights = self.margins.to(labels.device), self.weights.to(labels.device)
         logits = model(batch.uniform.view1).logits  # N x K, cosines
         margin_logits = ldam_logits(logits, labels, self.margins, self.config.ldam_scale)  # N x K
-        weights = deferred_weights(self.weights, epoch, self.start_epoch)
-        loss = F.cross_entropy(margin_logits, labels, weight=None if weights is None else weights.to(margin_logits.dtype))
-        active = torch.full((), float(weights is not None), dtype=loss.dtype, device=loss.device)
+        loss, active = deferred_cross_entropy(margin_logits, labels, self.weights, epoch, self.start_epoch)
         return StepResult(loss=loss, parts={"ldam": loss.detach(), "drw": active})

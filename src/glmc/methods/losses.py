@@ -88,6 +88,15 @@ def deferred_weights(weights: Tensor, epoch: int, start_epoch: int) -> Tensor | 
     return weights if epoch >= start_epoch else None
 
 
+def deferred_cross_entropy(logits: Tensor, labels: Tensor, weights: Tensor, epoch: int, start_epoch: int) -> tuple[Tensor, Tensor]:
+    """Cross-entropy, class-weighted by `weights` from `start_epoch` on (DRW); and whether the
+    weights are on, as a 0-dim 1.0 / 0.0 to log. logits: N x K, labels: N, weights: K."""
+    deferred = deferred_weights(weights, epoch, start_epoch)
+    loss = F.cross_entropy(logits, labels, weight=None if deferred is None else deferred.to(logits.dtype))
+    active = torch.full((), float(deferred is not None), dtype=loss.dtype, device=loss.device)
+    return loss, active
+
+
 def drw_start_epoch(fraction: float, total_epochs: int) -> int:
     """The epoch (from 0) at which DRW switches on: `round(fraction * total_epochs)` (0.8 of 200 = 160)."""
     return int(round(fraction * total_epochs))
