@@ -268,13 +268,6 @@ class FileTestSet:
         self.unreadable = Unreadable(files, unreadable)
         self.views = DecodedViews(files, image_size, resize, views=1)
 
-    def __len__(self) -> int:
-        return len(self.files)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.files.labels
-
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
         """(N x 3 x H x W normalised float, N labels) on the device."""
         mine = list(self.shard.take(range(len(self.files))))

@@ -28,16 +28,12 @@ class DeviceTestSet:
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, normalise: Normalise, batch_size: int,
                  device: torch.device, shard: Shard = SINGLE) -> None:
-        self.labels = labels
         self.images = torch.from_numpy(shard.take(images)).to(device)
-        self.targets = torch.from_numpy(shard.take(labels)).to(device)
+        self.labels = torch.from_numpy(shard.take(labels)).to(device)
         self.normalise, self.batch_size = normalise, batch_size
 
-    def __len__(self) -> int:
-        return len(self.labels)
-
     def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
-        return evaluation_batches(self.images, self.targets, self.batch_size, self.normalise)
+        return evaluation_batches(self.images, self.labels, self.batch_size, self.normalise)
 
 
 def create_train_loader(dataset: DatasetSummary, data: DataConfig, batch_size: int, device: torch.device,
