@@ -283,6 +283,61 @@ def test_cutmix_label_changes_the_cutmix_target_when_the_box_is_clipped():
     assert by_lambda.parts["cb"].item() != pytest.approx(by_area.parts["cb"].item())
 
 
+def hand_computed_glmc_loss(model, batch, epoch, seed, tau=1.2, gamma=1.0):
+    """GLMC's loss from the paper's formulas in plain torch ops (no glmc loss or mixing code), with a graph."""
+    rng = np.random.default_rng(seed)
+    lam = float(rng.beta(1.0, 1.0))
+    half_h, half_w = math.ceil(H * math.sqrt(1 - lam)) // 2, math.ceil(W * math.sqrt(1 - lam)) // 2
+    cy, cx = int(rng.integers(0, H)), int(rng.integers(0, W))
+    y1, y2, x1, x2 = max(cy - half_h, 0), min(cy + half_h, H), max(cx - half_w, 0), min(cx + half_w, W)
+    u, r = batch.uniform, batch.resampled
+    inside = torch.zeros(H, W, dtype=torch.float64)
+    inside[y1:y2, x1:x2] = 1.0
+    x_global = lam * u.view1 + (1 - lam) * r.view1
+    x_local = (1 - inside) * u.view2 + inside * r.view2
+    eye = torch.eye(len(CLASS_COUNTS), dtype=torch.float64)
+    counts = torch.tensor(CLASS_COUNTS, dtype=torch.float64)
+    weight = counts**-tau / (counts**-tau).sum() * len(CLASS_COUNTS)
+    plain = lam * eye[u.labels] + (1 - lam) * eye[r.labels]
+    weighted = lam * eye[u.labels] * weight + (1 - lam) * eye[r.labels] * weight
+
+    def xent(logits, targets):
+        log_p = logits - torch.log(torch.exp(logits).sum(dim=1, keepdim=True))
+        return -(targets * log_p).sum(dim=1).mean()
+
+    def neg_cos(p, z):
+        z = z.detach()
+        return -((p * z).sum(dim=1) / (p.norm(dim=1) * z.norm(dim=1))).mean()
+
+    out_g, out_l = model(x_global), model(x_local)
+    alpha = 1 - (epoch / TOTAL_EPOCHS) ** 2
+    ce = xent(out_g.logits_fc, plain) + xent(out_l.logits_fc, plain)
+    cb = xent(out_g.logits, weighted) + xent(out_l.logits, weighted)
+    return alpha * ce + (1 - alpha) * cb + gamma * (neg_cos(out_g.p, out_l.z) + neg_cos(out_l.p, out_g.z))
+
+
+def test_one_full_glmc_step_equals_the_hand_computed_sgd_update():
+    """Loss, gradients and the SGD step (momentum, weight decay) of train_step against the formulas."""
+    from glmc.engine import train_step
+
+    lr, weight_decay, epoch, seed = 0.05, 5e-3, 4, 7
+    model, batch = make_model(), make_batch()
+    reference = make_model()
+    hand_loss = hand_computed_glmc_loss(reference, batch, epoch, seed)
+    gradients = torch.autograd.grad(hand_loss, list(reference.parameters()))
+    # first SGD step: the momentum buffer is the weight-decayed gradient itself
+    expected = [p.detach() - lr * (g + weight_decay * p.detach()) for p, g in zip(reference.parameters(), gradients)]
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
+    method = create_method(MethodConfig(), CLASS_COUNTS, TOTAL_EPOCHS)
+    parts = train_step(model, method, optimizer, batch, epoch, np.random.default_rng(seed))
+    # glmc's soft labels and class weights are float32, the rest of this model float64: agreement to ~1e-8
+    assert parts["loss"].item() == pytest.approx(hand_loss.item(), rel=1e-6)
+    for (name, updated), wanted in zip(model.named_parameters(), expected):
+        torch.testing.assert_close(updated.detach(), wanted, rtol=1e-6, atol=1e-8, msg=name)
+    assert any(not torch.equal(p.detach(), q.detach()) for p, q in zip(model.parameters(), reference.parameters()))
+
+
 # ---------------------------------------------------------------- the baseline and the registry
 
 

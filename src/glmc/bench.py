@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from glmc.config import Config
 from glmc.data.datasets import LongTailedDataset, create_dataset
 from glmc.data.longtail import exponential_profile
-from glmc.engine import autocast_for, step_rng
+from glmc.engine import step_rng
 from glmc.errors import DataError
 from glmc.trainer import Run, build_run, git_commit
 
@@ -44,6 +44,7 @@ class BenchResult:
     data: str  # "real" or "random (same shape)"
     backbone: str
     method: str
+    precision: str  # of the training forward, resolved
     batch_size: int
     steps: int
     images_per_s: float
@@ -66,7 +67,7 @@ class BenchResult:
                            for name in PHASES)
         peak = f", {100 * self.bf16_peak_fraction:.1f}% of bf16 peak" if self.bf16_peak_fraction is not None else ""
         return "\n".join([
-            f"preset       {self.preset} ({self.backbone}, {self.method}, batch {self.batch_size}) on {self.device}",
+            f"preset       {self.preset} ({self.backbone}, {self.method}, batch {self.batch_size}) on {self.device}, {self.precision}",
             f"data         {self.data}",
             f"throughput   {self.images_per_s:.1f} images/s, {self.ms_per_step:.1f} ms/step over {self.steps} steps",
             f"split        {phases}",
@@ -95,6 +96,7 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
         data=source,
         backbone=config.model.backbone,
         method=config.method.name,
+        precision=run.precision,
         batch_size=config.train.batch_size,
         steps=steps,
         images_per_s=config.train.batch_size / step_seconds,
@@ -163,8 +165,7 @@ def timed_step(run: Run, batches) -> dict[str, float]:
 
     epoch, step, batch = next(batches)
     lap("data")
-    with autocast_for(run.device):
-        result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+    result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
     lap("forward")
     run.optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
@@ -178,8 +179,7 @@ def count_flops(run: Run, batches) -> float:
     """FLOPs of one step's forward and backward passes (the optimiser's are negligible)."""
     epoch, step, batch = next(batches)
     with FlopCounterMode(display=False) as counter:
-        with autocast_for(run.device):
-            result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+        result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
         result.loss.backward()
     run.optimizer.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())

@@ -35,11 +35,12 @@ from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.files import FileTwoStreamLoader
 from glmc.data.loader import TwoStreamLoader
 from glmc.data.pipeline import create_train_loader
-from glmc.engine import autocast_for, learning_rate, set_learning_rate
+from glmc.engine import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import prediction_head
+from glmc.precision import autocast, channels_last
 from glmc.registry import Registry, unknown_name_message
 
 # ---------------------------------------------------------------- the pure functions
@@ -241,8 +242,8 @@ class MaxNorm:
             set_learning_rate(optimizer, learning_rate(epoch, p.epochs, schedule))
             total = torch.zeros((), device=restored.device)
             for batch in loader.epoch(epoch):
-                with torch.no_grad(), autocast_for(restored.device):
-                    feature = model(batch.uniform.view1).feature  # N x d, frozen
+                with torch.no_grad(), autocast(restored.precision, restored.device):
+                    feature = model(channels_last(batch.uniform.view1)).feature  # N x d, frozen
                 loss = self._loss(head(feature.float()), batch.uniform.labels, weights)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

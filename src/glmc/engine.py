@@ -6,7 +6,6 @@ run and nothing else.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from glmc.data.loader import derived_seed
 from glmc.errors import ConfigError, GlmcError
 from glmc.methods.base import Method
 from glmc.metrics import ConfusionCounter, Metrics
+from glmc.precision import predict_logits
 from glmc.sam import SAM
 from glmc.shots import ShotBounds
 
@@ -41,7 +41,13 @@ def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
     cosine: `lr/2 (1 + cos(pi e / E))`, CosineAnnealingLR stepped per epoch.
     warmup-cosine: the authors' ImageNet schedule, `lr (e+1) / W` for e <= W, then
     `lr/2 (1 + cos(pi (e - W + 1) / (E - W + 1)))`.
+    With `optim.schedule_lag` epoch 0 trains at `lr` and epoch e at the value above for e - 1,
+    as the authors' ImageNet-LT/iNat code does (it sets the lr after each epoch).
     """
+    if optim.schedule_lag:
+        if epoch == 0:
+            return optim.lr
+        epoch -= 1
     if optim.schedule == "cosine":
         return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     warmup = optim.warmup_epochs
@@ -65,13 +71,6 @@ def create_optimizer(model: nn.Module, optim: OptimConfig, device: torch.device)
     return SAM(sgd, optim.sam_rho) if optim.sam_rho > 0 else sgd
 
 
-def autocast_for(device: torch.device) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA; full fp32 on the CPU."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def step_rng(seed: int, epoch: int, step: int) -> np.random.Generator:
     """The method's host-side randomness (lambda, the CutMix box) for one step."""
     return np.random.default_rng(derived_seed(seed, epoch, step, 1))
@@ -88,30 +87,24 @@ def train_step(
 ) -> dict[str, Tensor] | None:
     """One optimisation step; returns the loss and its parts as detached device scalars.
 
-    With `skip_nonfinite`, a step whose loss is NaN or infinite changes nothing and
+    `model` is the run's step model: its forward carries the precision (`glmc.precision.MixedPrecision`),
+    so everything here, from its fp32 outputs on, is fp32. With `skip_nonfinite`, a step whose loss is NaN or infinite changes nothing and
     returns None (this costs a host-device sync per step, so it is opt-in). With a `SAM`
     optimiser the step takes SAM's gradient at the perturbed weights; the returned loss is
     the one at the unperturbed weights.
     """
     device = batch.uniform.labels.device
     replay = copy.deepcopy(rng) if isinstance(optimizer, SAM) else None  # SAM's second pass draws the same lam, box
-    with autocast_for(device):
-        result = method(model, batch, epoch, rng)
+    result = method(model, batch, epoch, rng)
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     if skip_nonfinite and distributed.any_across(not torch.isfinite(result.loss), device):  # ranks skip together
         optimizer.zero_grad(set_to_none=True)
         return None
     if replay is not None:
-        optimizer.second_pass(model, lambda: _method_loss(model, method, batch, epoch, replay, device))
+        optimizer.second_pass(model, lambda: method(model, batch, epoch, replay).loss)
     optimizer.step()
     return {"loss": result.loss.detach(), **result.parts}
-
-
-def _method_loss(model: nn.Module, method: Method, batch: TwoStreamBatch, epoch: int,
-                 rng: np.random.Generator, device: torch.device) -> Tensor:
-    with autocast_for(device):
-        return method(model, batch, epoch, rng).loss
 
 
 class NonFiniteLoss(GlmcError):
@@ -172,34 +165,37 @@ class LossMeter:
         return {name: value / self.steps for name, value in zip(names, values)}
 
 
-@torch.no_grad()
+def confusion_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
+                     precision: str = "fp32") -> ConfusionCounter:
+    """The confusion matrix and top-5 count of `model` on un-augmented test batches, in `precision`.
+
+    batches: (N x C x H x W normalised float, N labels) on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    counter = ConfusionCounter(num_classes)
+    for inputs, targets in batches:
+        counter.update(predict_logits(model, inputs, precision), targets)
+    model.train(was_training)
+    return counter
+
+
 def evaluate(
     model: nn.Module,
     batches: Iterable[tuple[Tensor, Tensor]],
     class_counts: Sequence[int],
     shot_bounds: ShotBounds,
+    precision: str = "fp32",
 ) -> Metrics:
-    """Top-1/5, per-class and many/medium/few accuracy of `logits` on un-augmented test batches.
+    """Top-1/5, per-class and many/medium/few accuracy on un-augmented test batches.
 
-    batches: (N x C x H x W normalised float, N labels) on the model's device. Under torchrun
-    each rank passes its slice of the test set; the counts are summed over ranks, so every
-    rank returns the metrics of the whole test set.
+    Under torchrun each rank passes its slice of the test set; the counts are summed over
+    ranks, so every rank returns the metrics of the whole test set.
     """
-    was_training = model.training
-    model.eval()
-    counter = ConfusionCounter(len(class_counts))
-    device = next(model.parameters()).device
-    with autocast_for(device):
-        for inputs, targets in batches:
-            counter.update(model(channels_last_if_cuda(inputs)).logits.float(), targets)
-    model.train(was_training)
+    counter = confusion_counts(model, batches, len(class_counts), precision)
     if distributed.active():
-        counter.reduce(distributed.sum_across, device)
+        counter.reduce(distributed.sum_across, next(model.parameters()).device)
     return counter.finish(class_counts, shot_bounds)
-
-
-def channels_last_if_cuda(x: Tensor) -> Tensor:
-    return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
 
 
 def limited(batches: Iterator, steps_left: int | None) -> Iterator:

@@ -17,6 +17,7 @@ from glmc.engine import evaluate, resolve_device
 from glmc.errors import GlmcError
 from glmc.metrics import Metrics
 from glmc.models import create_model
+from glmc.precision import resolve_precision
 from glmc.shots import SHOT_BOUNDS
 
 
@@ -30,6 +31,7 @@ class Restored:
     model: nn.Module  # in eval mode, on `device`
     normalise: Normalise
     device: torch.device
+    precision: str  # of the evaluation forward (the run's eval.precision, resolved)
 
 
 def checkpoint_config(checkpoint: dict, data_root: str | None = None) -> Config:
@@ -53,10 +55,12 @@ def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.devic
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise GlmcError(f"{path} does not fit a {checkpoint['backbone']}: {str(error).splitlines()[0]}") from None
-    model = model.to(device).eval()
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def checkpoint_eval_precision(checkpoint: dict, device: torch.device) -> str:
+    """The precision of evaluation forwards for a checkpoint: its run's eval.precision (fp32 unless set), resolved."""
+    return resolve_precision(checkpoint["config"].get("eval", {}).get("precision", "fp32"), device)
 
 
 def restore_for_evaluation(path: str | os.PathLike, data_root: str | None = None, device: str = "auto") -> Restored:
@@ -66,7 +70,8 @@ def restore_for_evaluation(path: str | os.PathLike, data_root: str | None = None
     dataset = checkpoint_dataset(checkpoint, path, config)
     target = resolve_device(device)
     model = restore_model(checkpoint, path, target)
-    return Restored(checkpoint, config, dataset, model, Normalise(dataset.mean, dataset.std), target)
+    return Restored(checkpoint, config, dataset, model, Normalise(dataset.mean, dataset.std), target,
+                    checkpoint_eval_precision(checkpoint, target))
 
 
 def evaluate_checkpoint(path: str, data_root: str | None = None, device: str = "auto", shot_bounds: str | None = None,
@@ -81,4 +86,5 @@ def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model:
     config = restored.config
     bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
     test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device, part=part)
-    return evaluate(restored.model if model is None else model, test_set.batches(), restored.checkpoint["class_counts"], bounds)
+    return evaluate(restored.model if model is None else model, test_set.batches(), restored.checkpoint["class_counts"], bounds,
+                    restored.precision)

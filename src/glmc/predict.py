@@ -25,9 +25,10 @@ from glmc.checkpoint import load_checkpoint
 from glmc.data.files import DECODE_ERRORS, UnreadableImage, centre_view, decode_rgb
 from glmc.data.images import IMAGE_SUFFIXES  # what a folder is searched for (case-insensitive)
 from glmc.data.pipeline import input_size
-from glmc.engine import autocast_for, channels_last_if_cuda, resolve_device
+from glmc.engine import resolve_device
 from glmc.errors import GlmcError
-from glmc.evaluation import checkpoint_config, checkpoint_dataset, restore_model
+from glmc.evaluation import checkpoint_config, checkpoint_dataset, checkpoint_eval_precision, restore_model
+from glmc.precision import predict_logits
 
 
 @dataclass(frozen=True)
@@ -83,15 +84,14 @@ class Predictor:
         self.class_names: list[str] = list(checkpoint["class_names"])
         self.device = resolve_device(device)
         self.model: nn.Module = restore_model(checkpoint, checkpoint_path, self.device)
+        self.precision = checkpoint_eval_precision(checkpoint, self.device)
         self.normalise = Normalise(self.preprocessing.mean, self.preprocessing.std)
 
     @torch.no_grad()
     def probabilities(self, images: np.ndarray) -> torch.Tensor:
         """images: N x 3 x H x W uint8 -> N x K class probabilities (float32, on the CPU)."""
         inputs = self.normalise(torch.from_numpy(images).to(self.device))  # N x 3 x H x W float
-        with autocast_for(self.device):
-            logits = self.model(channels_last_if_cuda(inputs)).logits
-        return logits.float().softmax(dim=1).cpu()
+        return predict_logits(self.model, inputs, self.precision).softmax(dim=1).cpu()
 
     def predict(self, paths: Sequence[Path], topk: int) -> list[Prediction]:
         """The `topk` most probable classes of each image in one batch."""

@@ -31,10 +31,9 @@ import yaml
 
 from glmc import plots
 from glmc.data.pipeline import create_test_set
-from glmc.engine import autocast_for, channels_last_if_cuda, resolve_device
+from glmc.engine import confusion_counts, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_for_evaluation
-from glmc.metrics import ConfusionCounter
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
 REPORT_DIR = "report"
@@ -164,10 +163,7 @@ def test_set_confusion(checkpoint: Path, data_root: str | None, device: str) -> 
     restored = restore_for_evaluation(checkpoint, data_root, device)
     config = restored.config
     test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device)
-    counter = ConfusionCounter(restored.checkpoint["num_classes"])
-    with autocast_for(restored.device):
-        for inputs, targets in test_set.batches():
-            counter.update(restored.model(channels_last_if_cuda(inputs)).logits.float(), targets)
+    counter = confusion_counts(restored.model, test_set.batches(), restored.checkpoint["num_classes"], restored.precision)
     return counter.confusion.cpu().numpy()
 
 

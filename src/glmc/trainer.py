@@ -49,6 +49,7 @@ from glmc.engine import (
 from glmc.errors import ConfigError, GlmcError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
+from glmc.precision import MixedPrecision, resolve_precision
 from glmc.metrics import Metrics
 from glmc.models import create_model
 from glmc.shots import SHOT_BOUNDS
@@ -90,6 +91,8 @@ class Run:
     method: Method
     optimizer: torch.optim.Optimizer
     test_set: DeviceTestSet | FileTestSet
+    precision: str  # of the training forward, resolved: "fp32" or "bf16"
+    eval_precision: str  # of the evaluation forward, resolved
     shard: Shard = SINGLE  # this process's rank among the torchrun processes
 
 
@@ -135,7 +138,8 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
                 board.log_all(state.records[logged:])
     if board:
         board.close()
-    summary = make_summary(config, run.dataset, state, run.device, shard.world)
+    summary = make_summary(config, run.dataset, state, run.device, shard.world,
+                           {"train": run.precision, "eval": run.eval_precision})
     if shard.is_main:
         write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
     log(quiet, shots_table(summary))
@@ -151,10 +155,10 @@ def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shar
     device = resolve_device(device or config.train.device)
     torch.manual_seed(config.train.seed)
     dataset = dataset or create_dataset(config.data)
-    model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier).to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier)
+    model = model.to(device, memory_format=torch.channels_last)
     train = config.train
+    precision = resolve_precision(train.precision, device)
     loader = create_train_loader(dataset, config.data, train.batch_size, device, sampler=train.sampler,
                                  resample_weighting=train.resample_weighting, seed=train.seed,
                                  drop_last=train.drop_last, shard=shard)
@@ -163,17 +167,20 @@ def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shar
         device=device,
         dataset=dataset,
         model=model,
-        step_model=step_model(model, config, shard, device),
+        step_model=step_model(model, config, shard, device, precision),
         loader=loader,
         method=create_method(config.method, dataset.class_counts, train.epochs),
         optimizer=create_optimizer(model, config.optim, device),
         test_set=create_test_set(dataset, config.data, train.eval_batch_size, device, shard),
+        precision=precision,
+        eval_precision=resolve_precision(config.eval.precision, device),
         shard=shard,
     )
 
 
-def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: torch.device) -> torch.nn.Module:
-    """What the training step calls: under torchrun a DDP wrapper (SyncBatchNorm first if asked), compiled if asked."""
+def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: torch.device, precision: str) -> torch.nn.Module:
+    """What the training step calls: `model` with its forward in `precision` and fp32 outputs; under torchrun
+    in a DDP wrapper (SyncBatchNorm first if asked); compiled if asked."""
     wrapped = model
     if shard.world > 1:
         if config.train.sync_batchnorm and device.type != "cuda":
@@ -181,6 +188,8 @@ def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: tor
         if config.train.sync_batchnorm:
             # converts in place where it can; the returned module shares every parameter and buffer with `model`
             wrapped = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    wrapped = MixedPrecision(wrapped, precision, device)
+    if shard.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
     return torch.compile(wrapped) if config.train.compile else wrapped
 
@@ -297,7 +306,7 @@ def evaluate_and_record(run: Run, state: RunState, output: Path, meter: LossMete
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
     distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
-    metrics = evaluate(run.model, run.test_set.batches(), run.dataset.class_counts, bounds)
+    metrics = evaluate(run.model, run.test_set.batches(), run.dataset.class_counts, bounds, run.eval_precision)
     note_unreadable(run, state)
     epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
     record = evaluation_record(epoch, state, metrics, epoch_losses(meter, run.shard), run.optimizer, seconds)
@@ -445,7 +454,8 @@ def shots_table(summary: dict) -> str:
 METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples")
 
 
-def make_summary(config: Config, dataset: DatasetSummary, state: RunState, device: torch.device, processes: int = 1) -> dict:
+def make_summary(config: Config, dataset: DatasetSummary, state: RunState, device: torch.device, processes: int = 1,
+                 precision: dict[str, str] | None = None) -> dict:
     final = state.records[-1]
     return {
         "final": {k: final[k] for k in METRIC_KEYS},
@@ -460,6 +470,7 @@ def make_summary(config: Config, dataset: DatasetSummary, state: RunState, devic
         "version": glmc.__version__,
         "git_commit": git_commit(),
         "device": device_name(device),
+        "precision": precision,  # resolved: {"train": ..., "eval": ...}
         "processes": processes,
         "unreadable_images": {"count": len(state.unreadable), "files": state.unreadable[:100]},
         "torch": torch.__version__,
