@@ -20,7 +20,7 @@ from glmc.data.datasets import DataConfig, create_dataset
 from glmc.data.loader import TwoStreamLoader
 from glmc.engine import create_optimizer, step_rng, train_step
 from glmc.errors import ConfigError
-from glmc.methods import METHODS, MethodConfig, create_method
+from glmc.methods import METHODS, create_method, method_options
 from glmc.methods.losses import (
     class_weights,
     deferred_weights,
@@ -141,7 +141,7 @@ def tiny_batch() -> TwoStreamBatch:
 
 def run(name: str, epoch: int = 3, seed: int = 0, model: nn.Module | None = None, **options):
     model = model or TinyModel()
-    result = create_method(MethodConfig(name=name, **options), COUNTS, EPOCHS)(model, tiny_batch(), epoch, np.random.default_rng(seed))
+    result = create_method(method_options(name, **options), COUNTS, EPOCHS)(model, tiny_batch(), epoch, np.random.default_rng(seed))
     return result, model
 
 
@@ -276,20 +276,22 @@ def test_single_branch_ablations_use_one_of_glmc_batches(name, branch):
 
 
 @pytest.mark.parametrize(
-    "options",
-    [{"cb_beta": 1.0}, {"cb_beta": -0.1}, {"drw_start": 1.5}, {"focal_gamma": -1.0}, {"ldam_max_margin": -0.5},
-     {"ldam_scale": 0.0}, {"logit_adjust_tau": -1.0}, {"logit_adjust_tau": float("nan")}],
+    "name, options",
+    [("cb", {"cb_beta": 1.0}), ("drw", {"cb_beta": -0.1}), ("drw", {"drw_start": 1.5}), ("focal", {"focal_gamma": -1.0}),
+     ("ldam-drw", {"ldam_max_margin": -0.5}), ("ldam-drw", {"ldam_scale": 0.0}),
+     ("balanced-softmax", {"logit_adjust_tau": -1.0}), ("balanced-softmax", {"logit_adjust_tau": float("nan")})],
 )
-def test_bad_baseline_options_are_one_line_config_errors(options):
+def test_bad_baseline_options_are_one_line_config_errors(name, options):
     with pytest.raises(ConfigError) as error:
-        MethodConfig(**options)
+        method_options(name, **options)
     assert "\n" not in str(error.value) and next(iter(options)) in str(error.value)
 
 
 def test_defaults_are_the_papers():
-    config = MethodConfig()
-    assert (config.cb_beta, config.drw_start, config.focal_gamma) == (0.9999, 0.8, 1.0)
-    assert (config.ldam_max_margin, config.ldam_scale, config.logit_adjust_tau) == (0.5, 30.0, 1.0)
+    assert (method_options("cb").cb_beta, method_options("drw").drw_start, method_options("focal").focal_gamma) == (0.9999, 0.8, 1.0)
+    ldam = method_options("ldam-drw")
+    assert (ldam.ldam_max_margin, ldam.ldam_scale, ldam.cb_beta, method_options("balanced-softmax").logit_adjust_tau) == (
+        0.5, 30.0, 0.9999, 1.0)
 
 
 def test_ldam_drw_needs_the_cosine_classifier_and_a_bad_classifier_is_refused():
@@ -352,7 +354,7 @@ def test_every_registered_method_trains_its_prediction_head_on_the_embedded_data
     classifier = getattr(METHODS.get(name), "required_classifier", None) or "linear"
     torch.manual_seed(0)
     model = create_model("resnet8", dataset.num_classes, classifier=classifier)
-    method = create_method(MethodConfig(name=name), dataset.class_counts, EPOCHS)
+    method = create_method(method_options(name), dataset.class_counts, EPOCHS)
     optimizer = create_optimizer(model, OptimConfig(lr=0.05, weight_decay=0.0), torch.device("cpu"))
     head = prediction_head(model).weight
     start = head.detach().clone()

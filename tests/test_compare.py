@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from glmc.cli import main
-from glmc.compare import compare_runs, load_run, render_markdown, render_text
+from glmc.compare import compare_runs, render_markdown, render_text, run_row
 from glmc.errors import GlmcError
 
 FINGERPRINT = "sha256:f7669c469c9dd" + "0" * 51
@@ -81,10 +81,10 @@ def test_bad_run_folders_are_one_line_errors(tmp_path):
     (tmp_path / "corrupt" / "summary.json").write_text("{not json")
     (tmp_path / "partial").mkdir()
     (tmp_path / "partial" / "summary.json").write_text(json.dumps({"method": "ce"}))
-    for name, message in [("missing", "run folder not found"), ("empty", "holds no summary.json"),
+    for name, message in [("missing", "run folder not found"), ("empty", "holds no finished run"),
                           ("corrupt", "cannot read"), ("partial", "is not a glmc run summary")]:
         with pytest.raises(GlmcError, match=message) as error:
-            load_run(tmp_path / name)
+            run_row(tmp_path / name)
         assert "\n" not in str(error.value)
     done = subprocess.run([sys.executable, "-m", "glmc.cli", "compare", str(tmp_path / "corrupt")], capture_output=True, text=True)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
@@ -97,6 +97,6 @@ def test_compare_reads_a_real_run_folder(tmp_path):
     config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "2",
                                  "train.device": "cpu", "train.max_steps": "2", "method.name": "focal"})
     summary = train(config, tmp_path / "run", quiet=True)
-    row = load_run(tmp_path / "run")
+    row = run_row(tmp_path / "run")
     assert (row.method, row.fingerprint, row.epochs) == ("focal", summary["fingerprint"], "1 of 2")
     assert row.top1_final == summary["final"]["top1"] and row.test_set == "synthetic-lt test (10 classes, 1000 images)"

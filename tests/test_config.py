@@ -133,3 +133,68 @@ def test_any_override_either_builds_or_is_a_config_error(key, value):
         build_config(None, {key: value})
     except ConfigError as error:
         assert "\n" not in str(error)
+
+
+# ---------------------------------------------------------------- presets by rule, per-method options, stored configs
+
+
+def test_presets_made_by_rule_are_the_hand_written_ones():
+    """`glmc presets` content is unchanged by the settings x methods grid: the same names in the same order, the same
+    descriptions and values as the 90 hand-written entries of commit c561133."""
+    import json
+    from pathlib import Path
+
+    from glmc.config import flatten
+
+    before = json.loads((Path(__file__).parent / "data" / "presets-c561133.json").read_text())
+    after = load_presets()
+    assert list(after) == list(before)
+    for name, preset in before.items():
+        assert after[name]["description"] == preset["description"], name
+        assert flatten(after[name]["values"]) == flatten(preset["values"]), name
+
+
+def test_a_grid_preset_gives_method_options_only_to_methods_that_have_them():
+    from glmc.config import grid_presets
+
+    grid = {"settings": {"s": {"title": "S", "published": "p", "values": {"method": {"label_weighting": 0.5}}}},
+            "authors": {"values": {"model": {"backbone": "resnet32-wide"}}},
+            "methods": {"ce": {"title": "CE"}, "glmc-global-only": {"title": "G", "values": {"train": {"epochs": 3}}}}}
+    presets = grid_presets(grid)
+    assert list(presets) == ["s", "s-authors", "s-ce", "s-glmc-global-only"]
+    assert presets["s-ce"]["values"]["method"] == {"name": "ce"}
+    assert presets["s-glmc-global-only"]["values"] == {"method": {"label_weighting": 0.5, "name": "glmc-global-only"},
+                                                       "train": {"epochs": 3}}
+    assert presets["s-authors"]["values"] == {"method": {"label_weighting": 0.5}, "model": {"backbone": "resnet32-wide"}}
+
+
+def test_an_option_the_method_does_not_have_is_an_error_naming_its_options():
+    with pytest.raises(ConfigError, match=r"method glmc has no option 'focal_gamma' \(its options: beta, label_weighting"):
+        build_config("quickstart", {"method.focal_gamma": "3"})
+    with pytest.raises(ConfigError, match="method ce has no options, got method.beta"):
+        build_config("quickstart", {"method.name": "ce", "method.beta": "0.5"})
+    with pytest.raises(ConfigError, match="did you mean 'focal_gamma'"):
+        build_config("quickstart", {"method.name": "focal", "method.focal_gama": "2"})
+
+
+def test_switching_method_on_a_preset_drops_the_presets_options_of_the_old_method():
+    config = build_config("cifar10-lt-if100", {"method.name": "focal", "method.focal_gamma": "2"})
+    assert config.method.name == "focal" and config.method.focal_gamma == 2.0 and not hasattr(config.method, "label_weighting")
+    assert build_config("cifar10-lt-if100", {"method.name": "glmc-no-consistency"}).method.label_weighting == 1.2
+
+
+def test_a_config_stored_before_per_method_options_loads():
+    """Run folders and checkpoints of the previous format held every method's options under `method`."""
+    from pathlib import Path
+
+    import yaml
+
+    from glmc.config import stored_config
+
+    stored = yaml.safe_load((Path(__file__).parent / "data" / "config-deac618.yaml").read_text())
+    assert "focal_gamma" in stored["method"]
+    config = stored_config(stored)
+    assert config == build_config("quickstart", {"train.precision": "bf16", "data.data_root": stored["data"]["data_root"]})
+    assert stored_config(stored, {"method.name": "focal"}).method.focal_gamma == 1.0
+    with pytest.raises(ConfigError):  # overrides stay strict
+        stored_config(stored, {"method.focal_gamma": "2"})

@@ -81,3 +81,26 @@ def test_sync_batchnorm_on_cpu_processes_is_a_clear_error(tree, tmp_path):
     assert done.returncode != 0
     assert "train.sync_batchnorm needs CUDA devices" in done.stderr
     assert not (tmp_path / "sync" / "config.yaml").exists()  # refused before the run folder was written
+
+
+def test_every_registered_method_trains_under_torchrun():
+    """DDP sees only the parameters a method trains: no 'Expected to have finished reduction' for any method."""
+    from glmc.methods import METHODS
+
+    script = Path(__file__).parent / "helpers" / "every_method_ddp.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script)]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {r["method"]: r for r in map(json.loads, done.stdout.splitlines())}
+    assert sorted(results) == METHODS.names()
+    for name, result in results.items():
+        assert result["spread"] < 1e-6, name  # the replicas stayed equal
+        assert result["moved"] > 0, name  # and trained
+
+
+def test_a_baseline_trains_under_torchrun_with_glmc_train(tmp_path):
+    output = tmp_path / "ce"
+    torchrun("train", "--preset", "quickstart", "--set", "method.name=ce", "--device", "cpu", "--max-steps", "4",
+             "--batch-size", "16", "--output", str(output))
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["method"] == "ce" and summary["processes"] == 2 and summary["steps"] == 4

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import IMAGE_CLASSES, write_image_tree
-from glmc.augment import ImageNetColour, Normalise, blur_kernel_size
+from glmc.augment import CifarAugment, ImageNetColour, Normalise, blur_kernel_size
 from glmc.cli import main
 from glmc.data.datasets import DataConfig, create_dataset
 from glmc.data.files import (
@@ -188,7 +188,7 @@ def test_partial_last_batch_too_small_for_every_rank_is_dropped(tree):
 def test_device_loader_shards_split_the_global_batch():
     images = torch.arange(20, dtype=torch.uint8).view(20, 1, 1, 1).expand(20, 3, 2, 2).contiguous()
     labels = torch.arange(20) % 2
-    identity = lambda x, generator: x.float()  # noqa: E731
+    identity = CifarAugment(Normalise((0.0,) * 3, (1 / 255,) * 3), padding=0, flip=False)  # float pixel values
     whole = TwoStreamLoader(images, labels, [10, 10], 8, identity, seed=3)
     parts = [TwoStreamLoader(images, labels, [10, 10], 8, identity, seed=3, shard=Shard(rank, 2)) for rank in range(2)]
     for batch, *shard_batches in zip(whole.epoch(0), *(part.epoch(0) for part in parts)):

@@ -12,7 +12,7 @@ from torch import nn
 
 from glmc.data.batch import StreamBatch, TwoStreamBatch
 from glmc.errors import ConfigError, DataError
-from glmc.methods import METHODS, MethodConfig, StepResult, create_method
+from glmc.methods import METHODS, MethodOptions, StepResult, create_method, method_options
 from glmc.methods.losses import class_weights, cumulative_alpha, simsiam_loss, soft_cross_entropy
 from glmc.mixing import box_area_fraction, cutmix_box, sample_lambda
 from glmc.models.output import GLMCOutput
@@ -173,7 +173,7 @@ def reference_glmc(model, batch, epoch, seed, beta=1.0, tau=1.2, gamma=1.0, cutm
     return {"loss": loss, "ce": ce, "cb": cb, "sim": sim, "alpha": alpha, "lam": lam}
 
 
-def run_glmc(config: MethodConfig, seed: int, epoch: int = 3) -> StepResult:
+def run_glmc(config: MethodOptions, seed: int, epoch: int = 3) -> StepResult:
     method = create_method(config, CLASS_COUNTS, TOTAL_EPOCHS)
     return method(make_model(), make_batch(), epoch, np.random.default_rng(seed))
 
@@ -209,7 +209,7 @@ CLIPPED_SEED = next(s for s in range(200) if is_clipped(*box_for_seed(s)) and 0.
     ],
 )
 def test_glmc_loss_equals_the_hand_assembled_loss(options, epoch, seed):
-    result = run_glmc(MethodConfig(**options), seed, epoch)
+    result = run_glmc(method_options(**options), seed, epoch)
     names = {"beta": "beta", "label_weighting": "tau", "consistency_weight": "gamma", "cutmix_label": "cutmix_label"}
     expected = reference_glmc(make_model(), make_batch(), epoch, seed, **{names[k]: v for k, v in options.items()})
     assert result.loss.item() == pytest.approx(expected["loss"], rel=1e-6, abs=1e-9)
@@ -224,7 +224,7 @@ def test_glmc_runs_the_global_batch_then_the_local_batch_without_touching_the_in
     before = [t.clone() for s in (batch.uniform, batch.resampled) for t in (s.view1, s.view2)]
     seed = 4
     lam, (y1, y2, x1, x2) = box_for_seed(seed)
-    create_method(MethodConfig(), CLASS_COUNTS, TOTAL_EPOCHS)(model, batch, 0, np.random.default_rng(seed))
+    create_method(method_options(), CLASS_COUNTS, TOTAL_EPOCHS)(model, batch, 0, np.random.default_rng(seed))
     after = [t for s in (batch.uniform, batch.resampled) for t in (s.view1, s.view2)]
     assert all(torch.equal(a, b) for a, b in zip(before, after))
     assert len(model.inputs) == 2
@@ -238,27 +238,27 @@ def test_glmc_runs_the_global_batch_then_the_local_batch_without_touching_the_in
 
 def test_glmc_loss_backpropagates_into_every_head():
     model, batch = make_model(), make_batch()
-    method = create_method(MethodConfig(), CLASS_COUNTS, TOTAL_EPOCHS)
+    method = create_method(method_options(), CLASS_COUNTS, TOTAL_EPOCHS)
     method(model, batch, 5, np.random.default_rng(0)).loss.backward()
     for name, param in model.named_parameters():
         assert param.grad is not None and bool(param.grad.abs().sum() > 0), name
 
 
 def test_same_seed_gives_identical_loss_and_another_seed_does_not():
-    a, b = run_glmc(MethodConfig(), 11), run_glmc(MethodConfig(), 11)
+    a, b = run_glmc(method_options(), 11), run_glmc(method_options(), 11)
     assert torch.equal(a.loss, b.loss)
     assert all(torch.equal(a.parts[k], b.parts[k]) for k in a.parts)
-    assert not torch.equal(a.loss, run_glmc(MethodConfig(), 12).loss)
+    assert not torch.equal(a.loss, run_glmc(method_options(), 12).loss)
 
 
 def test_beta_changes_lambda():
-    default, paper = run_glmc(MethodConfig(beta=1.0), 0), run_glmc(MethodConfig(beta=0.5), 0)
+    default, paper = run_glmc(method_options(beta=1.0), 0), run_glmc(method_options(beta=0.5), 0)
     assert default.parts["lam"].item() != paper.parts["lam"].item()
     assert default.loss.item() != paper.loss.item()
 
 
 def test_label_weighting_changes_only_the_rebalanced_loss():
-    low, high = run_glmc(MethodConfig(label_weighting=0.0), 0), run_glmc(MethodConfig(label_weighting=1.2), 0)
+    low, high = run_glmc(method_options(label_weighting=0.0), 0), run_glmc(method_options(label_weighting=1.2), 0)
     assert low.parts["ce"].item() == high.parts["ce"].item()
     assert low.parts["sim"].item() == high.parts["sim"].item()
     assert low.parts["cb"].item() != pytest.approx(high.parts["cb"].item())
@@ -266,7 +266,7 @@ def test_label_weighting_changes_only_the_rebalanced_loss():
 
 
 def test_consistency_weight_scales_the_similarity_term():
-    one, four = run_glmc(MethodConfig(consistency_weight=1.0), 0), run_glmc(MethodConfig(consistency_weight=4.0), 0)
+    one, four = run_glmc(method_options(consistency_weight=1.0), 0), run_glmc(method_options(consistency_weight=4.0), 0)
     assert all(torch.equal(one.parts[k], four.parts[k]) for k in one.parts)
     assert (four.loss - one.loss).item() == pytest.approx(3.0 * one.parts["sim"].item())
     assert one.parts["sim"].item() != 0.0
@@ -276,8 +276,8 @@ def test_cutmix_label_changes_the_cutmix_target_when_the_box_is_clipped():
     lam, box = box_for_seed(CLIPPED_SEED)
     assert is_clipped(lam, box)
     assert 1 - box_area_fraction(box, H, W) != pytest.approx(lam)
-    by_lambda = run_glmc(MethodConfig(cutmix_label="lambda"), CLIPPED_SEED)
-    by_area = run_glmc(MethodConfig(cutmix_label="area"), CLIPPED_SEED)
+    by_lambda = run_glmc(method_options(cutmix_label="lambda"), CLIPPED_SEED)
+    by_area = run_glmc(method_options(cutmix_label="area"), CLIPPED_SEED)
     assert by_lambda.parts["sim"].item() == by_area.parts["sim"].item()  # same images
     assert by_lambda.parts["ce"].item() != pytest.approx(by_area.parts["ce"].item())
     assert by_lambda.parts["cb"].item() != pytest.approx(by_area.parts["cb"].item())
@@ -329,7 +329,7 @@ def test_one_full_glmc_step_equals_the_hand_computed_sgd_update():
     expected = [p.detach() - lr * (g + weight_decay * p.detach()) for p, g in zip(reference.parameters(), gradients)]
 
     optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
-    method = create_method(MethodConfig(), CLASS_COUNTS, TOTAL_EPOCHS)
+    method = create_method(method_options(), CLASS_COUNTS, TOTAL_EPOCHS)
     parts = train_step(model, method, optimizer, batch, epoch, np.random.default_rng(seed))
     # glmc's soft labels and class weights are float32, the rest of this model float64: agreement to ~1e-8
     assert parts["loss"].item() == pytest.approx(hand_loss.item(), rel=1e-6)
@@ -343,7 +343,7 @@ def test_one_full_glmc_step_equals_the_hand_computed_sgd_update():
 
 def test_ce_method_equals_cross_entropy_of_the_prediction_head():
     model, batch = make_model(), make_batch()
-    result = create_method(MethodConfig(name="ce"), CLASS_COUNTS, TOTAL_EPOCHS)(
+    result = create_method(method_options("ce"), CLASS_COUNTS, TOTAL_EPOCHS)(
         model, batch, 0, np.random.default_rng(0)
     )
     expected = F.cross_entropy(model(batch.uniform.view1).logits, batch.uniform.labels)
@@ -354,7 +354,7 @@ def test_ce_method_equals_cross_entropy_of_the_prediction_head():
 @pytest.mark.parametrize("name", METHODS.names())
 def test_every_registered_method_gives_a_finite_differentiable_loss(name):
     model = make_model()
-    method = create_method(MethodConfig(name=name), CLASS_COUNTS, TOTAL_EPOCHS)
+    method = create_method(method_options(name), CLASS_COUNTS, TOTAL_EPOCHS)
     result = method(model, make_batch(), TOTAL_EPOCHS - 1, np.random.default_rng(0))
     assert isinstance(result, StepResult)
     assert result.loss.dim() == 0 and bool(torch.isfinite(result.loss))
@@ -375,24 +375,24 @@ def test_every_registered_method_gives_a_finite_differentiable_loss(name):
 )
 def test_bad_config_values_raise_one_line_config_errors(options):
     with pytest.raises(ConfigError) as error:
-        MethodConfig(**options)
+        method_options(**options)
     assert "\n" not in str(error.value)
     assert next(iter(options)) in str(error.value)
 
 
 def test_unknown_method_name_names_the_close_matches():
     with pytest.raises(ConfigError, match="'glmc'") as error:
-        create_method(MethodConfig(name="glmcc"), CLASS_COUNTS, TOTAL_EPOCHS)
+        create_method(method_options("glmcc"), CLASS_COUNTS, TOTAL_EPOCHS)
     assert "\n" not in str(error.value)
 
 
 def test_non_positive_total_epochs_is_a_config_error():
     with pytest.raises(ConfigError):
-        create_method(MethodConfig(), CLASS_COUNTS, 0)
+        create_method(method_options(), CLASS_COUNTS, 0)
 
 
 def test_defaults_reproduce_the_authors_code():
-    config = MethodConfig()
+    config = method_options()
     assert (config.name, config.beta, config.label_weighting, config.consistency_weight, config.cutmix_label) == (
         "glmc",
         1.0,

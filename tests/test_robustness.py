@@ -69,6 +69,7 @@ def progress(run: Path) -> int:
         return -1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(uninterrupted, tmp_path):
     run = tmp_path / "run"
     chooser = random.Random(20261122)
@@ -86,6 +87,7 @@ def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(un
     assert_same_run(uninterrupted, run)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_sigterm_and_sigint_save_a_checkpoint_and_exit(uninterrupted, tmp_path, sig):
     run = tmp_path / "run"
@@ -101,6 +103,7 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit(uninterrupted, tmp_path, 
     assert_same_run(uninterrupted, run)
 
 
+@pytest.mark.slow
 def test_damaged_last_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path):
     run = tmp_path / "run"
     assert glmc("train", *RUN_ARGS, "--output", str(run), "--max-steps", "30").returncode == 0

@@ -14,7 +14,7 @@ from glmc.config import OptimConfig, build_config
 from glmc.data.batch import StreamBatch, TwoStreamBatch
 from glmc.engine import create_optimizer, train_step
 from glmc.errors import ConfigError
-from glmc.methods import MethodConfig, StepResult, create_method
+from glmc.methods import StepResult, create_method, method_options
 from glmc.models.output import GLMCOutput
 from glmc.sam import SAM, sam_perturbation
 
@@ -48,7 +48,7 @@ def batch() -> TwoStreamBatch:
     return TwoStreamBatch(uniform=stream([0, 2, 1, 0]), resampled=stream([2, 1, 2, 0]))
 
 
-GLMC = create_method(MethodConfig(), [10, 4, 1], 10)
+GLMC = create_method(method_options(), [10, 4, 1], 10)
 
 
 def step(rho: float, seed: int = 0, method=GLMC) -> tuple[nn.Module, dict]:

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from glmc.augment import CifarAugment, Normalise
-from glmc.data.datasets import DATASETS, DataConfig, LongTailedDataset, create_dataset
+from glmc.data.datasets import DATASETS, DataConfig, create_dataset
+from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile, long_tailed_indices
 from glmc.data.synthetic import N_MAX, TEST_PER_CLASS, TRAIN_STREAM, channel_stats, class_names, generate_split
 from glmc.errors import ConfigError
@@ -29,17 +30,17 @@ GOLDEN_FINGERPRINTS = {
 }
 
 
-def build(imbalance_factor: float = 100.0, split: str = "standard") -> LongTailedDataset:
+def build(imbalance_factor: float = 100.0, split: str = "standard") -> InMemoryDataset:
     return create_dataset(DataConfig(dataset="synthetic-lt", imbalance_factor=imbalance_factor, split=split))
 
 
 @pytest.fixture(scope="module")
-def if100() -> LongTailedDataset:
+def if100() -> InMemoryDataset:
     return build(100.0)
 
 
 @pytest.fixture(scope="module")
-def balanced() -> LongTailedDataset:
+def balanced() -> InMemoryDataset:
     return build(1.0)
 
 
@@ -121,7 +122,7 @@ def test_class_names_combine_pattern_and_colour():
 
 def test_cifar_augmentation_applies(if100):
     augment = CifarAugment(Normalise(if100.mean, if100.std))
-    views = augment(torch.from_numpy(if100.train_images[:8]), torch.Generator().manual_seed(0))
+    views = augment(torch.from_numpy(if100.train_images[:8]), augment.draw(8, torch.Generator().manual_seed(0)))
     assert views.shape == (8, 3, 32, 32) and views.dtype == torch.float32
 
 
@@ -138,7 +139,7 @@ def test_colour_alone_is_not_enough(balanced):
     assert (predictions == balanced.test_labels).mean() < 0.45
 
 
-def train_resnet8(dataset: LongTailedDataset, steps: int, batch_size: int, seed: int = 0) -> torch.nn.Module:
+def train_resnet8(dataset: InMemoryDataset, steps: int, batch_size: int, seed: int = 0) -> torch.nn.Module:
     """A few SGD steps of resnet8 on un-augmented, normalised training images."""
     normalise = Normalise(dataset.mean, dataset.std)
     images, labels = torch.from_numpy(dataset.train_images), torch.from_numpy(dataset.train_labels)

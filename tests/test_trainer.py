@@ -67,10 +67,20 @@ def test_eval_of_the_last_checkpoint_reproduces_the_final_metrics(finished_run, 
     assert metrics["per_class"] == summary["final"]["per_class"]
 
 
-def test_eval_with_authors_bounds_regroups_classes(finished_run, capsys):
-    output, _ = finished_run
-    main(["eval", str(output / "checkpoint_last.pt"), "--device", "cpu", "--json", "--shot-bounds", "authors"])
-    assert json.loads(capsys.readouterr().out)["shot_bounds"] == "authors"
+def test_eval_with_authors_bounds_regroups_classes(tmp_path, capsys):
+    # IF 25 on synthetic-lt: the rarest class has exactly 20 images, few-shot only under the authors' bounds
+    summary = train(tiny_config(data__imbalance_factor=25, train__max_steps=2), tmp_path, quiet=True)
+    counts = summary["dataset"]["class_counts"]
+    assert counts[-1] == 20 and min(counts[:-1]) > 20
+    results = {}
+    for bounds in ("standard", "authors"):
+        assert main(["eval", str(tmp_path / "checkpoint_last.pt"), "--device", "cpu", "--json", "--shot-bounds", bounds]) == 0
+        results[bounds] = json.loads(capsys.readouterr().out)
+    per_class = results["standard"]["per_class"]
+    assert results["standard"]["few"] is None and results["authors"]["few"] == pytest.approx(per_class[-1])
+    medium = [acc for acc, n in zip(per_class, counts) if 20 < n <= 100]
+    assert results["authors"]["medium"] == pytest.approx(sum(medium) / len(medium), abs=1e-3)
+    assert results["standard"]["medium"] == pytest.approx((sum(medium) + per_class[-1]) / (len(medium) + 1), abs=1e-3)
 
 
 def state_of(path):
@@ -169,6 +179,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(tmp_path):
     assert done.returncode == 2 and "pwned" not in done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.real_data
 def test_short_real_cifar10_lt_run_records_its_split_and_beats_chance(cifar10_root, tmp_path):
     # One epoch (194 steps) of the standard ResNet-32 at batch 64. Plain cross-entropy: GLMC

@@ -18,25 +18,48 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator, flip: bool = True) -> Tensor:
-    """Crop each image at a random offset of its zero-padded self; mirror about half of them.
+@dataclass(frozen=True)
+class CropFlip:
+    """Where each image of a batch is cropped and whether it is mirrored: N x 1 int64 offsets, N x 1 bool."""
+
+    top: Tensor
+    left: Tensor
+    mirrored: Tensor | None  # None: flipping is off
+
+
+def draw_crop_flip(n: int, padding: int, generator: torch.Generator, flip: bool = True) -> CropFlip:
+    """The random part of `random_crop_flip` for n images, drawn from `generator` (top, left, then flip)."""
+    device = generator.device
+    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
+    mirrored = torch.rand(n, 1, generator=generator, device=device) < 0.5 if flip else None
+    return CropFlip(top, left, mirrored)
+
+
+def apply_crop_flip(images: Tensor, padding: int, params: CropFlip) -> Tensor:
+    """Crop each image at its offset of its zero-padded self, mirror those drawn so.
 
     images: N x C x H x W (any dtype) -> N x C x H x W, same dtype (channels-last memory).
     """
     n, _, height, width = images.shape
     device = images.device
     padded = F.pad(images, (padding, padding, padding, padding))  # N x C x H+2p x W+2p
-    top = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
-    left = torch.randint(0, 2 * padding + 1, (n, 1), generator=generator, device=device)
     columns = torch.arange(width, device=device).expand(n, width)  # N x W
-    if flip:
-        mirrored = torch.rand(n, 1, generator=generator, device=device) < 0.5
-        columns = torch.where(mirrored, columns.flip(1), columns)
-    rows = top + torch.arange(height, device=device)  # N x H
-    columns = left + columns  # N x W
+    if params.mirrored is not None:
+        columns = torch.where(params.mirrored, columns.flip(1), columns)
+    rows = params.top + torch.arange(height, device=device)  # N x H
+    columns = params.left + columns  # N x W
     batch = torch.arange(n, device=device)[:, None, None]
     crops = padded[batch, :, rows[:, :, None], columns[:, None, :]]  # N x H x W x C
     return crops.permute(0, 3, 1, 2)  # N x C x H x W
+
+
+def random_crop_flip(images: Tensor, padding: int, generator: torch.Generator, flip: bool = True) -> Tensor:
+    """Crop each image at a random offset of its zero-padded self; mirror about half of them.
+
+    images: N x C x H x W (any dtype) -> N x C x H x W, same dtype (channels-last memory).
+    """
+    return apply_crop_flip(images, padding, draw_crop_flip(len(images), padding, generator, flip))
 
 
 @dataclass(frozen=True)
@@ -58,15 +81,22 @@ class Normalise:
 
 @dataclass(frozen=True)
 class CifarAugment:
-    """The CIFAR training view: random crop with zero padding, horizontal flip, normalise."""
+    """The CIFAR training view: random crop with zero padding, horizontal flip, normalise.
+
+    In two halves, so a loader can draw the randomness of a view it does not need (keeping the
+    generator's sequence, hence every other view, unchanged) without computing the view.
+    """
 
     normalise: Normalise
     padding: int = 4
     flip: bool = True
 
-    def __call__(self, images: Tensor, generator: torch.Generator) -> Tensor:
+    def draw(self, n: int, generator: torch.Generator) -> CropFlip:
+        return draw_crop_flip(n, self.padding, generator, self.flip)
+
+    def __call__(self, images: Tensor, params: CropFlip) -> Tensor:
         """images: N x C x H x W uint8 -> N x C x H x W float, normalised."""
-        return self.normalise(random_crop_flip(images, self.padding, generator, self.flip))
+        return self.normalise(apply_crop_flip(images, self.padding, params))
 
 
 def blur_kernel_size(image_size: int) -> int:

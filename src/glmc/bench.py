@@ -1,6 +1,6 @@
 """`glmc bench`: how fast a preset's training step runs, and where the time goes.
 
-Runs a preset's real training step (loader, method, backward, optimiser) on its real data
+Runs a preset's real training step (its loader, then `glmc.engine.train_step`) on its real data
 when present, otherwise on random images of the same shape and class counts. Reports
 training samples per second (elements of the uniform batch, not augmented views), ms per
 step and its split into data / forward / backward / optimiser, peak memory, and the
@@ -22,9 +22,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from glmc.config import Config
-from glmc.data.datasets import LongTailedDataset, create_dataset
+from glmc.data.datasets import Dataset, create_dataset
+from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
-from glmc.engine import step_rng
+from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
 from glmc.trainer import Run, build_run, git_commit
 
@@ -113,7 +114,7 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
     )
 
 
-def dataset_or_stand_in(config: Config) -> tuple[LongTailedDataset, str]:
+def dataset_or_stand_in(config: Config) -> tuple[Dataset, str]:
     try:
         return create_dataset(config.data), "real"
     except DataError as missing:
@@ -123,12 +124,12 @@ def dataset_or_stand_in(config: Config) -> tuple[LongTailedDataset, str]:
         return random_stand_in(config), "random (same shape)"
 
 
-def random_stand_in(config: Config) -> LongTailedDataset:
+def random_stand_in(config: Config) -> InMemoryDataset:
     classes, n_max, side = STAND_IN_SHAPES[config.data.dataset]
     counts = exponential_profile(n_max, classes, config.data.imbalance_factor)
     labels = np.repeat(np.arange(classes), counts)
     rng = np.random.default_rng(0)
-    return LongTailedDataset(
+    return InMemoryDataset(
         name=config.data.dataset,
         split="random stand-in",
         imbalance_factor=config.data.imbalance_factor,
@@ -152,7 +153,7 @@ def endless_batches(run: Run):
 
 
 def timed_step(run: Run, batches) -> dict[str, float]:
-    """One training step, the device synchronised between phases so each is timed alone."""
+    """One real training step (`glmc.engine.train_step`), the device synchronised between phases so each is timed alone."""
     seconds = {}
     mark = time.perf_counter()
 
@@ -165,23 +166,15 @@ def timed_step(run: Run, batches) -> dict[str, float]:
 
     epoch, step, batch = next(batches)
     lap("data")
-    result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
-    lap("forward")
-    run.optimizer.zero_grad(set_to_none=True)
-    result.loss.backward()
-    lap("backward")
-    run.optimizer.step()
-    lap("optimizer")
+    train_step(run.step_model, run.method, run.optimizer, batch, epoch, step_rng(run.config.train.seed, epoch, step), lap=lap)
     return seconds
 
 
 def count_flops(run: Run, batches) -> float:
-    """FLOPs of one step's forward and backward passes (the optimiser's are negligible)."""
+    """FLOPs of one training step: its forward and backward passes (SAM's second pass included)."""
     epoch, step, batch = next(batches)
     with FlopCounterMode(display=False) as counter:
-        result = run.method(run.step_model, batch, epoch, step_rng(run.config.train.seed, epoch, step))
-        result.loss.backward()
-    run.optimizer.zero_grad(set_to_none=True)
+        train_step(run.step_model, run.method, run.optimizer, batch, epoch, step_rng(run.config.train.seed, epoch, step))
     return float(counter.get_total_flops())
 
 
@@ -271,9 +264,6 @@ def run_input_bench(preset: str, config: Config, steps: int, warmup: int) -> Inp
     """Images per second through the workers' half of the image-file loader (no device work)."""
     import tempfile
 
-    from glmc.data.files import FileTwoStreamLoader, make_loader
-    from glmc.data.pipeline import create_train_loader
-
     with tempfile.TemporaryDirectory() as scratch:
         try:
             dataset, source = create_dataset(config.data), config.data.data_root
@@ -283,21 +273,13 @@ def run_input_bench(preset: str, config: Config, steps: int, warmup: int) -> Inp
             config = dataclasses.replace(config, data=dataclasses.replace(config.data, dataset="folder", data_root=scratch))
             dataset = create_dataset(config.data)
             source = f"generated JPEGs ({STAND_IN_PHOTO[0]}x{STAND_IN_PHOTO[1]}, quality 90, {STAND_IN_FILES} files)"
-        loader = create_train_loader(dataset, config.data, config.train.batch_size, torch.device("cpu"),
-                                     resample_weighting=config.train.resample_weighting, seed=config.train.seed)
-        if not isinstance(loader, FileTwoStreamLoader):
+        if not dataset.from_files:
             raise DataError(f"--input-only times the image-file loader; {dataset.name} is held in memory")
+        loader = dataset.train_loader(config.data, config.train.batch_size, torch.device("cpu"),
+                                      resample_weighting=config.train.resample_weighting, seed=config.train.seed)
 
         def rate(workers: int, timed_steps: int) -> float:
-            keys = (key for epoch in range(10**6) for key in loader.keys(epoch, 0))
-            batches = iter(make_loader(loader.views, keys, workers, pin=False))
-            for _ in range(warmup + (2 if workers else 0)):  # workers start and fill their queues
-                next(batches)
-            started, images = time.perf_counter(), 0
-            for _ in range(timed_steps):
-                indices, _, _, _ = next(batches)
-                images += len(indices)
-            return images / (time.perf_counter() - started)
+            return loader.decoding_rate(workers, timed_steps, warmup)
 
         parallel = rate(config.data.workers, steps)
         single = rate(0, max(1, steps // 4))

@@ -32,12 +32,11 @@ from torch import Tensor, nn
 
 from glmc.checkpoint import save_checkpoint
 from glmc.config import OptimConfig, coerce, parse_override
-from glmc.data.files import FileTwoStreamLoader
-from glmc.data.loader import TwoStreamLoader
-from glmc.data.pipeline import create_train_loader
+from glmc.data.batch import BatchSpec, TrainingBatches
 from glmc.engine import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
+from glmc.metrics import format_shots
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import prediction_head
 from glmc.precision import autocast, channels_last
@@ -267,10 +266,11 @@ class MaxNorm:
         with torch.no_grad():
             head.weight.copy_(max_norm_projection(head.weight, threshold))
 
-    def _loader(self, restored: Restored) -> TwoStreamLoader | FileTwoStreamLoader:
+    def _loader(self, restored: Restored) -> TrainingBatches:
         config = restored.config
-        return create_train_loader(restored.dataset, config.data, self.params.batch_size or config.train.batch_size,
-                                   restored.device, seed=config.train.seed, drop_last=config.train.drop_last)
+        return restored.dataset.train_loader(config.data, self.params.batch_size or config.train.batch_size, restored.device,
+                                             seed=config.train.seed, drop_last=config.train.drop_last,
+                                             spec=BatchSpec(resampled=False, views=(1,)))
 
 
 # ---------------------------------------------------------------- parameters, and a checkpoint in and out
@@ -352,8 +352,7 @@ def calibrate_checkpoint(
 
 
 def metrics_line(label: str, metrics: dict) -> str:
-    shots = "  ".join(f"{name} {'-' if metrics[name] is None else format(metrics[name], '.2f')}" for name in ("many", "medium", "few"))
-    return f"{label:<7} top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {shots}"
+    return f"{label:<7} top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {format_shots(metrics)}"
 
 
 def render(record: dict) -> str:

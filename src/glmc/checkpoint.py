@@ -1,7 +1,9 @@
-"""Checkpoints: written atomically with a checksum, read with `weights_only=True`.
+"""Checkpoints: what a training checkpoint holds, written atomically with a checksum, read with `weights_only=True`.
 
 A checkpoint is a dict of tensors and plain values (the resolved config included), so it
 loads without unpickling arbitrary objects; a file that would run code is refused.
+`training_payload` makes one and `restore_training` puts one back into a run's model and
+optimiser; the run folder (glmc.rundir) names the files.
 
 Writing never leaves a half-written file under the checkpoint's name: the bytes go to a
 temporary file that is flushed to disk and then renamed. With `keep_previous`, the file it
@@ -19,10 +21,16 @@ import pickle
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from torch import nn
 
 from glmc.errors import GlmcError
+
+if TYPE_CHECKING:
+    from glmc.config import Config
+    from glmc.data.datasets import Dataset
 
 FORMAT = "glmc-checkpoint/1"
 
@@ -137,3 +145,55 @@ def load_latest_good(path: Path) -> dict:
 
 def warn(message: str) -> None:
     print(f"glmc: warning: {message}", file=sys.stderr, flush=True)
+
+
+def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.Module,
+                     optimizer: torch.optim.Optimizer, state: dict) -> dict:
+    """Everything a run needs to continue, and `glmc eval` / `predict` to use the weights alone."""
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {
+        "kind": kind,
+        "config": config.to_dict(),
+        "backbone": config.model.backbone,
+        "num_classes": dataset.num_classes,
+        "class_names": dataset.class_names,
+        "class_counts": dataset.class_counts,
+        "fingerprint": dataset.fingerprint,
+        "mean": list(dataset.mean),  # test-time preprocessing, so `glmc predict` needs no dataset
+        "std": list(dataset.std),
+        "image_size": list(dataset.input_size(config.data)),  # height, width
+        "test_resize": dataset.test_resize(config.data),  # shorter side before the centre crop, or None
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "state": state,
+        "rng": rng,
+    }
+
+
+def restore_training(path: Path, config: "Config", dataset: "Dataset", model: nn.Module,
+                     optimizer: torch.optim.Optimizer) -> dict:
+    """Load the last good checkpoint at `path` into `model` and `optimizer` and the RNG; returns its run state.
+
+    Refuses a checkpoint of another model, class count, classifier or split.
+    """
+    checkpoint = load_latest_good(path)
+    check_compatible(checkpoint, config.model.backbone, config.model.classifier, dataset.num_classes, path)
+    if checkpoint["fingerprint"] != dataset.fingerprint:
+        raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, this config selects {dataset.fingerprint}")
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    torch.set_rng_state(checkpoint["rng"]["torch"])
+    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
+    return checkpoint["state"]
+
+
+def check_compatible(checkpoint: dict, backbone: str, classifier: str, num_classes: int, path: Path) -> None:
+    held = (checkpoint["backbone"], checkpoint["num_classes"], checkpoint_classifier(checkpoint))
+    if held != (backbone, num_classes, classifier):
+        raise GlmcError(
+            f"{path} holds a {held[0]} with {held[1]} classes ({held[2]} classifier), "
+            f"not a {backbone} with {num_classes} classes ({classifier} classifier)"
+        )

@@ -161,14 +161,15 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from glmc.config import build_config
-    from glmc.trainer import load_run_config, train
+    from glmc.rundir import RunFolder
+    from glmc.trainer import train
 
     overrides = train_overrides(args)
     if args.resume:
         if args.preset or args.output:
             raise GlmcError("--resume continues a run folder with its own config; drop --preset/--output")
         output = Path(args.resume)
-        config = load_run_config(output, overrides)
+        config = RunFolder(output).read_config(overrides)
     else:
         config = build_config(args.preset, overrides)
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
@@ -225,23 +226,24 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from glmc.evaluation import evaluate_checkpoint
+    from glmc.metrics import format_shots
 
     metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, shot_bounds=args.shot_bounds,
                                   part=args.on)
     if args.json:
         print(json.dumps(metrics.to_json()))
     else:
-        shots = " / ".join(f"{name} {getattr(metrics, name):.2f}" if getattr(metrics, name) is not None else f"{name} -"
-                           for name in ("many", "medium", "few"))
-        print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {shots}  ({metrics.num_samples} {args.on} images)")
+        print(f"top1 {metrics.top1:.2f}  top5 {metrics.top5:.2f}  {format_shots(metrics)}  ({metrics.num_samples} {args.on} images)")
     return 0
 
 
 def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
+    from glmc.calibration import describe_calibrations
+
     parser = commands.add_parser(
         "calibrate", help="post-hoc calibration of a checkpoint's classifier; writes a new checkpoint and its metrics")
     parser.add_argument("checkpoint", metavar="CKPT")
-    parser.add_argument("--method", required=True, help="tau-norm, logit-adjustment or maxnorm")
+    parser.add_argument("--method", required=True, help=f"the calibration and its parameters' defaults: {describe_calibrations()}")
     parser.add_argument("--output", help="new checkpoint (default: CKPT's name + -METHOD.pt); metrics go to the same name .json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: README)")

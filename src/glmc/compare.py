@@ -1,6 +1,6 @@
 """`glmc compare RUN_DIR...`: one table of runs, refusing runs that are not comparable.
 
-A row is read from a run folder's summary.json (its embedded config, or config.yaml). Two
+A row is read from a run folder (glmc.rundir.load_run): its summary.json and config. Two
 runs belong in one table only when they trained on the same split (the fingerprint), were
 tested on the same test set (dataset, number of classes, number of test images) and group
 classes into many/medium/few by the same bounds; `allow_mixed` overrides that, and the
@@ -9,16 +9,14 @@ table then says so.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Sequence
 
-import yaml
 
 from glmc.errors import GlmcError
-from glmc.trainer import BEST_LABEL, CONFIG_FILE, SUMMARY_FILE
+from glmc.metrics import format_percent
+from glmc.rundir import BEST_LABEL, SUMMARY_FILE, load_run
 
 SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
 
@@ -42,17 +40,16 @@ class RunRow:
     few: float | None
 
 
-def load_run(run_dir: str | os.PathLike) -> RunRow:
-    """The table row of the run in `run_dir`; a missing or unreadable summary is a one-line GlmcError."""
-    folder = Path(run_dir)
-    summary = _read_summary(folder)
+def run_row(run_dir: str | os.PathLike) -> RunRow:
+    """The table row of the finished run in `run_dir` (glmc.rundir.load_run); problems are one-line GlmcErrors."""
+    record = load_run(run_dir)
+    summary = record.summary
     try:
         final, best, dataset = summary["final"], summary["best"], summary["dataset"]
-        config = summary.get("config") or _read_config(folder)
         epochs = int(summary["epochs"])
         return RunRow(
             run=str(run_dir),
-            method=method_label(summary["method"], config),
+            method=method_label(summary["method"], record.config),
             fingerprint=summary["fingerprint"],
             test_set=f"{dataset['dataset']} test ({dataset['num_classes']} classes, {dataset['test_total']} images)",
             shot_bounds=str(final.get("shot_bounds", "standard")),
@@ -66,31 +63,7 @@ def load_run(run_dir: str | os.PathLike) -> RunRow:
             few=final["few"],
         )
     except (KeyError, TypeError, ValueError) as error:
-        raise GlmcError(f"{folder / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
-
-
-def _read_summary(folder: Path) -> dict:
-    path = folder / SUMMARY_FILE
-    if not folder.is_dir():
-        raise GlmcError(f"run folder not found: {folder}")
-    if not path.is_file():
-        raise GlmcError(f"{folder} holds no {SUMMARY_FILE} (not a finished glmc run)")
-    try:
-        summary = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise GlmcError(f"cannot read {path}: {error}") from None
-    if not isinstance(summary, dict):
-        raise GlmcError(f"{path} is not a glmc run summary")
-    return summary
-
-
-def _read_config(folder: Path) -> dict:
-    path = folder / CONFIG_FILE
-    try:
-        config = yaml.safe_load(path.read_text()) if path.is_file() else {}
-    except (OSError, yaml.YAMLError) as error:
-        raise GlmcError(f"cannot read {path}: {str(error).splitlines()[0]}") from None
-    return config if isinstance(config, dict) else {}
+        raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
 
 
 def method_label(method: str, config: dict) -> str:
@@ -132,12 +105,8 @@ def table_cells(row: RunRow) -> list[str]:
         row.epochs,
         f"{row.top1_final:.2f}",
         f"{row.top1_best:.2f} (ep {row.best_epoch})",
-        *(_percent(value) for value in (row.many, row.medium, row.few)),
+        *(format_percent(value) for value in (row.many, row.medium, row.few)),
     ]
-
-
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
@@ -172,5 +141,5 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = Fals
     """The rows of `run_dirs`, in order, and the notes on what is mixed; refuses mixed runs unless `allow_mixed`."""
     if not run_dirs:
         raise GlmcError("give at least one run folder")
-    rows = [load_run(path) for path in run_dirs]
+    rows = [run_row(path) for path in run_dirs]
     return rows, check_comparable(rows, allow_mixed)

@@ -1,15 +1,18 @@
 """Typed run configuration, presets and type-checked overrides.
 
-A `Config` is six small dataclasses. Defaults are the GLMC authors' CIFAR recipe under the
-standard protocol; a preset (presets.yaml) changes only what differs; command-line
-overrides (`section.field=value`) are parsed against the field's type, and an unknown key
-is an error that names the close matches.
+A `Config` is six small dataclasses; its `method` section is the chosen method's own options
+(`glmc.methods.base`). Defaults are the GLMC authors' CIFAR recipe under the standard
+protocol; a preset (presets.yaml) changes only what differs; command-line overrides
+(`section.field=value`) are parsed against the field's type, and an unknown key is an error
+that names the close matches (for `method.*`, the chosen method's options).
+
+Configs written by earlier versions (run folders, checkpoints) load through
+`stored_config`, which drops the method options that other methods owned then.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -24,7 +27,8 @@ from glmc.data.files import UNREADABLE_POLICIES
 from glmc.data.longtail import SPLITS
 from glmc.data.samplers import SAMPLERS
 from glmc.errors import ConfigError
-from glmc.methods import METHODS, MethodConfig
+from glmc.methods import METHODS, MethodOptions, method_options
+from glmc.methods.base import option_names, option_types, unknown_option_message
 from glmc.models import BACKBONES, CLASSIFIERS
 from glmc.precision import check_precision
 from glmc.registry import unknown_name_message
@@ -93,7 +97,7 @@ class EvalConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
+    method: MethodOptions = field(default_factory=method_options)  # the method's own options (GLMC's by default)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
@@ -106,18 +110,43 @@ SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
 def config_keys() -> list[str]:
-    """Every settable key, as `section.field`."""
+    """Every settable key, as `section.field`; `method.*` lists every method's options."""
     defaults = Config()
-    return [f"{s}.{f.name}" for s in SECTIONS for f in dataclasses.fields(getattr(defaults, s))]
+    keys = [f"{s}.{f.name}" for s in SECTIONS if s != "method" for f in dataclasses.fields(getattr(defaults, s))]
+    options = sorted({option for name in METHODS.names() for option in option_names(name)})
+    return keys + ["method.name"] + [f"method.{option}" for option in options]
 
 
 def build_config(preset: str | None = None, overrides: Mapping[str, Any] | None = None) -> Config:
-    """Defaults, then the preset's values, then the overrides; validated."""
-    values: dict[str, Any] = {}
-    if preset is not None:
-        values.update(preset_values(preset))
-    values.update(overrides or {})
+    """Defaults, then the preset's values, then the overrides; validated.
+
+    The preset's method options go only to a method that has them (a GLMC preset with
+    `method.name=ce` drops GLMC's tau and gamma); an override naming an option the method
+    does not have is an error.
+    """
+    overrides = flatten(overrides or {})
+    values = preset_values(preset) if preset is not None else {}
+    name = overrides.get("method.name", values.get("method.name", Config().method.name))
+    values = {**without_foreign_options(values, name), **overrides}
     return config_from_dict(values)
+
+
+def stored_config(values: Mapping[str, Any], overrides: Mapping[str, Any] | None = None) -> Config:
+    """A config as a run folder or checkpoint stored it, read by this version.
+
+    Versions before per-method options stored every method's options under `method`; the
+    ones the run's method does not have were never read, and are dropped.
+    """
+    values = flatten(values)
+    name = flatten(overrides or {}).get("method.name", values.get("method.name", Config().method.name))
+    return config_from_dict({**without_foreign_options(values, str(name)), **flatten(overrides or {})})
+
+
+def without_foreign_options(values: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """`values` less the `method.*` options that method `method` does not have."""
+    own = set(option_names(method)) | {"name"} if method in METHODS else None
+    return {key: value for key, value in values.items()
+            if not (own is not None and key.startswith("method.") and key.split(".", 1)[1] not in own)}
 
 
 def config_from_dict(values: Mapping[str, Any]) -> Config:
@@ -129,6 +158,9 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
     defaults = Config()
     built = {}
     for section, changes in sections.items():
+        if section == "method":
+            built[section] = method_from_dict(changes)
+            continue
         base = getattr(defaults, section)
         hints = typing.get_type_hints(type(base))
         typed = {name: coerce(f"{section}.{name}", raw, hints[name]) for name, raw in changes.items()}
@@ -136,6 +168,17 @@ def config_from_dict(values: Mapping[str, Any]) -> Config:
     config = Config(**built)
     validate(config)
     return config
+
+
+def method_from_dict(values: Mapping[str, Any]) -> MethodOptions:
+    """The method's options from `{name, option: value}`: each option must be one of that method's."""
+    values = dict(values)
+    name = coerce("method.name", values.pop("name", Config().method.name), str)
+    types = option_types(name)  # an unknown method names the close matches
+    for key in values:
+        if key not in types:
+            raise ConfigError(unknown_option_message(name, key))
+    return method_options(name, **{key: coerce(f"method.{key}", raw, types[key]) for key, raw in values.items()})
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -149,10 +192,11 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def split_key(key: str) -> tuple[str, str]:
+    """`section.field` -> (section, field); `method.*` keys are checked against the method later."""
+    section, _, name = key.partition(".")
     known = config_keys()
-    if key not in known:
+    if key not in known and not (section == "method" and name and "." not in name):
         raise ConfigError(unknown_name_message("config key", key, known))
-    section, name = key.split(".")
     return section, name
 
 
@@ -259,9 +303,45 @@ def _require(ok: bool, message: str, value: Any) -> None:
 
 
 def load_presets() -> dict[str, dict]:
-    """Name -> {description, values} from the packaged presets.yaml."""
-    text = resources.files("glmc").joinpath("presets.yaml").read_text()
-    return yaml.safe_load(text)
+    """Name -> {description, values} from the packaged presets.yaml, grids expanded, in file order."""
+    sections = yaml.safe_load(resources.files("glmc").joinpath("presets.yaml").read_text())
+    presets: dict[str, dict] = {}
+    for section in sections.values():
+        presets.update(grid_presets(section) if "settings" in section else section)
+    return presets
+
+
+def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
+    """The presets of a grid: each setting, each setting with `authors`, each setting with each method.
+
+    A setting has a `title`, the `published` figures of the authors' run and `values` (GLMC's);
+    a method has a `title` and optionally `values` of its own. Method options of the setting go
+    only to methods that have them (see `build_config`), so a preset can never lack its
+    setting's tau or gamma where its method reads them.
+    """
+    settings, authors, methods = grid["settings"], grid["authors"], grid["methods"]
+    presets = {name: {"description": f"{s['title']}, standard protocol", "values": s["values"]} for name, s in settings.items()}
+    presets |= {f"{name}-authors": {"description": f"the authors' {s['title']} run ({s['published']})",
+                                    "values": deep_merge(s["values"], authors["values"])} for name, s in settings.items()}
+    for name, setting in settings.items():
+        for method, entry in methods.items():
+            values = deep_merge(setting["values"], {"method": {"name": method}}, entry.get("values", {}))
+            own = set(option_names(method)) | {"name"}
+            values["method"] = {key: value for key, value in values["method"].items() if key in own}
+            presets[f"{name}-{method}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
+    return presets
+
+
+def deep_merge(*mappings: Mapping[str, Any]) -> dict[str, Any]:
+    """The mappings merged left to right; nested mappings merge key by key, other values are replaced."""
+    merged: dict[str, Any] = {}
+    for mapping in mappings:
+        for key, value in mapping.items():
+            if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+                merged[key] = deep_merge(merged[key], value)
+            else:
+                merged[key] = deep_merge(value) if isinstance(value, Mapping) else value
+    return merged
 
 
 def preset_values(name: str) -> dict[str, Any]:

@@ -1,7 +1,8 @@
-"""Training and evaluation: one step, one epoch, the learning-rate schedule, the test set.
+"""The maths of a run: one training step, the optimiser and its learning-rate schedule, the
+loss bookkeeping between host syncs, and evaluation on a held-out set.
 
-The run folder, resume and the summary live in `trainer.py`; this file is the maths of a
-run and nothing else.
+The loop that calls these, resume and the summary are glmc.trainer's; the run folder's
+files, glmc.rundir's.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor, nn
 from glmc import distributed
 from glmc.config import OptimConfig
 from glmc.data.batch import TwoStreamBatch
-from glmc.data.loader import derived_seed
+from glmc.data.samplers import derived_seed
 from glmc.errors import ConfigError, GlmcError
 from glmc.methods.base import Method
 from glmc.metrics import ConfusionCounter, Metrics
@@ -84,18 +85,23 @@ def train_step(
     epoch: int,
     rng: np.random.Generator,
     skip_nonfinite: bool = False,
+    lap: Callable[[str], None] | None = None,
 ) -> dict[str, Tensor] | None:
     """One optimisation step; returns the loss and its parts as detached device scalars.
 
-    `model` is the run's step model: its forward carries the precision (`glmc.precision.MixedPrecision`),
-    so everything here, from its fp32 outputs on, is fp32. With `skip_nonfinite`, a step whose loss is NaN or infinite changes nothing and
-    returns None (this costs a host-device sync per step, so it is opt-in). With a `SAM`
-    optimiser the step takes SAM's gradient at the perturbed weights; the returned loss is
-    the one at the unperturbed weights.
+    `model` is the run's step model: its forward carries the precision
+    (`glmc.precision.MixedPrecision`), so everything here, from its fp32 outputs on, is fp32.
+    With `skip_nonfinite`, a step whose loss is NaN or infinite changes nothing and returns None
+    (this costs a host-device sync per step, so it is opt-in). With a `SAM` optimiser the step
+    takes SAM's gradient at the perturbed weights; the returned loss is the one at the
+    unperturbed weights. `lap(phase)`, if given, is called as each phase ends — "forward",
+    "backward" (SAM's second pass included), "optimizer" — which is how `glmc bench` times them.
     """
+    lap = lap or (lambda phase: None)
     device = batch.uniform.labels.device
     replay = copy.deepcopy(rng) if isinstance(optimizer, SAM) else None  # SAM's second pass draws the same lam, box
     result = method(model, batch, epoch, rng)
+    lap("forward")
     optimizer.zero_grad(set_to_none=True)
     result.loss.backward()
     if skip_nonfinite and distributed.any_across(not torch.isfinite(result.loss), device):  # ranks skip together
@@ -103,7 +109,9 @@ def train_step(
         return None
     if replay is not None:
         optimizer.second_pass(model, lambda: method(model, batch, epoch, replay).loss)
+    lap("backward")
     optimizer.step()
+    lap("optimizer")
     return {"loss": result.loss.detach(), **result.parts}
 
 

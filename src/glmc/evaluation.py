@@ -1,4 +1,4 @@
-"""Re-evaluate a saved checkpoint on its dataset's test set."""
+"""A saved checkpoint restored for evaluation (glmc eval, report, predict, calibrate), and evaluated on its held-out set."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import torch
 from torch import nn
 
 from glmc.augment import Normalise
-from glmc.data.pipeline import create_test_set
 from glmc.checkpoint import checkpoint_classifier, load_checkpoint
-from glmc.config import Config, config_from_dict, flatten
-from glmc.data.datasets import DatasetSummary, create_dataset
+from glmc.config import Config, stored_config
+from glmc.data.datasets import Dataset, create_dataset
 from glmc.engine import evaluate, resolve_device
 from glmc.errors import GlmcError
 from glmc.metrics import Metrics
@@ -27,7 +26,7 @@ class Restored:
 
     checkpoint: dict
     config: Config
-    dataset: DatasetSummary
+    dataset: Dataset
     model: nn.Module  # in eval mode, on `device`
     normalise: Normalise
     device: torch.device
@@ -37,10 +36,10 @@ class Restored:
 def checkpoint_config(checkpoint: dict, data_root: str | None = None) -> Config:
     """The run's config from a checkpoint, optionally reading the data from `data_root`; never downloads."""
     overrides = {"data.data_root": data_root} if data_root else {}
-    return config_from_dict({**flatten(checkpoint["config"]), **overrides, "data.download": False})
+    return stored_config(checkpoint["config"], {**overrides, "data.download": False})
 
 
-def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config) -> DatasetSummary:
+def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config) -> Dataset:
     """The checkpoint's dataset, rebuilt from its config; the split must be the one it trained on."""
     dataset = create_dataset(config.data)
     if dataset.fingerprint != checkpoint["fingerprint"]:
@@ -85,6 +84,6 @@ def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model:
     test set, or on the validation set (`part="val"`) where the dataset has one."""
     config = restored.config
     bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
-    test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device, part=part)
+    test_set = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device, part=part)
     return evaluate(restored.model if model is None else model, test_set.batches(), restored.checkpoint["class_counts"], bounds,
                     restored.precision)

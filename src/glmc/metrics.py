@@ -10,7 +10,7 @@ defined once in `glmc.shots`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from glmc.shots import SHOT_BOUNDS, STANDARD, ShotBounds
 
 TOP_K = 5
 JSON_DECIMALS = 4
+SHOT_GROUPS = ("many", "medium", "few")
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,17 @@ class Metrics:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(float(value), JSON_DECIMALS)
+
+
+def format_percent(value: float | None, width: int = 0) -> str:
+    """An accuracy as `93.75`, or `-` for an empty group; right-aligned to `width`."""
+    return f"{'-' if value is None else format(value, '.2f'):>{width}}"
+
+
+def format_shots(metrics: Metrics | Mapping[str, float | None], width: int = 0) -> str:
+    """`many 93.75 / medium 74.33 / few -`: the one rendering of the shot groups on a line."""
+    get = metrics.get if isinstance(metrics, Mapping) else lambda name: getattr(metrics, name)
+    return " / ".join(f"{name} {format_percent(get(name), width)}" for name in SHOT_GROUPS)
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:

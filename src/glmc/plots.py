@@ -20,9 +20,9 @@ from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from glmc.metrics import SHOT_GROUPS
 from glmc.shots import ShotBounds
 
-SHOT_GROUPS = ("many", "medium", "few")
 SHOT_COLOURS = {"many": "#4c72b0", "medium": "#dd8452", "few": "#c44e52"}
 NON_LOSS_PARTS = ("alpha", "lam")  # GLMC's cumulative weight and mean mixing ratio: weights, not losses
 MAX_NAMED_CLASSES = 40  # beyond this, class axes show ranks instead of names

@@ -65,7 +65,7 @@ class MixedPrecision(nn.Module):
     """`module`'s forward under `precision`'s autocast, every `GLMCOutput` field returned in fp32.
 
     Input N x C x H x W (any layout, made channels-last); output a `GLMCOutput` of float32
-    tensors. Holds no parameters of its own: `module`'s are the master weights, in fp32.
+    tensors (None for heads not computed). Holds no parameters of its own: `module`'s are the master weights, in fp32.
     """
 
     def __init__(self, module: nn.Module, precision: str, device: torch.device) -> None:
@@ -75,7 +75,7 @@ class MixedPrecision(nn.Module):
     def forward(self, x: Tensor) -> GLMCOutput:
         with autocast(self.precision, self.device):
             out = self.module(channels_last(x))
-        return GLMCOutput(*(field.float() for field in out))
+        return GLMCOutput(*(None if field is None else field.float() for field in out))
 
 
 @torch.no_grad()

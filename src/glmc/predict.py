@@ -24,7 +24,6 @@ from glmc.augment import Normalise
 from glmc.checkpoint import load_checkpoint
 from glmc.data.files import DECODE_ERRORS, UnreadableImage, centre_view, decode_rgb
 from glmc.data.images import IMAGE_SUFFIXES  # what a folder is searched for (case-insensitive)
-from glmc.data.pipeline import input_size
 from glmc.engine import resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import checkpoint_config, checkpoint_dataset, checkpoint_eval_precision, restore_model
@@ -72,7 +71,7 @@ def checkpoint_preprocessing(checkpoint: dict, path: str | os.PathLike, data_roo
     except GlmcError as error:
         raise GlmcError(f"{path} predates stored preprocessing and its dataset cannot be rebuilt to recover it "
                         f"(pass --data-root): {error}") from None
-    return Preprocessing(tuple(dataset.mean), tuple(dataset.std), input_size(dataset, config.data))
+    return Preprocessing(tuple(dataset.mean), tuple(dataset.std), dataset.input_size(config.data))
 
 
 class Predictor:

@@ -1,4 +1,4 @@
-"""Name -> constructor registries: datasets, split protocols, backbones, methods.
+"""Name -> entry registries: datasets, split protocols, samplers, backbones, classifiers, methods, calibrations.
 
 A newcomer adds an entry with one decorator::
 
@@ -30,6 +30,11 @@ class Registry(Generic[T]):
 
         return add
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a plugin's, or a test's); an unknown name raises ConfigError."""
+        self.get(name)
+        del self._entries[name]
+
     def get(self, name: str) -> T:
         if name not in self._entries:
             raise ConfigError(unknown_name_message(self.kind, name, self.names()))
@@ -43,6 +48,10 @@ class Registry(Generic[T]):
 
 
 def unknown_name_message(kind: str, name: str, known: list[str]) -> str:
+    return f"unknown {kind} {name!r}{close_matches(name, known)} (known: {', '.join(known)})"
+
+
+def close_matches(name: str, known: list[str]) -> str:
+    """"; did you mean 'a', 'b'?" for the names of `known` close to `name`, or ""."""
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-    return f"unknown {kind} {name!r}{hint} (known: {', '.join(known)})"
+    return f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""

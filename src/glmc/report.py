@@ -27,19 +27,17 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
-import yaml
 
 from glmc import plots
-from glmc.data.pipeline import create_test_set
 from glmc.engine import confusion_counts, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_for_evaluation
+from glmc.metrics import SHOT_GROUPS, format_percent
+from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
-REPORT_DIR = "report"
 REPORT_FILE = "report.html"
 CONFUSION_FILE = "confusion.json"
-LAST_CHECKPOINT = "checkpoint_last.pt"  # the trainer's name for the final state
 
 
 @dataclass
@@ -82,36 +80,12 @@ class Section:
 # ---------------------------------------------------------------- reading runs
 
 
-def read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise GlmcError(f"{path} is not valid JSON: {error}") from None
-
-
-def read_records(path: Path) -> list[dict]:
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError:
-                raise GlmcError(f"{path} line {number} is not valid JSON") from None
-    return records
-
-
-def load_run(path: str | os.PathLike, name: str | None = None) -> RunData:
-    """A finished run: summary.json, metrics.jsonl and config.yaml of `path`."""
-    path = Path(path)
-    if not path.is_dir():
-        raise GlmcError(f"no such run folder: {path}")
-    missing = [f for f in ("summary.json", "metrics.jsonl") if not (path / f).is_file()]
-    if missing:
-        raise GlmcError(f"{path} holds no finished run ({' and '.join(missing)} missing; summary.json is written when training ends)")
-    summary = read_json(path / "summary.json")
-    config = path / "config.yaml"
-    config_text = config.read_text() if config.is_file() else yaml.safe_dump(summary.get("config", {}), sort_keys=False)
-    return RunData(path, name or path.resolve().name, summary, read_records(path / "metrics.jsonl"), config_text)
+def load_report_run(path: str | os.PathLike, name: str) -> RunData:
+    """A finished run (glmc.rundir.load_run) with its evaluation records, as the report draws it."""
+    record = load_run(path)
+    if not record.records:
+        raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
+    return RunData(record.path, name, record.summary, record.records, record.config_text)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -162,7 +136,7 @@ def test_set_confusion(checkpoint: Path, data_root: str | None, device: str) -> 
     """Evaluate `checkpoint` on its test set: K x K counts, rows true, columns predicted."""
     restored = restore_for_evaluation(checkpoint, data_root, device)
     config = restored.config
-    test_set = create_test_set(restored.dataset, config.data, config.train.eval_batch_size, restored.device)
+    test_set = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device)
     counter = confusion_counts(restored.model, test_set.batches(), restored.checkpoint["num_classes"], restored.precision)
     return counter.confusion.cpu().numpy()
 
@@ -241,10 +215,6 @@ def esc(value) -> str:
     return html.escape(str(value))
 
 
-def percent(value) -> str:
-    return "–" if value is None else f"{value:.2f}"
-
-
 def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     head = "".join(f"<th>{esc(h)}</th>" for h in header)
     body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in rows)
@@ -254,7 +224,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def metrics_table(summary: dict) -> str:
     rows = []
     for label, record in (("final epoch (headline)", summary["final"]), (summary["best"].get("label", "best epoch"), summary["best"])):
-        rows.append([label, record["epoch"], *(percent(record.get(k)) for k in ("top1", "top5", "many", "medium", "few"))])
+        rows.append([label, record["epoch"], *(format_percent(record.get(k)) for k in ("top1", "top5", *SHOT_GROUPS))])
     return table(["", "epoch", "top-1", "top-5", "many", "medium", "few"], rows)
 
 
@@ -289,7 +259,7 @@ def per_class_table(run: RunData) -> str:
     """Every class, head first: training count, shot group, final and best test accuracy."""
     classes = run.class_order()
     final, best = run.summary["final"]["per_class"], run.summary["best"]["per_class"]
-    rows = [(rank, classes.names[rank], int(classes.counts[rank]), classes.groups[rank], percent(final[k]), percent(best[k]))
+    rows = [(rank, classes.names[rank], int(classes.counts[rank]), classes.groups[rank], format_percent(final[k]), format_percent(best[k]))
             for rank, k in enumerate(classes.order)]
     return table(["rank", "class", "training images", "group", "final accuracy", "best accuracy"], rows)
 
@@ -332,7 +302,7 @@ def page(title: str, body: str) -> str:
 def comparison_table(runs: Sequence[RunData]) -> str:
     rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
              f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
-             *(percent(r.summary["final"].get(k)) for k in ("top1", "many", "medium", "few")), percent(r.summary["best"]["top1"])]
+             *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)), format_percent(r.summary["best"]["top1"])]
             for r in runs]
     return table(["run", "method", "backbone", "dataset", "IF", "fingerprint", "epochs", "top-1", "many", "medium", "few",
                   "best top-1 (test-selected)"], rows)
@@ -379,7 +349,7 @@ def make_report(
 ) -> Path:
     """Write the report of one run (or the comparison of several) and return its report.html."""
     paths = [Path(p) for p in run_dirs]
-    runs = [load_run(path, name) for path, name in zip(paths, display_names(paths))]
+    runs = [load_report_run(path, name) for path, name in zip(paths, display_names(paths))]
     if confusion:
         resolve_device(device)  # a bad --device is an error, not a note about a missing picture
     for run in runs:

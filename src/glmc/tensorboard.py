@@ -12,7 +12,6 @@ from pathlib import Path
 
 from glmc.errors import GlmcError
 
-TENSORBOARD_DIR = "tensorboard"
 ACCURACY_KEYS = ("top1", "top5", "many", "medium", "few")  # percent; None for an empty shot group
 INSTALL_HINT = 'TensorBoard logging needs the tensorboard package: pip install "glmc[tensorboard]" (or pip install tensorboard)'
 

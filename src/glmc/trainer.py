@@ -1,14 +1,14 @@
-"""A training run and its folder: config.yaml, metrics.jsonl, summary.json, checkpoints.
+"""A training run: building its parts from the config, and the loop that trains and evaluates it.
 
 The state of a run is its epoch, the next step inside it and the global step; randomness is
-derived from (seed, epoch, step), so resuming from a checkpoint continues exactly.
+derived from (seed, epoch, step), so resuming from a checkpoint continues exactly. The run
+folder's files are glmc.rundir's; checkpoint payloads and their restore, glmc.checkpoint's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import platform
 import signal
@@ -21,18 +21,14 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import yaml
 from tqdm import tqdm
 
 import glmc
 from glmc import distributed
-from glmc.checkpoint import checkpoint_classifier, checksum_path, load_latest_good, previous_path, save_checkpoint, write_text_atomically
-from glmc.config import Config, ModelConfig, config_from_dict, dump_config, flatten
-from glmc.data.datasets import DatasetSummary, create_dataset
-from glmc.data.files import FileTestSet, FileTwoStreamLoader
-from glmc.data.images import ImageFileDataset
-from glmc.data.loader import TwoStreamLoader
-from glmc.data.pipeline import DeviceTestSet, create_test_set, create_train_loader, input_size
+from glmc.checkpoint import restore_training, save_checkpoint, training_payload
+from glmc.config import Config
+from glmc.data.batch import HeldOutBatches, TrainingBatches
+from glmc.data.datasets import Dataset, create_dataset
 from glmc.distributed import SINGLE, Shard
 from glmc.engine import (
     LossMeter,
@@ -46,22 +42,15 @@ from glmc.engine import (
     step_rng,
     train_step,
 )
-from glmc.errors import ConfigError, GlmcError, RunInterrupted
+from glmc.errors import ConfigError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
+from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
+from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
-from glmc.metrics import Metrics
-from glmc.models import create_model
+from glmc.rundir import BEST_LABEL, TENSORBOARD_DIR, RunFolder
 from glmc.shots import SHOT_BOUNDS
-from glmc.tensorboard import TENSORBOARD_DIR, TensorBoardLog
-
-CONFIG_FILE = "config.yaml"
-CLASSES_FILE = "classes.txt"
-METRICS_FILE = "metrics.jsonl"
-SUMMARY_FILE = "summary.json"
-LAST_CHECKPOINT = "checkpoint_last.pt"
-BEST_CHECKPOINT = "checkpoint_best.pt"
-BEST_LABEL = "best epoch, selected on the test set"
+from glmc.tensorboard import TensorBoardLog
 
 
 @dataclass
@@ -84,13 +73,13 @@ class Run:
 
     config: Config
     device: torch.device
-    dataset: DatasetSummary
+    dataset: Dataset
     model: torch.nn.Module  # the module whose state is saved and evaluated
-    step_model: torch.nn.Module  # what the training step calls: `model`, wrapped by DDP and/or torch.compile
-    loader: TwoStreamLoader | FileTwoStreamLoader
+    step_model: torch.nn.Module  # what the training step calls: `model` in its precision, wrapped by DDP and/or torch.compile
+    loader: TrainingBatches  # builds only the streams and views the method reads
     method: Method
     optimizer: torch.optim.Optimizer
-    test_set: DeviceTestSet | FileTestSet
+    test_set: HeldOutBatches
     precision: str  # of the training forward, resolved: "fp32" or "bf16"
     eval_precision: str  # of the evaluation forward, resolved
     shard: Shard = SINGLE  # this process's rank among the torchrun processes
@@ -116,16 +105,17 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes)."""
     board = TensorBoardLog(output / TENSORBOARD_DIR, resume) if tensorboard else None  # no package: fails here
     run = build_run(config, shard=shard, device=device)
+    folder = RunFolder(output)
     if shard.is_main:
-        prepare_output(output, resume, overwrite)  # only once every input has been checked
+        folder.prepare(resume, overwrite)  # only once every input has been checked
     distributed.barrier()
     state = RunState()
-    if resume and has_checkpoint(output):
-        state = restore(output / LAST_CHECKPOINT, run)
+    if resume and folder.has_checkpoint():
+        state = restore(folder, run)
     if shard.is_main:
-        write_text_atomically(output / CONFIG_FILE, dump_config(config))
-        write_text_atomically(output / CLASSES_FILE, "".join(f"{k}\t{name}\n" for k, name in enumerate(run.dataset.class_names)))
-        keep_records(output / METRICS_FILE, state.records)
+        folder.write_config(config)
+        folder.write_classes(run.dataset.class_names)
+        folder.keep_records(state.records)
     log(quiet, f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
         f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
         f"{len(run.loader)} steps per epoch" + (f", {shard.world} processes" if shard.world > 1 else ""))
@@ -133,7 +123,7 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     with stop_requests() as stop:
         while not finished(state, config):
             logged = len(state.records)
-            train_epoch(run, state, output, clock, stop, quiet)
+            train_epoch(run, state, folder, clock, stop, quiet)
             if board:
                 board.log_all(state.records[logged:])
     if board:
@@ -141,12 +131,12 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     summary = make_summary(config, run.dataset, state, run.device, shard.world,
                            {"train": run.precision, "eval": run.eval_precision})
     if shard.is_main:
-        write_text_atomically(output / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+        folder.write_summary(summary)
     log(quiet, shots_table(summary))
     return summary
 
 
-def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shard = SINGLE,
+def build_run(config: Config, dataset: Dataset | None = None, shard: Shard = SINGLE,
               device: str | None = None) -> Run:
     """The run's parts; `dataset` replaces the configured one (benchmarks on stand-in data).
 
@@ -155,13 +145,15 @@ def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shar
     device = resolve_device(device or config.train.device)
     torch.manual_seed(config.train.seed)
     dataset = dataset or create_dataset(config.data)
+    train = config.train
+    method = create_method(config.method, dataset.class_counts, train.epochs)
     model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier)
     model = model.to(device, memory_format=torch.channels_last)
-    train = config.train
+    use_heads(model, method.needs.heads)  # the others are not computed and get no gradient
     precision = resolve_precision(train.precision, device)
-    loader = create_train_loader(dataset, config.data, train.batch_size, device, sampler=train.sampler,
-                                 resample_weighting=train.resample_weighting, seed=train.seed,
-                                 drop_last=train.drop_last, shard=shard)
+    loader = dataset.train_loader(config.data, train.batch_size, device, sampler=train.sampler,
+                                  resample_weighting=train.resample_weighting, seed=train.seed,
+                                  drop_last=train.drop_last, shard=shard, spec=method.needs.batch)
     return Run(
         config=config,
         device=device,
@@ -169,9 +161,9 @@ def build_run(config: Config, dataset: DatasetSummary | None = None, shard: Shar
         model=model,
         step_model=step_model(model, config, shard, device, precision),
         loader=loader,
-        method=create_method(config.method, dataset.class_counts, train.epochs),
+        method=method,
         optimizer=create_optimizer(model, config.optim, device),
-        test_set=create_test_set(dataset, config.data, train.eval_batch_size, device, shard),
+        test_set=dataset.test_set(config.data, train.eval_batch_size, device, shard),
         precision=precision,
         eval_precision=resolve_precision(config.eval.precision, device),
         shard=shard,
@@ -233,10 +225,10 @@ def stop_requests() -> Iterator[list[int]]:
             signal.signal(sig, handler)
 
 
-SYNC_EVERY = 25  # steps between the loop's host-device syncs (progress bar, non-finite check)
+SYNC_EVERY = 25  # steps between the loop's host-device syncs (progress bar, non-finite check, stop requests under torchrun)
 
 
-def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: list[int], quiet: bool) -> None:
+def train_epoch(run: Run, state: RunState, folder: RunFolder, clock: Clock, stop: list[int], quiet: bool) -> None:
     """Train the rest of `state.epoch`, evaluate if due, checkpoint; honours stop requests."""
     config, epoch = run.config, state.epoch
     started = time.time()
@@ -260,19 +252,20 @@ def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: lis
         else:
             meter.add(parts)
             watch.observe(parts, state.global_step - 1)
+        sync_point = state.step % SYNC_EVERY == 0 or state.step == len(run.loader)
         if state.step % SYNC_EVERY == 0:
             watch.check()
             if meter.steps:
                 bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
-        if distributed.any_across(bool(stop), run.device) if run.shard.world > 1 else stop:  # all ranks stop together
+        if stop_agreed(stop, run, sync_point):
             bar.close()
-            save_last(run, state, output, clock, watch, meter)
+            save_last(run, state, folder, clock, watch, meter)
             signum = stop[0] if stop else signal.SIGTERM  # another rank was asked
             raise RunInterrupted(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {state.step}; "
-                                 f"checkpoint saved, continue with: glmc train --resume {output}", 128 + signum)
+                                 f"checkpoint saved, continue with: glmc train --resume {folder.path}", 128 + signum)
         every = config.train.checkpoint_every
         if every is not None and state.global_step % every == 0 and state.step < len(run.loader):
-            save_last(run, state, output, clock, watch, meter)
+            save_last(run, state, folder, clock, watch, meter)
     bar.close()
     watch.check()
 
@@ -280,29 +273,39 @@ def train_epoch(run: Run, state: RunState, output: Path, clock: Clock, stop: lis
     if epoch_done:
         state.epoch, state.step = epoch + 1, 0
     if finished(state, config) or (epoch_done and state.epoch % config.train.eval_every == 0):
-        evaluate_and_record(run, state, output, meter, time.time() - started, quiet)
-    save_last(run, state, output, clock, watch, LossMeter() if epoch_done else meter)
+        evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
+    save_last(run, state, folder, clock, watch, LossMeter() if epoch_done else meter)
 
 
-def save_last(run: Run, state: RunState, output: Path, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
+def stop_agreed(stop: list[int], run: Run, sync_point: bool) -> bool:
+    """Whether to stop after this step: as soon as asked in one process; under torchrun, all ranks
+    together at the next sync point (every SYNC_EVERY steps and at the end of the epoch)."""
+    if run.shard.world == 1:
+        return bool(stop)
+    return sync_point and distributed.any_across(bool(stop), run.device)
+
+
+def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
     """Checkpoint the run as it stands, with the loss sums of the unfinished epoch (rank 0 writes)."""
     watch.check()  # never checkpoint a model that has seen a non-finite loss
     state.epoch_loss_totals, state.epoch_loss_steps = meter.totals, meter.steps
     state.seconds = clock.total()
     note_unreadable(run, state)
     if run.shard.is_main:
-        save_checkpoint(output / LAST_CHECKPOINT, checkpoint_payload(run, state, "last"), keep_previous=True)
+        save_checkpoint(folder.last_checkpoint, payload(run, state, "last"), keep_previous=True)
+
+
+def payload(run: Run, state: RunState, kind: str) -> dict:
+    return training_payload(kind, run.config, run.dataset, run.model, run.optimizer, dataclasses.asdict(state))
 
 
 def note_unreadable(run: Run, state: RunState) -> None:
     """Add the images skipped as undecodable (data.unreadable=skip), by any rank, to the run's list."""
-    if not isinstance(run.loader, FileTwoStreamLoader):
-        return
-    skipped = set(run.loader.unreadable.skipped_paths()) | set(run.test_set.unreadable.skipped_paths())
+    skipped = set(run.loader.unreadable_paths()) | set(run.test_set.unreadable_paths())
     state.unreadable = sorted(distributed.union_across(set(state.unreadable) | skipped))
 
 
-def evaluate_and_record(run: Run, state: RunState, output: Path, meter: LossMeter, seconds: float, quiet: bool) -> None:
+def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: LossMeter, seconds: float, quiet: bool) -> None:
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
     distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
@@ -312,12 +315,12 @@ def evaluate_and_record(run: Run, state: RunState, output: Path, meter: LossMete
     record = evaluation_record(epoch, state, metrics, epoch_losses(meter, run.shard), run.optimizer, seconds)
     state.records.append(record)
     if run.shard.is_main:
-        append_record(output / METRICS_FILE, record)
+        folder.append_record(record)
     log(quiet, evaluation_line(record, config.train.epochs))
     if state.best is None or record["top1"] > state.best["top1"]:
         state.best = record
         if run.shard.is_main:
-            save_checkpoint(output / BEST_CHECKPOINT, checkpoint_payload(run, state, BEST_LABEL))
+            save_checkpoint(folder.best_checkpoint, payload(run, state, BEST_LABEL))
 
 
 def epoch_losses(meter: LossMeter, shard: Shard) -> dict[str, float]:
@@ -334,88 +337,12 @@ def log(quiet: bool, message: str) -> None:
         print(message, flush=True)
 
 
-def prepare_output(output: Path, resume: bool, overwrite: bool) -> None:
-    holds_run = (output / CONFIG_FILE).exists() or has_checkpoint(output)
-    if resume and not holds_run:
-        raise GlmcError(f"nothing to resume in {output}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
-    if holds_run and not (resume or overwrite):
-        raise GlmcError(f"{output} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GlmcError(f"cannot create output folder {output}: {error.strerror}") from None
-    if not os.access(output, os.W_OK | os.X_OK):
-        raise GlmcError(f"output folder {output} is not writable")
-    if overwrite and not resume:
-        for name in (METRICS_FILE, SUMMARY_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
-            for path in (output / name, checksum_path(output / name), previous_path(output / name),
-                         checksum_path(previous_path(output / name))):
-                path.unlink(missing_ok=True)
-
-
-def has_checkpoint(output: Path) -> bool:
-    last = output / LAST_CHECKPOINT
-    return last.exists() or previous_path(last).exists()
-
-
-def checkpoint_payload(run: Run, state: RunState, kind: str) -> dict:
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {
-        "kind": kind,
-        "config": run.config.to_dict(),
-        "backbone": run.config.model.backbone,
-        "num_classes": run.dataset.num_classes,
-        "class_names": run.dataset.class_names,
-        "class_counts": run.dataset.class_counts,
-        "fingerprint": run.dataset.fingerprint,
-        "mean": list(run.dataset.mean),  # test-time preprocessing, so `glmc predict` needs no dataset
-        "std": list(run.dataset.std),
-        "image_size": list(input_size(run.dataset, run.config.data)),  # height, width
-        # image files are resized (shorter side) then centre-cropped at test time; in-memory ones are used as they are
-        "test_resize": run.config.data.resize if isinstance(run.dataset, ImageFileDataset) else None,
-        "model": run.model.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "state": dataclasses.asdict(state),
-        "rng": rng,
-    }
-
-
-def restore(path: Path, run: Run) -> RunState:
-    """Load the run's last good checkpoint into the model and optimiser; returns its state."""
-    checkpoint = load_latest_good(path)
-    check_compatible(checkpoint, run.config.model, run.dataset.num_classes, path)
-    if checkpoint["fingerprint"] != run.dataset.fingerprint:
-        raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, this config selects {run.dataset.fingerprint}")
-    run.model.load_state_dict(checkpoint["model"])
-    run.optimizer.load_state_dict(checkpoint["optimizer"])
-    torch.set_rng_state(checkpoint["rng"]["torch"])
-    if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
-    state = RunState(**checkpoint["state"])
+def restore(folder: RunFolder, run: Run) -> RunState:
+    """The run's last good checkpoint loaded into its model and optimiser; returns its state."""
+    state = RunState(**restore_training(folder.last_checkpoint, run.config, run.dataset, run.model, run.optimizer))
     if state.epoch_loss_totals is not None:
         state.epoch_loss_totals = {name: value.to(run.device) for name, value in state.epoch_loss_totals.items()}
     return state
-
-
-def check_compatible(checkpoint: dict, model: ModelConfig, num_classes: int, path: Path) -> None:
-    held = (checkpoint["backbone"], checkpoint["num_classes"], checkpoint_classifier(checkpoint))
-    if held != (model.backbone, num_classes, model.classifier):
-        raise GlmcError(
-            f"{path} holds a {held[0]} with {held[1]} classes ({held[2]} classifier), "
-            f"not a {model.backbone} with {num_classes} classes ({model.classifier} classifier)"
-        )
-
-
-def keep_records(path: Path, records: list[dict]) -> None:
-    """metrics.jsonl holds exactly the checkpoint's records (drops any written after it)."""
-    write_text_atomically(path, "".join(json.dumps(r) + "\n" for r in records))
-
-
-def append_record(path: Path, record: dict) -> None:
-    with open(path, "a") as file:
-        file.write(json.dumps(record) + "\n")
 
 
 def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dict[str, float], optimizer, seconds: float) -> dict:
@@ -432,14 +359,9 @@ def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dic
 
 
 def evaluation_line(record: dict, epochs: int) -> str:
-    shots = " / ".join(f"{name} {fmt(record[name])}" for name in ("many", "medium", "few"))
     loss = record["losses"].get("loss", float("nan"))
     return (f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  top1 {record['top1']:.2f}  "
-            f"top5 {record['top5']:.2f}  {shots}  lr {record['lr']:.5f}  {record['seconds']:.1f}s")
-
-
-def fmt(value: float | None) -> str:
-    return "  -  " if value is None else f"{value:5.2f}"
+            f"top5 {record['top5']:.2f}  {format_shots(record, width=5)}  lr {record['lr']:.5f}  {record['seconds']:.1f}s")
 
 
 def shots_table(summary: dict) -> str:
@@ -447,14 +369,14 @@ def shots_table(summary: dict) -> str:
     width = max(len(name) for name, _ in rows)
     lines = [f"{'':<{width}}  {'top1':>6} {'many':>6} {'medium':>6} {'few':>6}"]
     for name, record in rows:
-        lines.append(f"{name:<{width}}  {record['top1']:6.2f} " + " ".join(f"{fmt(record[g]):>6}" for g in ("many", "medium", "few")))
+        lines.append(f"{name:<{width}}  " + " ".join(format_percent(record[key], width=6) for key in ("top1", *SHOT_GROUPS)))
     return "\n".join(lines)
 
 
 METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples")
 
 
-def make_summary(config: Config, dataset: DatasetSummary, state: RunState, device: torch.device, processes: int = 1,
+def make_summary(config: Config, dataset: Dataset, state: RunState, device: torch.device, processes: int = 1,
                  precision: dict[str, str] | None = None) -> dict:
     final = state.records[-1]
     return {
@@ -496,10 +418,3 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def load_run_config(run_dir: Path, overrides: dict) -> Config:
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise GlmcError(f"{run_dir} holds no run to resume ({CONFIG_FILE} missing)")
-    return config_from_dict({**flatten(yaml.safe_load(path.read_text())), **overrides})

@@ -1,20 +1,27 @@
-"""The dataset registry: a name and a `DataConfig` in, a long-tailed dataset out.
+"""The dataset registry and what every dataset is: a name and a `DataConfig` in, a `Dataset` out.
 
-Add a dataset with one decorated builder::
+Add a dataset with one file holding one decorated builder, imported in `glmc/data/__init__.py`
+(or anywhere before the run is built)::
 
     @DATASETS.register("my-dataset")
-    def my_dataset(config: DataConfig) -> LongTailedDataset: ...
+    def my_dataset(config: DataConfig) -> InMemoryDataset: ...
+
+The two kinds implement `Dataset`: `glmc.data.in_memory.InMemoryDataset` (uint8 arrays,
+augmented on the device: CIFAR, synthetic-lt) and `glmc.data.images.ImageFileDataset` (files
+decoded by workers: ImageNet-LT, iNat, Places-LT, folders). Whoever trains or evaluates asks
+the dataset for its loader and its test set, never which kind it is.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, ClassVar
 
 import numpy as np
+import torch
 
-from glmc.data.cifar import CIFAR10, CIFAR100, CifarLayout, load_cifar
-from glmc.data.longtail import SPLITS, exponential_profile, long_tailed_indices, split_fingerprint
+from glmc.data.batch import BatchSpec, HeldOutBatches, TrainingBatches
+from glmc.distributed import SINGLE, Shard
 from glmc.registry import Registry
 from glmc.shots import STANDARD, ShotBounds
 
@@ -40,12 +47,35 @@ class DataConfig:
     unreadable: str = "fail"  # an image that cannot be decoded: "fail" (naming the file) or "skip" and count it
 
 
-class DatasetSummary:
-    """What every dataset kind shares: class counts, shot groups and the card.
+class Dataset:
+    """What every dataset kind shares: class counts, shot groups, the card, its loader and test set.
 
     A subclass is a frozen dataclass with the fields `name`, `split`, `imbalance_factor`,
-    `class_names`, `train_labels`, `test_labels` and a `fingerprint`.
+    `class_names`, `train_labels`, `test_labels`, `mean`, `std` and a `fingerprint`, and
+    implements the four methods below.
     """
+
+    from_files: ClassVar[bool] = False  # decoded from image files by worker processes (else held in memory)
+
+    def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
+                     resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
+                     spec: BatchSpec = BatchSpec()) -> TrainingBatches:
+        """The two-stream training loader: `batch_size` images per stream and step over all ranks,
+        the streams and views of `spec` only."""
+        raise NotImplementedError
+
+    def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
+                 part: str = "test") -> HeldOutBatches:
+        """The `part` ("test", or "val" where the dataset has one), un-augmented; with a `shard`, this rank's slice."""
+        raise NotImplementedError
+
+    def input_size(self, config: DataConfig) -> tuple[int, int]:
+        """Height and width of the images the model sees."""
+        raise NotImplementedError
+
+    def test_resize(self, config: DataConfig) -> int | None:
+        """Test images' shorter side before the centre crop, or None when they are used as they are."""
+        raise NotImplementedError
 
     @property
     def num_classes(self) -> int:
@@ -67,27 +97,6 @@ class DatasetSummary:
             fingerprint=self.fingerprint,
             **bounds.sizes(counts),
         )
-
-
-@dataclass(frozen=True)
-class LongTailedDataset(DatasetSummary):
-    """A long-tailed training set and its complete, balanced test set, in memory."""
-
-    name: str
-    split: str
-    imbalance_factor: float
-    class_names: list[str]
-    train_images: np.ndarray  # N x C x H x W, uint8
-    train_labels: np.ndarray  # N, int64
-    train_indices: np.ndarray  # N, positions in the original training set
-    test_images: np.ndarray  # M x C x H x W, uint8
-    test_labels: np.ndarray  # M, int64
-    mean: tuple[float, ...]  # per-channel normalisation, on the [0, 1] scale
-    std: tuple[float, ...]
-
-    @property
-    def fingerprint(self) -> str:
-        return split_fingerprint(self.train_indices)
 
 
 @dataclass(frozen=True)
@@ -147,44 +156,8 @@ class DatasetCard:
         )
 
 
-DATASETS: Registry[Callable[[DataConfig], LongTailedDataset]] = Registry("dataset")
+DATASETS: Registry[Callable[[DataConfig], Dataset]] = Registry("dataset")
 
 
-def create_dataset(config: DataConfig) -> LongTailedDataset:
+def create_dataset(config: DataConfig) -> Dataset:
     return DATASETS.get(config.dataset)(config)
-
-
-# The GLMC authors' normalisation constants. For CIFAR-100 they reuse CIFAR-10's mean with
-# a widely copied std; we keep both as they are, since the numbers to reproduce used them.
-CIFAR10_MEAN, CIFAR10_STD = (0.49139968, 0.48215827, 0.44653124), (0.24703233, 0.24348505, 0.26158768)
-CIFAR100_MEAN, CIFAR100_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-
-
-def _cifar_lt(name: str, layout: CifarLayout, n_max: int, mean: tuple, std: tuple) -> Callable:
-    def build(config: DataConfig) -> LongTailedDataset:
-        counts = exponential_profile(n_max, layout.num_classes, config.imbalance_factor)
-        SPLITS.get(config.split)  # an unknown protocol fails before the slow read
-        data = load_cifar(layout, config.data_root, download=config.download)
-        indices = long_tailed_indices(data.train.labels, counts, config.split)
-        return LongTailedDataset(
-            name=name,
-            split=config.split,
-            imbalance_factor=config.imbalance_factor,
-            class_names=data.class_names,
-            train_images=data.train.images[indices],
-            train_labels=data.train.labels[indices],
-            train_indices=indices,
-            test_images=data.test.images,
-            test_labels=data.test.labels,
-            mean=mean,
-            std=std,
-        )
-
-    build.__doc__ = f"{layout.title}-LT: exponential profile from {n_max} images per class; complete test set."
-    return DATASETS.register(name)(build)
-
-
-cifar10_lt = _cifar_lt("cifar10-lt", CIFAR10, 5000, CIFAR10_MEAN, CIFAR10_STD)
-cifar100_lt = _cifar_lt("cifar100-lt", CIFAR100, 500, CIFAR100_MEAN, CIFAR100_STD)
-
-from glmc.data import images, synthetic  # noqa: E402,F401  (register image-list, folder, ..., synthetic-lt)

@@ -7,9 +7,11 @@ resized, centre crop) once, and return uint8 pixels. The training device then ap
 MoCo-v2 colour jitter, grayscale and Gaussian blur to whole batches (glmc.augment) and
 normalises.
 
-Randomness follows the device loader's counters: the epoch's order and a step's re-sampled
-draw come from (seed, epoch[, step]); each image's crops from (seed, epoch, step, its
-position in the global batch), so a crop does not depend on the number of workers or ranks.
+The indices come from the same `TwoStreamSampler` as the in-memory loader's, so the epoch's
+order and a step's re-sampled draw come from (seed, epoch[, step]); each image's crops from
+(seed, epoch, step, its position in the global batch), so a crop does not depend on the number
+of workers or ranks. Only what the method reads (`BatchSpec`) is decoded: a method without the
+re-sampled stream never opens its files, one view is one crop.
 
 An image that cannot be decoded stops the run naming its file (`unreadable="fail"`), or is
 left out of its batch and counted (`"skip"`).
@@ -18,6 +20,8 @@ left out of its batch and counted (`"skip"`).
 from __future__ import annotations
 
 import math
+import os
+import time
 import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -29,10 +33,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from glmc.augment import ImageNetColour, Normalise
-from glmc.data.batch import StreamBatch, TwoStreamBatch
-from glmc.data.images import ImageFiles
-from glmc.data.loader import derived_seed, steps_per_epoch
-from glmc.data.samplers import image_weights
+from glmc.data.batch import BatchSpec, StreamBatch, TwoStreamBatch
+from glmc.data.samplers import TwoStreamSampler, derived_seed
 from glmc.distributed import SINGLE, Shard
 from glmc.errors import ConfigError, DataError
 
@@ -40,6 +42,24 @@ DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 UNREADABLE_POLICIES = ("fail", "skip")
 CROP_SCALE = (0.08, 1.0)  # area of a random resized crop, as a fraction of the image's
 CROP_RATIO = (3 / 4, 4 / 3)  # its aspect ratio (width / height)
+
+
+@dataclass(frozen=True)
+class ImageFiles:
+    """Image files and their labels; `paths` are relative to `root`."""
+
+    root: str
+    paths: list[str]
+    labels: np.ndarray  # N, int64
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def file(self, index: int) -> str:
+        return os.path.join(self.root, self.paths[index])
+
+    def subset(self, indices: np.ndarray) -> "ImageFiles":
+        return ImageFiles(self.root, [self.paths[i] for i in indices], self.labels[indices])
 
 
 class UnreadableImage(Exception):
@@ -174,6 +194,7 @@ class FileTwoStreamLoader:
     """Yields `TwoStreamBatch`es of image files, like `TwoStreamLoader` does for in-memory images.
 
     `batch_size` is the global batch: with a `shard` of several ranks each yields its slice.
+    Only the streams and views `spec` names are decoded and coloured.
     """
 
     def __init__(
@@ -191,21 +212,19 @@ class FileTwoStreamLoader:
         workers: int = 8,
         unreadable: str = "fail",
         shard: Shard = SINGLE,
+        spec: BatchSpec = BatchSpec(),
     ) -> None:
-        if not 0 < batch_size <= len(files):
-            raise ConfigError(f"batch size must be in [1, {len(files)}] (the training set size), got {batch_size}")
-        if batch_size < shard.world:
-            raise ConfigError(f"batch size {batch_size} is smaller than the {shard.world} processes sharing it")
         if workers < 0:
             raise ConfigError(f"data.workers must be >= 0, got {workers}")
-        self.files, self.batch_size, self.device, self.colour = files, batch_size, device, colour
-        self.seed, self.drop_last, self.workers, self.shard = seed, drop_last, workers, shard
+        self.sampler = TwoStreamSampler(torch.from_numpy(files.labels), class_counts, batch_size, sampler,
+                                        resample_weighting, seed, drop_last, shard)
+        self.files, self.device, self.colour, self.spec = files, device, colour, spec
+        self.seed, self.workers, self.shard = seed, workers, shard
         self.unreadable = Unreadable(files, unreadable)
-        self.views = DecodedViews(files, image_size, image_size)
-        self.weights = image_weights(torch.from_numpy(files.labels), class_counts, sampler, resample_weighting)
+        self.views = DecodedViews(files, image_size, image_size, views=max(spec.views))
 
     def __len__(self) -> int:
-        return steps_per_epoch(len(self.files), self.batch_size, self.drop_last, self.shard.world)
+        return len(self.sampler)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoStreamBatch]:
         """The batches of one epoch, from `start_step` on."""
@@ -214,43 +233,54 @@ class FileTwoStreamLoader:
             self.unreadable.handle(failed)
             yield self._batch(epoch, step, indices, views, decoded)
 
+    def unreadable_paths(self) -> list[str]:
+        return self.unreadable.skipped_paths()
+
+    def decoding_rate(self, workers: int, steps: int, warmup: int) -> float:
+        """Source images per second through the workers' half (decode, crops, flips), no device work."""
+        keys = (key for epoch in range(10**6) for key in self.keys(epoch, 0))
+        batches = iter(make_loader(self.views, keys, workers, pin=False))
+        for _ in range(warmup + (2 if workers else 0)):  # workers start and fill their queues
+            next(batches)
+        started, images = time.perf_counter(), 0
+        for _ in range(steps):
+            indices, _, _, _ = next(batches)
+            images += len(indices)
+        return images / (time.perf_counter() - started)
+
     def keys(self, epoch: int, start_step: int) -> Iterator[list[tuple[int, int]]]:
-        """Per step: this rank's (index, crop seed) for the uniform stream, then as many for the re-sampled one."""
-        order = torch.randperm(len(self.files), generator=seeded(self.seed, epoch))
-        for step in range(start_step, len(self)):
-            uniform = order[step * self.batch_size : (step + 1) * self.batch_size]
-            resampled = torch.multinomial(self.weights, len(uniform), replacement=True, generator=seeded(self.seed, epoch, step))
-            seeds = np.random.SeedSequence([self.seed, epoch, step, 3]).generate_state(2 * len(uniform), np.uint64)
-            mine = self.shard.take(np.arange(len(uniform)))
-            yield [(int(indices[p]), int(seeds[stream * len(uniform) + p]))
-                   for stream, indices in enumerate((uniform, resampled)) for p in mine]
+        """Per step: this rank's (index, crop seed) for the uniform stream, then, if read, as many for the re-sampled one."""
+        streams = 2 if self.spec.resampled else 1
+        for draw in self.sampler.epoch(epoch, start_step):
+            size = len(draw.uniform)
+            seeds = np.random.SeedSequence([self.seed, epoch, draw.step, 3]).generate_state(2 * size, np.uint64)
+            mine = self.shard.take(np.arange(size))
+            yield [(int(indices[p]), int(seeds[stream * size + p]))
+                   for stream, indices in enumerate((draw.uniform, draw.resampled)[:streams]) for p in mine]
 
     def _batch(self, epoch: int, step: int, indices: Tensor, views: Tensor, decoded: Tensor) -> TwoStreamBatch:
-        """Split the decoded items into the two streams, colour and normalise them on the device.
+        """Split the decoded items into the streams, colour and normalise the views read, on the device.
 
         Keys whose image was skipped are missing from `indices`; the longer stream is then cut
         to the shorter, as the methods mix the streams pairwise."""
-        per_stream = len(decoded) // 2
-        is_resampled = (torch.arange(len(decoded)) >= per_stream)[decoded]  # one per decoded item
-        uniform, resampled = (~is_resampled).nonzero().flatten(), is_resampled.nonzero().flatten()
-        size = min(len(uniform), len(resampled))
+        streams = 2 if self.spec.resampled else 1
+        per_stream = len(decoded) // streams
+        stream_of = (torch.arange(len(decoded)) // per_stream)[decoded]  # one per decoded item
+        positions = [(stream_of == number).nonzero().flatten() for number in range(streams)]
+        size = min(len(chosen) for chosen in positions)
         if size == 0:
             raise DataError(f"every image of epoch {epoch + 1}, step {step + 1} was unreadable")
         pixels = views.to(self.device, non_blocking=True).permute(0, 1, 4, 2, 3)  # N x V x 3 x H x W, channels-last memory
         labels = torch.from_numpy(self.files.labels)[indices].to(self.device, non_blocking=True)
         seed = derived_seed(self.seed, epoch, step, self.shard.rank, 2)
-        streams = []
-        for number, chosen in enumerate((uniform[:size], resampled[:size])):
-            chosen = chosen.to(self.device)
+        batches = []
+        for number, chosen in enumerate(positions):
+            chosen = chosen[:size].to(self.device)
             images = pixels[chosen]  # n x V x 3 x H x W
-            streams.append(StreamBatch(view1=self.colour(images[:, 0], seed + 2 * number),
-                                       view2=self.colour(images[:, 1], seed + 2 * number + 1),
-                                       labels=labels[chosen]))
-        return TwoStreamBatch(uniform=streams[0], resampled=streams[1])
-
-
-def seeded(*counters: int) -> torch.Generator:
-    return torch.Generator().manual_seed(derived_seed(*counters))
+            coloured = {view: self.colour(images[:, view - 1], seed + 2 * number + view - 1) if view in self.spec.views else None
+                        for view in (1, 2)}
+            batches.append(StreamBatch(view1=coloured[1], view2=coloured[2], labels=labels[chosen]))
+        return TwoStreamBatch(uniform=batches[0], resampled=batches[1] if self.spec.resampled else None)
 
 
 class FileTestSet:
@@ -279,3 +309,6 @@ class FileTestSet:
                 continue
             pixels = views[:, 0].to(self.device, non_blocking=True).permute(0, 3, 1, 2)  # N x 3 x H x W
             yield self.normalise(pixels), labels[indices].to(self.device, non_blocking=True)
+
+    def unreadable_paths(self) -> list[str]:
+        return self.unreadable.skipped_paths()

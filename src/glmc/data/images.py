@@ -20,13 +20,18 @@ import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
+import torch
 
-from glmc.data.datasets import DATASETS, DataConfig, DatasetSummary
+from glmc.augment import ImageNetColour, Normalise
+from glmc.data.batch import BatchSpec
+from glmc.data.datasets import DATASETS, DataConfig, Dataset
+from glmc.data.files import FileTestSet, FileTwoStreamLoader, ImageFiles
 from glmc.data.longtail import exponential_profile, long_tailed_indices
-from glmc.errors import DataError
+from glmc.distributed import SINGLE, Shard
+from glmc.errors import DataError, GlmcError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -34,26 +39,10 @@ AS_LISTED = "as-listed"  # the split name of a training set used whole
 
 
 @dataclass(frozen=True)
-class ImageFiles:
-    """Image files and their labels; `paths` are relative to `root`."""
-
-    root: str
-    paths: list[str]
-    labels: np.ndarray  # N, int64
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def file(self, index: int) -> str:
-        return os.path.join(self.root, self.paths[index])
-
-    def subset(self, indices: np.ndarray) -> "ImageFiles":
-        return ImageFiles(self.root, [self.paths[i] for i in indices], self.labels[indices])
-
-
-@dataclass(frozen=True)
-class ImageFileDataset(DatasetSummary):
+class ImageFileDataset(Dataset):
     """A training set of image files, its test set and, optionally, a validation set."""
+
+    from_files: ClassVar[bool] = True
 
     name: str
     split: str  # the protocol of the long-tailed subset, or "as-listed"
@@ -79,6 +68,28 @@ class ImageFileDataset(DatasetSummary):
         """`sha256:<hex>` over the sorted `path<TAB>label` lines of the training set."""
         lines = sorted(f"{path}\t{label}\n" for path, label in zip(self.train.paths, self.train.labels.tolist()))
         return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+    def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
+                     resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
+                     spec: BatchSpec = BatchSpec()) -> FileTwoStreamLoader:
+        colour = ImageNetColour(Normalise(self.mean, self.std), config.image_size)
+        return FileTwoStreamLoader(self.train, self.class_counts, batch_size, device, colour, image_size=config.image_size,
+                                   sampler=sampler, resample_weighting=resample_weighting, seed=seed, drop_last=drop_last,
+                                   workers=config.workers, unreadable=config.unreadable, shard=shard, spec=spec)
+
+    def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
+                 part: str = "test") -> FileTestSet:
+        files = self.test if part == "test" else self.val
+        if files is None:
+            raise GlmcError(f"dataset {self.name} has no validation set (set data.val_list, or a val/ folder)")
+        return FileTestSet(files, Normalise(self.mean, self.std), batch_size, device, image_size=config.image_size,
+                           resize=config.resize, workers=config.workers, unreadable=config.unreadable, shard=shard)
+
+    def input_size(self, config: DataConfig) -> tuple[int, int]:
+        return config.image_size, config.image_size
+
+    def test_resize(self, config: DataConfig) -> int:
+        return config.resize
 
 
 # ---------------------------------------------------------------- list files

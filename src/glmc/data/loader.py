@@ -1,50 +1,42 @@
 """The device-resident training loader for small images.
 
-The whole uint8 training set is one tensor on the device. Every step draws two index
-batches, the uniform stream (a shuffle without replacement per epoch) and the re-sampled
-stream (with replacement), and two independently augmented views of each, all as batched
-tensor operations.
-
-Randomness is counter-based: the epoch's shuffle is seeded from (seed, epoch) and a step's
-draws from (seed, epoch, step), so any step can be reproduced, or resumed, on its own.
+The whole uint8 training set is one tensor on the device. Every step takes the two index
+batches of `TwoStreamSampler` and augments the views the method reads (`BatchSpec`), all as
+batched tensor operations. A step's augmentation is drawn from the step's generator after the
+sampler's draw, in a fixed order (uniform view 1, view 2, re-sampled view 1, view 2); a view
+nobody reads has its randomness drawn and its pixels never computed, so every method sees the
+same crops for the views it does read.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+from typing import Iterator, Protocol, Sequence
 
-import numpy as np
 import torch
 from torch import Tensor
 
 from glmc.augment import Normalise
-from glmc.data.batch import StreamBatch, TwoStreamBatch
-from glmc.data.samplers import image_weights
+from glmc.data.batch import VIEWS, BatchSpec, StreamBatch, TwoStreamBatch
+from glmc.data.samplers import TwoStreamSampler
 from glmc.distributed import SINGLE, Shard
-from glmc.errors import ConfigError
-
-# augment(images N x C x H x W uint8, generator) -> N x C x H x W float
-Augment = Callable[[Tensor, torch.Generator], Tensor]
 
 
-def derived_seed(*counters: int) -> int:
-    """A 63-bit seed that depends on every counter (seed, epoch, step, ...)."""
-    return int(np.random.SeedSequence(list(counters)).generate_state(2, np.uint64)[0] >> np.uint64(1))
+class Augment(Protocol):
+    """A batched training view in two halves (glmc.augment.CifarAugment)."""
 
+    def draw(self, n: int, generator: torch.Generator) -> object:
+        """The random parameters of n images' views."""
 
-def steps_per_epoch(images: int, batch_size: int, drop_last: bool, world: int = 1) -> int:
-    """Full batches, plus the partial last one unless `drop_last` or it cannot give every rank an image."""
-    full, rest = divmod(images, batch_size)
-    return full + (1 if rest and not drop_last and rest >= world else 0)
+    def __call__(self, images: Tensor, params: object) -> Tensor:
+        """images: N x C x H x W uint8 -> N x C x H x W float."""
 
 
 class TwoStreamLoader:
-    """Yields `TwoStreamBatch`es of two augmented views per stream.
+    """Yields `TwoStreamBatch`es of the augmented views `spec` asks for, from images held on the device.
 
-    images: N x C x H x W uint8 and labels: N int64, both on the training device.
-    The last uniform batch of an epoch is partial unless `drop_last` (the authors keep it);
-    the re-sampled batch always matches its size. `batch_size` is the global batch: with a
-    `shard` of several ranks, each rank yields its slice of both streams (glmc.distributed).
+    images: N x C x H x W uint8 and labels: N int64, both on the training device. `batch_size`
+    is the global batch: with a `shard` of several ranks, each rank yields its slice of both
+    streams (glmc.distributed).
     """
 
     def __init__(
@@ -59,49 +51,39 @@ class TwoStreamLoader:
         seed: int = 0,
         drop_last: bool = False,
         shard: Shard = SINGLE,
+        spec: BatchSpec = BatchSpec(),
     ) -> None:
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise ValueError(f"images must be N x C x H x W uint8, got {tuple(images.shape)} {images.dtype}")
-        if not 0 < batch_size <= len(images):
-            raise ConfigError(f"batch size must be in [1, {len(images)}] (the training set size), got {batch_size}")
-        if batch_size < shard.world:
-            raise ConfigError(f"batch size {batch_size} is smaller than the {shard.world} processes sharing it")
-        self.shard = shard
-        self.images = images
-        self.labels = labels
-        self.batch_size = batch_size
-        self.augment = augment
-        self.seed = seed
-        self.drop_last = drop_last
-        self.weights = image_weights(labels, class_counts, sampler, resample_weighting)
-        self.generator = torch.Generator(device=images.device)
+        self.sampler = TwoStreamSampler(labels, class_counts, batch_size, sampler, resample_weighting, seed, drop_last, shard)
+        self.images, self.labels, self.augment, self.shard, self.spec = images, labels, augment, shard, spec
 
     def __len__(self) -> int:
         """Steps per epoch."""
-        return steps_per_epoch(len(self.images), self.batch_size, self.drop_last, self.shard.world)
+        return len(self.sampler)
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoStreamBatch]:
         """The batches of one epoch, from `start_step` on (for resuming mid-epoch)."""
-        order = torch.randperm(len(self.images), generator=self._seeded(epoch), device=self.images.device)
-        for step in range(start_step, len(self)):
-            uniform = order[step * self.batch_size : (step + 1) * self.batch_size]
-            generator = self._seeded(epoch, step)
-            resampled = torch.multinomial(self.weights, len(uniform), replacement=True, generator=generator)
+        for draw in self.sampler.epoch(epoch, start_step):
+            uniform, resampled, generator = draw.uniform, draw.resampled, draw.generator
             if self.shard.world > 1:  # every rank drew the same global batch; it augments its own slice
                 uniform, resampled = self.shard.take(uniform), self.shard.take(resampled)
-                generator = self._seeded(epoch, step, self.shard.rank)
-            yield TwoStreamBatch(uniform=self._views(uniform, generator), resampled=self._views(resampled, generator))
+                generator = self.sampler.seeded(epoch, draw.step, self.shard.rank)
+            streams = [self._views(uniform, generator)]
+            if self.spec.resampled:
+                streams.append(self._views(resampled, generator))
+            yield TwoStreamBatch(uniform=streams[0], resampled=streams[1] if self.spec.resampled else None)
+
+    def unreadable_paths(self) -> list[str]:
+        return []  # pixels in memory are always readable
 
     def _views(self, indices: Tensor, generator: torch.Generator) -> StreamBatch:
         images = self.images[indices]  # B x C x H x W uint8
-        return StreamBatch(
-            view1=self.augment(images, generator),
-            view2=self.augment(images, generator),
-            labels=self.labels[indices],
-        )
-
-    def _seeded(self, *counters: int) -> torch.Generator:
-        return self.generator.manual_seed(derived_seed(self.seed, *counters))
+        views = {}
+        for view in VIEWS:  # every view's randomness is drawn, in order, so the others do not depend on the spec
+            params = self.augment.draw(len(indices), generator)
+            views[view] = self.augment(images, params) if view in self.spec.views else None
+        return StreamBatch(view1=views[1], view2=views[2], labels=self.labels[indices])
 
 
 def evaluation_batches(

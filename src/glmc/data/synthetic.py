@@ -24,7 +24,8 @@ from typing import Callable
 
 import numpy as np
 
-from glmc.data.datasets import DATASETS, DataConfig, LongTailedDataset
+from glmc.data.datasets import DATASETS, DataConfig
+from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import SPLITS, exponential_profile, long_tailed_indices
 
 N_MAX = 500  # training pool images per class, the head class's count
@@ -195,7 +196,7 @@ def channel_stats(images: np.ndarray) -> tuple[tuple[float, ...], tuple[float, .
 
 
 @DATASETS.register("synthetic-lt")
-def synthetic_lt(config: DataConfig) -> LongTailedDataset:
+def synthetic_lt(config: DataConfig) -> InMemoryDataset:
     """Generated 10-class LT set: profile from 500 per class, 100 test images per class.
 
     `config.data_root` and `config.download` are not used.
@@ -207,7 +208,7 @@ def synthetic_lt(config: DataConfig) -> LongTailedDataset:
     test_images, test_labels = generate_split(TEST_PER_CLASS, TEST_STREAM)
     indices = long_tailed_indices(pool_labels, counts, config.split)
     mean, std = channel_stats(pool_images)
-    return LongTailedDataset(
+    return InMemoryDataset(
         name="synthetic-lt",
         split=config.split,
         imbalance_factor=config.imbalance_factor,

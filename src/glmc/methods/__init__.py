@@ -14,6 +14,6 @@ from glmc.methods import (  # noqa: F401  (importing registers them)
     ldam_drw,
     mixup,
 )
-from glmc.methods.base import METHODS, MethodConfig, StepResult, create_method
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, create_method, method_options
 
-__all__ = ["METHODS", "MethodConfig", "StepResult", "create_method"]
+__all__ = ["METHODS", "MethodOptions", "Needs", "StepResult", "create_method", "method_options"]

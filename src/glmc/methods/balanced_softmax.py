@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
 from glmc.methods.losses import log_prior, logit_adjusted_cross_entropy
+
+
+@dataclass(frozen=True)
+class LogitAdjustedOptions(MethodOptions):
+    # logits + tau * log(prior) (Menon et al. 2021): tau = 1 is Balanced Softmax (Ren et al. 2020),
+    # tau = 0 cross-entropy.
+    logit_adjust_tau: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.logit_adjust_tau >= 0, f"method.logit_adjust_tau must be >= 0, got {self.logit_adjust_tau}")
 
 
 @METHODS.register("balanced-softmax")
@@ -25,7 +37,10 @@ class BalancedSoftmax:
     Trains the prediction head on the uniform stream's view 1.
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = LogitAdjustedOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: LogitAdjustedOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.tau = config.logit_adjust_tau
         self.log_prior = log_prior(class_counts)  # K
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -9,8 +10,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
 from glmc.methods.losses import effective_number_weights
+
+
+@dataclass(frozen=True)
+class ClassBalancedOptions(MethodOptions):
+    # beta of the effective number E_n = (1 - beta^n) / (1 - beta) (Cui et al. 2019), whose
+    # inverse weighs the loss. 0 gives equal weights; 0.9999 is their CIFAR value.
+    cb_beta: float = 0.9999
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.cb_beta < 1, f"method.cb_beta must be in [0, 1) (effective number of samples), got {self.cb_beta}")
 
 
 @METHODS.register("cb")
@@ -25,7 +37,10 @@ class ClassBalanced:
     Trains the prediction head on the uniform stream's view 1; beta = method.cb_beta.
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = ClassBalancedOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: ClassBalancedOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.weights = effective_number_weights(class_counts, config.cb_beta)  # K
 
     def __call__(
@@ -35,4 +50,4 @@ class ClassBalanced:
         self.weights = self.weights.to(labels.device)  # a no-op after the first step
         logits = model(batch.uniform.view1).logits  # N x K
         loss = F.cross_entropy(logits, labels, weight=self.weights.to(logits.dtype))
-        return StepResult(loss=loss, parts={"cb": loss.detach()})
+        return StepResult(loss=loss, parts={"class_balanced": loss.detach()})

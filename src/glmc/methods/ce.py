@@ -9,18 +9,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult
 
 
 @METHODS.register("ce")
 class CrossEntropy:
     """Cross-entropy of the prediction head (`GLMCOutput.logits`) on the uniform view 1.
 
-    The re-sampled stream, the second view, the epoch and the rng are unused; they are
-    accepted so every method has the same contract.
+    It reads nothing else (`needs`): no re-sampled stream or second view is built for it; the
+    epoch and the rng are accepted so every method has the same contract.
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = MethodOptions  # no options of its own
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: MethodOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
 
     def __call__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -9,9 +10,20 @@ import torch
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import CUTMIX_LABELS, METHODS, Needs, StepResult, require
+from glmc.methods.mixup import MixUpOptions
 from glmc.methods.losses import soft_cross_entropy
 from glmc.mixing import box_area_fraction, cutmix, cutmix_box, mixed_targets, partner_indices, sample_lambda
+
+
+@dataclass(frozen=True)
+class CutMixOptions(MixUpOptions):
+    cutmix_label: str = "lambda"  # the label share: "lambda" (as GLMC's local mixture) or "area" (the CutMix paper)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.cutmix_label in CUTMIX_LABELS,
+                f"method.cutmix_label must be one of {', '.join(CUTMIX_LABELS)}, got {self.cutmix_label!r}")
 
 
 @METHODS.register("cutmix")
@@ -27,7 +39,10 @@ class CutMix:
     (`area`, as the CutMix paper; the `-cutmix` presets use it). Every batch is mixed.
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = CutMixOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: CutMixOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
         self.num_classes = len(class_counts)
 

@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, Needs, StepResult, require
+from glmc.methods.cb import ClassBalancedOptions
 from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights
+
+
+@dataclass(frozen=True)
+class DRWOptions(ClassBalancedOptions):
+    # The re-weighting switches on at epoch round(drw_start * train.epochs); 0.8 is Cao et al.'s
+    # epoch 160 of 200.
+    drw_start: float = 0.8
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0 <= self.drw_start <= 1, f"method.drw_start must be in [0, 1] (a fraction of train.epochs), got {self.drw_start}")
 
 
 @METHODS.register("drw")
@@ -24,7 +37,10 @@ class DeferredReweighting:
     Cui et al.'s effective-number weights with beta = method.cb_beta (their 0.9999).
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = DRWOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: DRWOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.weights = effective_number_weights(class_counts, config.cb_beta)  # K
         self.start_epoch = drw_start_epoch(config.drw_start, total_epochs)
 

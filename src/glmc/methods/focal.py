@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
 from glmc.methods.losses import focal_loss
+
+
+@dataclass(frozen=True)
+class FocalOptions(MethodOptions):
+    # The exponent gamma (Lin et al. 2017). 1.0 is Cao et al.'s CIFAR-LT focal baseline, the one the
+    # long-tailed tables quote (Lin et al. use 2.0 for detection); 0 is cross-entropy.
+    focal_gamma: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.focal_gamma >= 0, f"method.focal_gamma must be >= 0, got {self.focal_gamma}")
 
 
 @METHODS.register("focal")
@@ -22,7 +34,10 @@ class Focal:
     weights (alpha_t = 1). Trains the prediction head on the uniform stream's view 1.
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = FocalOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: FocalOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.gamma = config.focal_gamma
 
     def __call__(

@@ -6,17 +6,46 @@ Learning for Long-tailed Visual Recognitions", CVPR 2023 (arXiv 2305.08661).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.data.batch import BatchSpec, TwoStreamBatch
+from glmc.methods.base import CUTMIX_LABELS, METHODS, MethodOptions, Needs, StepResult, require
 from glmc.methods.losses import class_weights, cumulative_alpha, simsiam_loss, soft_cross_entropy
 from glmc.mixing import box_area_fraction, cutmix, cutmix_box, mixed_targets, mixup, sample_lambda
 from glmc.models.output import GLMCOutput
+
+
+@dataclass(frozen=True)
+class GLMCOptions(MethodOptions):
+    """GLMC's options; the defaults reproduce the authors' code."""
+
+    # lambda ~ Beta(beta, beta). The authors' code always uses Beta(1, 1), whatever its
+    # --beta flag says; set 0.5 for the paper's stated variant.
+    beta: float = 1.0
+    # tau: class weights n_k^-tau for the re-balanced head's labels (--label_weighting).
+    label_weighting: float = 1.2
+    # gamma: weight of the SimSiam global-local consistency loss.
+    consistency_weight: float = 1.0
+    # How the CutMix soft label splits between the two images: "lambda" (authors' code)
+    # or "area" (the clipped box's actual pixel share, as in the CutMix paper).
+    cutmix_label: str = "lambda"
+    # Both mixed batches through the encoder as one batch of 2N (faster on a GPU). Not the
+    # authors' computation: BatchNorm then normalises over both batches together.
+    joint_forward: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # `not x >= 0` rather than `x < 0` so that NaN is rejected too.
+        require(self.beta > 0, f"method.beta must be > 0 (lambda ~ Beta(beta, beta)), got {self.beta}")
+        require(self.label_weighting >= 0, f"method.label_weighting (tau) must be >= 0, got {self.label_weighting}")
+        require(self.consistency_weight >= 0, f"method.consistency_weight (gamma) must be >= 0, got {self.consistency_weight}")
+        require(self.cutmix_label in CUTMIX_LABELS,
+                f"method.cutmix_label must be one of {', '.join(CUTMIX_LABELS)}, got {self.cutmix_label!r}")
 
 
 @METHODS.register("glmc")
@@ -34,16 +63,27 @@ class GLMC:
     (`glmc.methods.glmc_ablations`) are subclasses that set one of them.
     """
 
+    Options = GLMCOptions
     global_mixture = True  # the MixUp branch x_g
     local_mixture = True  # the CutMix branch x_l
     consistency = True  # gamma * L_sim (needs both branches)
     cumulative = True  # alpha = 1 - (T / T_max)^2 and L_cb; False fixes alpha = 1
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    def __init__(self, config: GLMCOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
         self.total_epochs = total_epochs
         self.num_classes = len(class_counts)
         self.class_weights = class_weights(class_counts, config.label_weighting)  # K
+        self.needs = self._needs()
+
+    def _needs(self) -> Needs:
+        """Both streams; view 1 for the global mixture, view 2 for the local one; fc for L_CE (fc_cb
+        when alpha is fixed at 1), fc_cb for L_cb, projection and predictor for L_sim."""
+        views = (1,) * self.global_mixture + (2,) * self.local_mixture
+        heads = {"fc_cb"} | ({"fc"} if self.cumulative else set())
+        if self.consistency and len(views) == 2:
+            heads |= {"projection", "predictor"}
+        return Needs(BatchSpec(resampled=True, views=views), frozenset(heads))
 
     def __call__(
         self, model: nn.Module, batch: TwoStreamBatch, epoch: int, rng: np.random.Generator
@@ -51,7 +91,7 @@ class GLMC:
         uniform, resampled = batch.uniform, batch.resampled
         # lam and the box are drawn by every variant, so one seed gives them all the same mixtures.
         lam = sample_lambda(rng, self.config.beta)
-        height, width = uniform.view2.shape[-2:]
+        height, width = next(view for view in (uniform.view1, uniform.view2) if view is not None).shape[-2:]
         box = cutmix_box(height, width, lam, rng)
         labels = (uniform.labels, resampled.labels)
         inputs, shares = [], []  # mixed batches, and the uniform image's share of each one's label
@@ -103,8 +143,9 @@ class GLMC:
         """
         if not (self.config.joint_forward and len(inputs) > 1):
             return [model(x) for x in inputs]
-        joint = model(torch.cat(inputs))  # every field: (len(inputs) N) x ...
-        return [GLMCOutput(*fields) for fields in zip(*(field.chunk(len(inputs)) for field in joint))]
+        joint = model(torch.cat(inputs))  # every computed field: (len(inputs) N) x ...
+        chunks = [[None] * len(inputs) if field is None else field.chunk(len(inputs)) for field in joint]
+        return [GLMCOutput(*fields) for fields in zip(*chunks)]
 
     def _cutmix_lambda(self, lam: float, box: tuple[int, int, int, int], height: int, width: int) -> float:
         """The uniform image's share of the CutMix label."""

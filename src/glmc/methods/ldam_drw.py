@@ -2,14 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, Needs, StepResult, require
+from glmc.methods.drw import DRWOptions
 from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights, ldam_logits, ldam_margins
+
+
+@dataclass(frozen=True)
+class LDAMDRWOptions(DRWOptions):
+    # Margins C / n_j^(1/4) with the largest equal to ldam_max_margin; logits scaled by ldam_scale
+    # (Cao et al.'s CIFAR values 0.5 and 30).
+    ldam_max_margin: float = 0.5
+    ldam_scale: float = 30.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.ldam_max_margin >= 0, f"method.ldam_max_margin must be >= 0, got {self.ldam_max_margin}")
+        require(self.ldam_scale > 0, f"method.ldam_scale must be > 0, got {self.ldam_scale}")
 
 
 @METHODS.register("ldam-drw")
@@ -26,9 +41,11 @@ class LDAMDRW:
     re-weighted by the effective-number weights (beta = method.cb_beta), as in `drw`.
     """
 
+    Options = LDAMDRWOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
     required_classifier = "cosine"  # checked by glmc.config.validate
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    def __init__(self, config: LDAMDRWOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
         self.margins = ldam_margins(class_counts, config.ldam_max_margin)  # K
         self.weights = effective_number_weights(class_counts, config.cb_beta)  # K

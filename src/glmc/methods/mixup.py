@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -9,9 +10,18 @@ import torch
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodConfig, StepResult
+from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
 from glmc.methods.losses import soft_cross_entropy
 from glmc.mixing import mixed_targets, mixup, partner_indices, sample_lambda
+
+
+@dataclass(frozen=True)
+class MixUpOptions(MethodOptions):
+    beta: float = 1.0  # lam ~ Beta(beta, beta); 1.0 is Zhang et al.'s CIFAR value
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.beta > 0, f"method.beta must be > 0 (lambda ~ Beta(beta, beta)), got {self.beta}")
 
 
 @METHODS.register("mixup")
@@ -25,7 +35,10 @@ class MixUp:
     this is GLMC's global mixture without the re-balanced partner (`glmc-global-only`).
     """
 
-    def __init__(self, config: MethodConfig, class_counts: Sequence[int], total_epochs: int) -> None:
+    Options = MixUpOptions
+    needs = Needs()  # the uniform stream's view 1, the prediction head
+
+    def __init__(self, config: MixUpOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.beta = config.beta
         self.num_classes = len(class_counts)
 

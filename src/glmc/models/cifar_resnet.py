@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glmc.errors import ConfigError
-from glmc.models import BACKBONES
+from glmc.models.base import BACKBONES
 from glmc.models.heads import GLMCHeads
 from glmc.models.output import GLMCOutput
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,13 +31,18 @@ CLASSIFIERS.register("linear")(nn.Linear)
 CLASSIFIERS.register("cosine")(CosineLinear)
 
 
+# The heads by module name; `fc_cb` predicts, so every method uses it. The predictor reads the projection.
+HEADS = ("fc_cb", "fc", "projection", "predictor")
+
+
 class GLMCHeads(nn.Module):
     """Classifier, re-balanced classifier, projection and predictor on a pooled feature.
 
     Input: `h`, N x d pooled features. Output: a `GLMCOutput` with `logits` = fc_cb(h)
     (N x K, used for prediction), `logits_fc` = fc(h) (N x K), `z` = projection(h)
     (N x e), `p` = predictor(z) (N x e) and `feature` = h (N x d). `classifier` names the
-    kind of `fc_cb` in CLASSIFIERS.
+    kind of `fc_cb` in CLASSIFIERS. Only the heads in `active` are computed (all by default);
+    the others' fields are None.
     """
 
     def __init__(self, feature_dim: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear") -> None:
@@ -46,18 +51,38 @@ class GLMCHeads(nn.Module):
         self.fc_cb = CLASSIFIERS.get(classifier)(feature_dim, num_classes)  # re-balanced, trained with L_cb
         self.projection = nn.Linear(feature_dim, projection_dim)
         self.predictor = nn.Linear(projection_dim, projection_dim)
+        self.active = frozenset(HEADS)
 
     def forward(self, h: Tensor) -> GLMCOutput:
         logits = self.fc_cb(h)  # N x d -> N x K
-        logits_fc = self.fc(h)  # N x d -> N x K
-        z = self.projection(h)  # N x d -> N x e
-        p = self.predictor(z)  # N x e -> N x e
+        logits_fc = self.fc(h) if "fc" in self.active else None  # N x d -> N x K
+        z = self.projection(h) if "projection" in self.active else None  # N x d -> N x e
+        p = self.predictor(z) if "predictor" in self.active else None  # N x e -> N x e
         return GLMCOutput(logits=logits, logits_fc=logits_fc, z=z, p=p, feature=h)
+
+
+def glmc_heads(model: nn.Module) -> GLMCHeads:
+    for module in model.modules():
+        if isinstance(module, GLMCHeads):
+            return module
+    raise TypeError(f"{type(model).__name__} has no GLMC heads")
+
+
+def use_heads(model: nn.Module, heads: Iterable[str]) -> None:
+    """Compute only `heads` (and fc_cb) from now on and freeze the others' parameters, so that an
+    optimiser or DDP sees only parameters that get gradients. Their weights stay in the state dict."""
+    wanted = frozenset(heads) | {"fc_cb"}
+    unknown = wanted - set(HEADS)
+    if unknown:
+        raise ValueError(f"unknown heads {sorted(unknown)}; the heads are {', '.join(HEADS)}")
+    if "predictor" in wanted and "projection" not in wanted:
+        raise ValueError("the predictor reads the projection: use both")
+    module = glmc_heads(model)
+    module.active = wanted
+    for name in HEADS:
+        getattr(module, name).requires_grad_(name in wanted)
 
 
 def prediction_head(model: nn.Module) -> nn.Module:
     """The classifier that evaluation predicts with (`fc_cb` of the model's GLMC heads)."""
-    for module in model.modules():
-        if isinstance(module, GLMCHeads):
-            return module.fc_cb
-    raise TypeError(f"{type(model).__name__} has no GLMC heads")
+    return glmc_heads(model).fc_cb

@@ -14,7 +14,7 @@ from typing import Callable
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glmc.models import BACKBONES
+from glmc.models.base import BACKBONES
 from glmc.models.heads import GLMCHeads
 from glmc.models.output import GLMCOutput
 

@@ -1,0 +1,79 @@
+"""Datasets held in memory as uint8 arrays (CIFAR-LT, synthetic-lt): uploaded once, augmented on the device."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from glmc.augment import CifarAugment, Normalise
+from glmc.data.batch import BatchSpec
+from glmc.data.datasets import DataConfig, Dataset
+from glmc.data.loader import TwoStreamLoader, evaluation_batches
+from glmc.data.longtail import split_fingerprint
+from glmc.distributed import SINGLE, Shard
+from glmc.errors import GlmcError
+
+
+@dataclass(frozen=True)
+class InMemoryDataset(Dataset):
+    """A long-tailed training set and its complete, balanced test set, as arrays.
+
+    Build one from your arrays in a dataset builder (glmc.data.datasets); the loader crops,
+    flips and normalises on the device (glmc.augment.CifarAugment).
+    """
+
+    name: str
+    split: str
+    imbalance_factor: float
+    class_names: list[str]
+    train_images: np.ndarray  # N x C x H x W, uint8
+    train_labels: np.ndarray  # N, int64
+    train_indices: np.ndarray  # N, positions in the original training set
+    test_images: np.ndarray  # M x C x H x W, uint8
+    test_labels: np.ndarray  # M, int64
+    mean: tuple[float, ...]  # per-channel normalisation, on the [0, 1] scale
+    std: tuple[float, ...]
+
+    @property
+    def fingerprint(self) -> str:
+        return split_fingerprint(self.train_indices)
+
+    def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
+                     resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
+                     spec: BatchSpec = BatchSpec()) -> TwoStreamLoader:
+        return TwoStreamLoader(torch.from_numpy(self.train_images).to(device), torch.from_numpy(self.train_labels).to(device),
+                               self.class_counts, batch_size, CifarAugment(Normalise(self.mean, self.std)), sampler=sampler,
+                               resample_weighting=resample_weighting, seed=seed, drop_last=drop_last, shard=shard, spec=spec)
+
+    def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
+                 part: str = "test") -> "DeviceTestSet":
+        if part != "test":
+            raise GlmcError(f"dataset {self.name} has no validation set; its test set is the only held-out one")
+        return DeviceTestSet(self.test_images, self.test_labels, Normalise(self.mean, self.std), batch_size, device, shard)
+
+    def input_size(self, config: DataConfig) -> tuple[int, int]:
+        height, width = self.train_images.shape[-2:]
+        return int(height), int(width)
+
+    def test_resize(self, config: DataConfig) -> None:
+        return None  # test images are used as they are
+
+
+class DeviceTestSet:
+    """An in-memory test set, uploaded once; with a `shard`, this rank's slice of it."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, normalise: Normalise, batch_size: int,
+                 device: torch.device, shard: Shard = SINGLE) -> None:
+        self.images = torch.from_numpy(shard.take(images)).to(device)
+        self.labels = torch.from_numpy(shard.take(labels)).to(device)
+        self.normalise, self.batch_size = normalise, batch_size
+
+    def batches(self) -> Iterator[tuple[Tensor, Tensor]]:
+        return evaluation_batches(self.images, self.labels, self.batch_size, self.normalise)
+
+    def unreadable_paths(self) -> list[str]:
+        return []

@@ -1,0 +1,164 @@
+"""The run folder: its file names, and every read and write of them.
+
+    config.yaml         the resolved config            classes.txt   `id<TAB>name` per class
+    metrics.jsonl       one record per evaluation      summary.json  final and best metrics, the run's facts
+    checkpoint_last.pt  the state to resume from       checkpoint_best.pt  the test-selected best epoch
+    tensorboard/        with --tensorboard             report/       written by `glmc report`
+
+Training writes through `RunFolder` (only rank 0 under torchrun); `glmc compare`, `glmc report`
+and `glmc reproduce` read a finished run with `load_run`. Checkpoint payloads are
+glmc.checkpoint's; this module only names their files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import yaml
+
+from glmc.checkpoint import checksum_path, previous_path, write_text_atomically
+from glmc.config import Config, dump_config, stored_config
+from glmc.errors import GlmcError
+
+CONFIG_FILE = "config.yaml"
+CLASSES_FILE = "classes.txt"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+LAST_CHECKPOINT = "checkpoint_last.pt"
+BEST_CHECKPOINT = "checkpoint_best.pt"
+TENSORBOARD_DIR = "tensorboard"
+REPORT_DIR = "report"
+BEST_LABEL = "best epoch, selected on the test set"
+
+
+class RunFolder:
+    """A run folder being written: by `glmc train`, from its first checks to its summary."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / LAST_CHECKPOINT
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / BEST_CHECKPOINT
+
+    def has_checkpoint(self) -> bool:
+        return self.last_checkpoint.exists() or previous_path(self.last_checkpoint).exists()
+
+    def holds_run(self) -> bool:
+        return (self.path / CONFIG_FILE).exists() or self.has_checkpoint()
+
+    def prepare(self, resume: bool, overwrite: bool) -> None:
+        """Create the folder, refusing to replace a run unless asked; `overwrite` clears the old run's files."""
+        holds_run = self.holds_run()
+        if resume and not holds_run:
+            raise GlmcError(f"nothing to resume in {self.path}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
+        if holds_run and not (resume or overwrite):
+            raise GlmcError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise GlmcError(f"cannot create output folder {self.path}: {error.strerror}") from None
+        if not os.access(self.path, os.W_OK | os.X_OK):
+            raise GlmcError(f"output folder {self.path} is not writable")
+        if overwrite and not resume:
+            for name in (METRICS_FILE, SUMMARY_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
+                for path in (self.path / name, checksum_path(self.path / name), previous_path(self.path / name),
+                             checksum_path(previous_path(self.path / name))):
+                    path.unlink(missing_ok=True)
+
+    def read_config(self, overrides: Mapping | None = None) -> Config:
+        """The run's config (from any glmc version), with `overrides` on top."""
+        path = self.path / CONFIG_FILE
+        if not path.is_file():
+            raise GlmcError(f"{self.path} holds no run to resume ({CONFIG_FILE} missing)")
+        return stored_config(yaml.safe_load(path.read_text()), overrides)
+
+    def write_config(self, config: Config) -> None:
+        write_text_atomically(self.path / CONFIG_FILE, dump_config(config))
+
+    def write_classes(self, class_names: list[str]) -> None:
+        write_text_atomically(self.path / CLASSES_FILE, "".join(f"{k}\t{name}\n" for k, name in enumerate(class_names)))
+
+    def keep_records(self, records: list[dict]) -> None:
+        """metrics.jsonl holds exactly `records` (a resumed run drops any written after its checkpoint)."""
+        write_text_atomically(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+    def append_record(self, record: dict) -> None:
+        with open(self.path / METRICS_FILE, "a") as file:
+            file.write(json.dumps(record) + "\n")
+
+    def write_summary(self, summary: dict) -> None:
+        write_text_atomically(self.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A finished run, as its folder holds it."""
+
+    path: Path
+    summary: dict
+    records: list[dict]  # metrics.jsonl, one per evaluation (empty if the file is gone)
+    config: dict  # config.yaml, or the summary's copy
+    config_text: str
+
+    @property
+    def name(self) -> str:
+        return self.path.resolve().name
+
+    @property
+    def card(self) -> dict:
+        return self.summary["dataset"]
+
+
+def load_run(path: str | os.PathLike) -> RunRecord:
+    """The finished run in `path`; a missing folder or summary, or unreadable files, are one-line GlmcErrors."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise GlmcError(f"run folder not found: {folder}")
+    if not (folder / SUMMARY_FILE).is_file():
+        raise GlmcError(f"{folder} holds no finished run (no {SUMMARY_FILE}; it is written when training ends)")
+    summary = read_json(folder / SUMMARY_FILE)
+    if not isinstance(summary, dict) or not {"final", "best", "dataset", "method"} <= set(summary):
+        raise GlmcError(f"{folder / SUMMARY_FILE} is not a glmc run summary")
+    config_path = folder / CONFIG_FILE
+    config_text = read_text(config_path) if config_path.is_file() else yaml.safe_dump(summary.get("config", {}), sort_keys=False)
+    try:
+        config = yaml.safe_load(config_text)
+    except yaml.YAMLError as error:
+        raise GlmcError(f"cannot read {config_path}: {str(error).splitlines()[0]}") from None
+    metrics = folder / METRICS_FILE
+    records = read_records(metrics) if metrics.is_file() else []
+    return RunRecord(folder, summary, records, config if isinstance(config, dict) else {}, config_text)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise GlmcError(f"cannot read {path}: {error}") from None
+
+
+def read_json(path: Path):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as error:
+        raise GlmcError(f"cannot read {path}: not valid JSON ({error})") from None
+
+
+def read_records(path: Path) -> list[dict]:
+    records = []
+    for number, line in enumerate(read_text(path).splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise GlmcError(f"{path} line {number} is not valid JSON") from None
+    return records
