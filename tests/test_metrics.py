@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 
 import numpy as np
@@ -99,7 +101,8 @@ def test_empty_groups_are_none_not_zero_or_nan():
 def test_to_json_has_exactly_the_fields_and_rounds_only_there():
     metrics = evaluate_logits(*logits_for(SAMPLES), TRAIN_COUNTS)
     payload = metrics.to_json()
-    assert set(payload) == {"top1", "top5", "per_class", "many", "medium", "few", "num_samples", "shot_bounds"}
+    assert set(payload) == {"top1", "top5", "per_class", "many", "medium", "few", "num_samples", "shot_bounds",
+                            "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability"}
     assert payload["top1"] == 58.3333
     assert metrics.top1 == 100 * 7 / 12  # the object keeps full precision
     assert payload["medium"] == 66.6667
@@ -148,8 +151,14 @@ def test_accumulating_batches_equals_one_batch():
     counter = ConfusionCounter(10)
     for start in range(0, 103, 17):  # the last batch is partial
         counter.update(logits[start : start + 17], labels[start : start + 17])
-    whole = evaluate_logits(logits, labels, counts)
-    assert counter.finish(counts) == whole
+    whole, batched = evaluate_logits(logits, labels, counts), counter.finish(counts)
+    # sums of confidences in another order: equal up to float64 rounding
+    calibration = ("ece", "nll", "ece_many", "ece_medium", "ece_few")
+    for name in calibration:
+        assert getattr(batched, name) == pytest.approx(getattr(whole, name), rel=1e-12), name
+    same = {name: getattr(whole, name) for name in (*calibration, "reliability")}
+    assert dataclasses.replace(batched, **same) == whole
+    assert batched.reliability["count"] == whole.reliability["count"]
     assert whole.num_samples == 103
     assert torch.equal(counter.confusion, confusion_matrix(logits.argmax(1), labels, 10))
 

@@ -15,7 +15,7 @@ from glmc.cli import main
 from glmc.shots import STANDARD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-RUN_PICTURES = {"learning_curves.png", "per_class.png", "confusion.png"}
+RUN_PICTURES = {"learning_curves.png", "per_class.png", "reliability.png", "confusion.png"}
 
 
 def assert_sensible_png(path):
@@ -83,7 +83,7 @@ def test_cli_report_of_several_runs_overlays_them(tiny_run, tmp_path, capsys):
         assert_sensible_png(output / name)
     page = (output / "report.html").read_text()
     expected = {"curves.png", "per_class.png"} | {f"{folder}/{name}" for folder in (f"1-{tiny_run.name}", "2-other-run")
-                                                  for name in ("learning_curves.png", "per_class.png")}
+                                                  for name in ("learning_curves.png", "per_class.png", "reliability.png")}
     assert embedded_files(page) == expected
     assert all((output / name).is_file() for name in expected)
     assert "confusion matrix skipped" in page
@@ -94,7 +94,8 @@ def test_a_run_without_checkpoint_still_gets_a_report_with_a_note(tiny_run, tmp_
     shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
     assert main(["report", str(run)]) == 0
     assert "no confusion matrix" in capsys.readouterr().err
-    assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png"}
+    assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png",
+                                                                            "reliability.png"}
 
 
 def test_a_folder_without_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
@@ -126,3 +127,15 @@ def test_large_confusion_matrices_stay_compact(num_classes, tmp_path):
     assert_sensible_png(tmp_path / "confusion.png")
     shares, groups = plots.group_confusion(confusion[np.ix_(classes.order, classes.order)], classes)
     assert groups == ["many", "medium", "few"] and np.allclose(shares.sum(axis=1), 1.0)
+
+
+def test_a_run_of_a_glmc_without_calibration_metrics_gets_no_reliability_diagram(tiny_run, tmp_path, capsys):
+    run = tmp_path / "older"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    summary = json.loads((run / "summary.json").read_text())
+    for record in (summary["final"], summary["best"]):
+        for key in ("ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability"):
+            record.pop(key)
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(run), "--no-confusion"]) == 0
+    assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png"}

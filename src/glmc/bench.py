@@ -47,6 +47,7 @@ class BenchResult:
     method: str
     precision: str  # of the training forward, resolved
     batch_size: int
+    steps_per_epoch: int
     steps: int
     images_per_s: float
     ms_per_step: float
@@ -99,6 +100,7 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
         method=config.method.name,
         precision=run.precision,
         batch_size=config.train.batch_size,
+        steps_per_epoch=len(run.loader),
         steps=steps,
         images_per_s=config.train.batch_size / step_seconds,
         ms_per_step=1000 * step_seconds,

@@ -8,6 +8,7 @@ checkpoint and is registered in CALIBRATIONS with its typed parameters:
 | `tau-norm`          | `W_k <- W_k / ||W_k||^tau`                               | Kang et al., ICLR 2020 |
 | `logit-adjustment`  | `z_k <- z_k - tau log pi_k` (folded into the bias)       | Menon et al., ICLR 2021 |
 | `maxnorm`           | classifier re-training with a class-balanced loss, weight decay and the per-class max-norm projection | Alshammari et al., CVPR 2022 |
+| `temperature`       | `z <- z / T`, one T fitted by NLL on held-out logits (folded into fc_cb)  | Guo et al., ICML 2017 |
 
 `calibrate_checkpoint` loads a checkpoint, measures it on the test set, applies one
 calibration to a copy of its model, measures again, and writes a new checkpoint (same
@@ -30,16 +31,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from glmc.checkpoint import save_checkpoint
+from glmc.checkpoint import save_checkpoint, warn
 from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.batch import BatchSpec, TrainingBatches
 from glmc.engine import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
-from glmc.metrics import format_shots
+from glmc.metrics import format_percent, format_shots
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import prediction_head
-from glmc.precision import autocast, channels_last
+from glmc.precision import autocast, channels_last, predict_logits
 from glmc.registry import Registry, unknown_name_message
 
 # ---------------------------------------------------------------- the pure functions
@@ -163,6 +164,78 @@ class LogitAdjustment:
         with torch.no_grad():
             head.bias.copy_(logit_adjusted_bias(head.bias, prior, self.params.tau))
         return {}
+
+
+@dataclass(frozen=True)
+class TemperatureParams:
+    # the held-out set T is fitted on: "auto" is the validation set where the dataset has one, else
+    # the test set (with a warning: then the calibration is tuned on the test set); or "val" / "test"
+    fit_on: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.fit_on not in ("auto", "val", "test"):
+            raise ConfigError(f"temperature fit_on must be auto, val or test, got {self.fit_on!r}")
+
+
+def fitted_temperature(logits: Tensor, labels: Tensor) -> float:
+    """The single T > 0 minimising the NLL of softmax(logits / T) (Guo et al. 2017), by L-BFGS on log T.
+
+    logits: N x K, labels: N. In float64 on the CPU; T does not change the argmax, so top-1 stays.
+    """
+    logits, labels = logits.double().cpu(), labels.cpu()
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def nll() -> Tensor:
+        optimizer.zero_grad()
+        loss = F.cross_entropy(logits / log_t.exp(), labels)
+        loss.backward()
+        return loss
+
+    optimizer.step(nll)
+    return float(log_t.detach().exp())
+
+
+@CALIBRATIONS.register("temperature")
+class TemperatureScaling:
+    """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): one T
+    fitted by NLL on held-out logits, `softmax(z / T)`; folded into fc_cb (weight and bias divided by T),
+    so the checkpoint keeps its architecture. It changes confidence (ECE, NLL), never the top-1."""
+
+    Params = TemperatureParams
+
+    def __init__(self, params: TemperatureParams) -> None:
+        self.params = params
+
+    def __call__(self, model: nn.Module, restored: Restored) -> dict:
+        head = linear_head(model, "temperature")
+        part = self._held_out_part(restored)
+        config = restored.config
+        logits, labels = [], []
+        model.eval()
+        for inputs, targets in restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device,
+                                                         part=part).batches():
+            logits.append(predict_logits(model, inputs, restored.precision))
+            labels.append(targets)
+        temperature = fitted_temperature(torch.cat(logits), torch.cat(labels))
+        with torch.no_grad():
+            head.weight.div_(temperature)
+            head.bias.div_(temperature)
+        fitted = "validation set" if part == "val" else "test set: no validation split, so tuned on the test set"
+        return {"temperature": round(temperature, 6), "fitted_on": fitted}
+
+    def _held_out_part(self, restored: Restored) -> str:
+        wanted = self.params.fit_on
+        if wanted == "auto":
+            try:
+                restored.dataset.test_set(restored.config.data, 1, restored.device, part="val")
+                return "val"
+            except GlmcError:
+                wanted = "test"
+        if wanted == "test":
+            warn(f"temperature scaling: fitting T on the test set of {restored.dataset.name} (it has no validation "
+                 "split); the calibrated metrics are then tuned on the test set")
+        return wanted
 
 
 MAXNORM_LOSSES = ("focal-softmax", "softmax-bce")
@@ -352,7 +425,9 @@ def calibrate_checkpoint(
 
 
 def metrics_line(label: str, metrics: dict) -> str:
-    return f"{label:<7} top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {format_shots(metrics)}"
+    nll = metrics.get("nll")
+    return (f"{label:<7} top1 {metrics['top1']:.2f}  top5 {metrics['top5']:.2f}  {format_shots(metrics)}  "
+            f"ece {format_percent(metrics.get('ece'))}  nll {'-' if nll is None else format(nll, '.3f')}")
 
 
 def render(record: dict) -> str:

@@ -101,9 +101,14 @@ def sync_folder(folder: Path) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
+    """A checkpoint, or the compact weights `glmc export` writes (`.safetensors`: no optimiser or run state)."""
     path = Path(path)
     if not path.is_file():
         raise GlmcError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from glmc.export import load_weights
+
+        return load_weights(path)
     data = path.read_bytes()
     if checksum_path(path).is_file():
         expected = checksum_path(path).read_text().strip()

@@ -1,4 +1,5 @@
-"""The `glmc` command line: `glmc data | presets | train | eval | bench | calibrate | compare | report | predict`.
+"""The `glmc` command line: `glmc data | presets | train | eval | bench | calibrate | compare | report | predict |
+export | reproduce`.
 
 Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback.
 """
@@ -51,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_compare_command(commands)
     add_report_command(commands)
     add_predict_command(commands)
+    add_export_command(commands)
+    add_reproduce_command(commands)
     return parser
 
 
@@ -269,13 +272,15 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--markdown", metavar="PATH", help="also write the table as Markdown to PATH")
     parser.add_argument("--allow-mixed", action="store_true",
                         help="tabulate runs with different split fingerprints, test sets or shot bounds")
+    parser.add_argument("--aggregate-seeds", action="store_true",
+                        help="one row per setting: runs that differ only in seed, top-1 as mean ± std over them")
     parser.set_defaults(run=run_compare)
 
 
 def run_compare(args: argparse.Namespace) -> int:
     from glmc.compare import compare_runs, render_markdown, render_text
 
-    rows, notes = compare_runs(args.runs, allow_mixed=args.allow_mixed)
+    rows, notes = compare_runs(args.runs, allow_mixed=args.allow_mixed, by_setting=args.aggregate_seeds)
     if args.markdown:
         try:
             Path(args.markdown).write_text(render_markdown(rows, notes))
@@ -322,6 +327,70 @@ def run_predict(args: argparse.Namespace) -> int:
     predictor = Predictor(args.checkpoint, device=args.device, data_root=args.data_root)
     for prediction in predict_files(predictor, args.images, topk=args.topk, batch_size=args.batch_size):
         print(json.dumps(prediction.to_json()) if args.json else prediction.render(), flush=True)
+    return 0
+
+
+def add_export_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("export", help="a checkpoint as safetensors weights (config in the metadata) or ONNX")
+    parser.add_argument("checkpoint", metavar="CKPT")
+    parser.add_argument("--format", required=True, choices=["safetensors", "onnx"], help="safetensors: weights that glmc "
+                        "eval/predict read; onnx: the prediction path (backbone + fc_cb), preprocessing in its metadata")
+    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32", help="weights' precision (default fp32; ONNX: fp32)")
+    parser.add_argument("--output", required=True, metavar="FILE")
+    parser.set_defaults(run=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from glmc.export import export
+
+    print(f"exported: {export(args.checkpoint, args.format, args.output, args.dtype)}")
+    return 0
+
+
+def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("reproduce", help="run a paper's table (resumable) and print it beside the published figures")
+    parser.add_argument("table", nargs="?", metavar="TABLE", help="a table of tables.yaml (--list shows them)")
+    parser.add_argument("--output", metavar="DIR", help="where the runs and table.md / table.json go")
+    parser.add_argument("--list", action="store_true", help="list the tables and exit")
+    parser.add_argument("--tables", metavar="FILE", help="a tables file of your own (default: the packaged tables.yaml)")
+    parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or each preset's)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--seeds", type=int, help="seeds per row (default: the table's)")
+    parser.add_argument("--only", action="append", default=[], metavar="ROW", help="only this row (repeatable)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config value for every row (e.g. train.epochs=2 for a smoke run; kept apart in DIR)")
+    parser.add_argument("--dry-run", action="store_true", help="list the rows, what is done and what remains, and stop")
+    parser.add_argument("--bench", action="append", default=[], metavar="JSON",
+                        help="glmc bench --json output to predict times from (also read: DIR/bench/*.json)")
+    parser.add_argument("--export", action="store_true", help="write fp16 safetensors weights beside every finished run")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1; try more on a GPU)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    parser.set_defaults(run=run_reproduce)
+
+
+def run_reproduce(args: argparse.Namespace) -> int:
+    from glmc.reproduce import dry_run, load_tables, make_plan, render_markdown, reproduce
+
+    tables = load_tables(args.tables)
+    if args.list:
+        width = max(map(len, tables))
+        for name, table in tables.items():
+            print(f"{name:<{width}}  {len(table.rows)} rows  {table.description}")
+        return 0
+    if not args.table or not args.output:
+        raise GlmcError("give a TABLE and --output DIR (glmc reproduce --list shows the tables)")
+    if args.table not in tables:
+        from glmc.registry import unknown_name_message
+
+        raise GlmcError(unknown_name_message("table", args.table, list(tables)))
+    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
+    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device)
+    if args.dry_run:
+        print(dry_run(plan, args.bench))
+        return 0
+    table = reproduce(plan, jobs=args.jobs, export=args.export, quiet=args.quiet,
+                      log=(lambda message: None) if args.quiet else (lambda message: print(f"glmc: {message}", file=sys.stderr)))
+    print(render_markdown(table), end="")
     return 0
 
 

@@ -10,10 +10,14 @@ table then says so.
 from __future__ import annotations
 
 import os
+import dataclasses
+import json
+import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
 
+from glmc.config import flatten
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
 from glmc.rundir import BEST_LABEL, SUMMARY_FILE, load_run
@@ -38,6 +42,10 @@ class RunRow:
     many: float | None
     medium: float | None
     few: float | None
+    ece: float | None = None  # final epoch, percent (None for runs of glmc versions without it)
+    setting: str = ""  # the run's config less its seed and machine paths: runs that share it differ only in seed
+    n: int = 1  # runs aggregated into this row (`aggregate_seeds`)
+    top1_std: float | None = None  # over those runs
 
 
 def run_row(run_dir: str | os.PathLike) -> RunRow:
@@ -61,6 +69,8 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             many=final["many"],
             medium=final["medium"],
             few=final["few"],
+            ece=final.get("ece"),
+            setting=json.dumps({k: v for k, v in flatten(record.config).items() if k not in SEED_FREE}, sort_keys=True),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
@@ -93,19 +103,20 @@ def _short(value: str) -> str:
     return value[:SHORT_FINGERPRINT] + "…" if value.startswith("sha256:") else value
 
 
-COLUMNS = ("run", "method", "split", "backbone", "epochs", "top-1 final", "top-1 best*", "many", "medium", "few")
+COLUMNS = ("run", "method", "split", "backbone", "epochs", "top-1 final", "top-1 best*", "many", "medium", "few", "ECE")
 
 
 def table_cells(row: RunRow) -> list[str]:
+    spread = f" ± {row.top1_std:.2f} (n {row.n})" if row.n > 1 else ""
     return [
         row.run,
         row.method,
         _short(row.fingerprint),
         row.backbone,
         row.epochs,
-        f"{row.top1_final:.2f}",
-        f"{row.top1_best:.2f} (ep {row.best_epoch})",
-        *(format_percent(value) for value in (row.many, row.medium, row.few)),
+        f"{row.top1_final:.2f}{spread}",
+        f"{row.top1_best:.2f}" + (" (mean)" if row.n > 1 else f" (ep {row.best_epoch})"),
+        *(format_percent(value) for value in (row.many, row.medium, row.few, row.ece)),
     ]
 
 
@@ -114,6 +125,7 @@ def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
     bounds = sorted({row.shot_bounds for row in rows})
     return [
         f"* {BEST_LABEL}; the headline is the final epoch. many/medium/few: final epoch, {' / '.join(bounds)} bounds.",
+        "ECE: expected calibration error of the final epoch, percent, 15 equal-width confidence bins.",
         f"test set: {'; '.join(test_sets)}",
         *notes,
     ]
@@ -137,9 +149,43 @@ def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
     return "\n".join([*body, "", *(f"{text}  " for text in footer(rows, notes))]) + "\n"
 
 
-def compare_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False) -> tuple[list[RunRow], list[str]]:
-    """The rows of `run_dirs`, in order, and the notes on what is mixed; refuses mixed runs unless `allow_mixed`."""
+# keys that differ between runs of one setting: the seed, and where and how the data was read
+SEED_FREE = {"train.seed", "data.data_root", "data.download", "data.workers", "train.device"}
+
+
+def aggregate_seeds(rows: Sequence[RunRow]) -> list[RunRow]:
+    """Runs that differ only in seed, as one row each: means of top-1 (with its std over seeds), best
+    top-1 and many / medium / few; in the order each setting first appears."""
+    groups: dict[str, list[RunRow]] = {}
+    for row in rows:
+        groups.setdefault(row.setting, []).append(row)
+    aggregated = []
+    for members in groups.values():
+        first = members[0]
+        if len(members) == 1:
+            aggregated.append(first)
+            continue
+        top1 = [row.top1_final for row in members]
+        aggregated.append(dataclasses.replace(
+            first, run=f"{first.run} (+{len(members) - 1} seeds)", n=len(members), top1_final=statistics.fmean(top1),
+            top1_std=statistics.stdev(top1), top1_best=statistics.fmean(row.top1_best for row in members),
+            **{key: mean_of(getattr(row, key) for row in members) for key in ("many", "medium", "few", "ece")},
+            epochs=first.epochs if len({row.epochs for row in members}) == 1 else "mixed"))
+    return aggregated
+
+
+def mean_of(values) -> float | None:
+    present = [value for value in values if value is not None]
+    return statistics.fmean(present) if present else None
+
+
+def compare_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = False,
+                 by_setting: bool = False) -> tuple[list[RunRow], list[str]]:
+    """The rows of `run_dirs`, in order, and the notes on what is mixed; refuses mixed runs unless `allow_mixed`.
+
+    `by_setting`: runs that differ only in seed become one row (mean ± std over seeds)."""
     if not run_dirs:
         raise GlmcError("give at least one run folder")
     rows = [run_row(path) for path in run_dirs]
-    return rows, check_comparable(rows, allow_mixed)
+    notes = check_comparable(rows, allow_mixed)
+    return (aggregate_seeds(rows) if by_setting else rows), notes

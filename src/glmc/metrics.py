@@ -1,4 +1,10 @@
-"""Top-1, top-5, per-class and many/medium/few-shot accuracy on a balanced test set.
+"""Top-1, top-5, per-class and many/medium/few-shot accuracy on a balanced test set, and calibration.
+
+Calibration (Guo et al., ICML 2017): the expected calibration error over 15 equal-width bins of
+the top-1 confidence (max softmax probability; bin b holds confidences in ((b-1)/15, b/15]),
+`ECE = sum_b n_b / N * |accuracy_b - confidence_b|`, in percent like the accuracies; per
+many / medium / few group over the test samples whose true class is in the group; and the
+negative log-likelihood of the true class, mean over samples, in nats.
 
 Evaluation counts on the device and transfers once: `ConfusionCounter.update` adds each
 batch into a K x K confusion matrix and a top-5 count where the logits live, and
@@ -23,6 +29,7 @@ from glmc.shots import SHOT_BOUNDS, STANDARD, ShotBounds
 TOP_K = 5
 JSON_DECIMALS = 4
 SHOT_GROUPS = ("many", "medium", "few")
+ECE_BINS = 15  # equal-width bins of the top-1 confidence
 
 
 @dataclass(frozen=True)
@@ -40,6 +47,13 @@ class Metrics:
     few: float | None
     num_samples: int
     shot_bounds: str  # "standard", "authors", or the bounds spelled out
+    # calibration, when the logits were counted (not from a confusion matrix alone)
+    ece: float | None = None  # percent, ECE_BINS equal-width bins
+    nll: float | None = None  # nats, mean over samples
+    ece_many: float | None = None  # over the test samples of many-shot classes
+    ece_medium: float | None = None
+    ece_few: float | None = None
+    reliability: dict | None = None  # {"bins", "count", "accuracy", "confidence"} per bin, percent (None: empty bin)
 
     def to_json(self) -> dict:
         return {
@@ -51,6 +65,10 @@ class Metrics:
             "few": _rounded(self.few),
             "num_samples": self.num_samples,
             "shot_bounds": self.shot_bounds,
+            "ece": _rounded(self.ece),
+            "nll": _rounded(self.nll),
+            **{f"ece_{group}": _rounded(getattr(self, f"ece_{group}")) for group in SHOT_GROUPS},
+            "reliability": self.reliability,
         }
 
 
@@ -80,6 +98,21 @@ def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> T
     return counts.view(num_classes, num_classes)
 
 
+def calibration_counts(logits: Tensor, labels: Tensor, num_classes: int) -> tuple[Tensor, Tensor]:
+    """Per true class and confidence bin: samples, correct top-1 predictions, summed top-1 confidence
+    (K x ECE_BINS x 3 float64); and the summed NLL of the true class (0-dim float64). No host sync.
+    """
+    log_probs = torch.log_softmax(logits.double(), dim=1)  # N x K
+    confidence, predicted = log_probs.max(dim=1)
+    confidence = confidence.exp()  # N, in (0, 1]
+    bins = (confidence * ECE_BINS).ceil().long().clamp(1, ECE_BINS) - 1  # N, bin b: ((b-1)/B, b/B]
+    rows = torch.stack([torch.ones_like(confidence), (predicted == labels).double(), confidence], dim=1)  # N x 3
+    counts = torch.zeros(num_classes * ECE_BINS, 3, dtype=torch.float64, device=logits.device)
+    counts.index_add_(0, labels.long() * ECE_BINS + bins, rows)
+    nll = -log_probs.gather(1, labels.long()[:, None]).sum()
+    return counts.view(num_classes, ECE_BINS, 3), nll
+
+
 def top_k_correct(logits: Tensor, labels: Tensor, k: int = TOP_K) -> Tensor:
     """How many labels are among their row's k highest logits (k clamped to K).
 
@@ -90,13 +123,50 @@ def top_k_correct(logits: Tensor, labels: Tensor, k: int = TOP_K) -> Tensor:
     return (top == labels[:, None]).any(dim=1).sum()
 
 
+@dataclass(frozen=True)
+class CalibrationCounts:
+    """Per true class and confidence bin (K x ECE_BINS): samples, correct ones, summed confidence; and the summed NLL."""
+
+    count: np.ndarray
+    correct: np.ndarray
+    confidence: np.ndarray
+    nll_sum: float
+
+
+def expected_calibration_error(count: np.ndarray, correct: np.ndarray, confidence: np.ndarray) -> float | None:
+    """`sum_b n_b / N |acc_b - conf_b|` in percent, from per-bin totals (length ECE_BINS); None with no samples."""
+    total = count.sum()
+    if total == 0:
+        return None
+    return 100.0 * float(np.abs(correct - confidence).sum() / total)  # n_b |acc_b - conf_b| = |correct_b - conf-sum_b|
+
+
+def reliability_bins(count: np.ndarray, correct: np.ndarray, confidence: np.ndarray) -> dict:
+    def percent(totals: np.ndarray) -> list[float | None]:
+        return [round(100.0 * t / n, 2) if n else None for t, n in zip(totals.tolist(), count.tolist())]
+
+    return {"bins": len(count), "count": [int(n) for n in count], "accuracy": percent(correct), "confidence": percent(confidence)}
+
+
+def calibration_metrics(counts: CalibrationCounts, groups: dict[str, np.ndarray]) -> dict:
+    """ECE overall and per shot group (masks over the classes), NLL and the reliability bins."""
+    overall = [table.sum(axis=0) for table in (counts.count, counts.correct, counts.confidence)]
+    per_group = {f"ece_{name}": expected_calibration_error(*(table[mask].sum(axis=0) for table in
+                                                             (counts.count, counts.correct, counts.confidence)))
+                 for name, mask in groups.items()}
+    return {"ece": expected_calibration_error(*overall), "nll": counts.nll_sum / max(1, int(counts.count.sum())),
+            **per_group, "reliability": reliability_bins(*overall)}
+
+
 def metrics_from_counts(
     confusion: np.ndarray,
     top5_correct: int,
     class_counts: Sequence[int],
     shot_bounds: ShotBounds | str = STANDARD,
+    calibration: CalibrationCounts | None = None,
 ) -> Metrics:
-    """Metrics from a host-side K x K confusion matrix (rows true) and the top-5 hit count.
+    """Metrics from a host-side K x K confusion matrix (rows true), the top-5 hit count and, when
+    the logits were counted, their calibration counts.
 
     class_counts: training images per class (K), which decide the shot groups.
     """
@@ -111,7 +181,8 @@ def metrics_from_counts(
         raise ValueError("no test samples were counted")
     bounds = resolve_shot_bounds(shot_bounds)
     per_class = per_class_accuracy(confusion)
-    groups = {name: group_mean(per_class, mask) for name, mask in bounds.groups(class_counts).items()}
+    masks = bounds.groups(class_counts)
+    groups = {name: group_mean(per_class, mask) for name, mask in masks.items()}
     return Metrics(
         top1=100.0 * float(np.trace(confusion)) / total,
         top5=100.0 * float(top5_correct) / total,
@@ -121,6 +192,7 @@ def metrics_from_counts(
         few=groups["few"],
         num_samples=total,
         shot_bounds=shot_bounds_name(bounds),
+        **(calibration_metrics(calibration, masks) if calibration is not None else {}),
     )
 
 
@@ -167,6 +239,8 @@ class ConfusionCounter:
         self.num_classes = num_classes
         self.confusion: Tensor | None = None  # K x K int64, rows true
         self.top5_correct: Tensor | None = None  # 0-dim int64
+        self.bins: Tensor | None = None  # K x ECE_BINS x 3 float64: samples, correct, summed confidence
+        self.nll_sum: Tensor | None = None  # 0-dim float64
 
     def update(self, logits: Tensor, labels: Tensor) -> None:
         """logits: N x K (any float dtype), labels: N class indices, on the same device."""
@@ -176,11 +250,13 @@ class ConfusionCounter:
             raise ValueError(f"labels must have shape ({logits.shape[0]},), got {tuple(labels.shape)}")
         batch_confusion = confusion_matrix(logits.argmax(dim=1), labels, self.num_classes)
         batch_top5 = top_k_correct(logits, labels, TOP_K)
+        batch_bins, batch_nll = calibration_counts(logits, labels, self.num_classes)
         if self.confusion is None:
-            self.confusion, self.top5_correct = batch_confusion, batch_top5
+            self.confusion, self.top5_correct, self.bins, self.nll_sum = batch_confusion, batch_top5, batch_bins, batch_nll
         else:
             self.confusion = self.confusion + batch_confusion
             self.top5_correct = self.top5_correct + batch_top5
+            self.bins, self.nll_sum = self.bins + batch_bins, self.nll_sum + batch_nll
 
     def reduce(self, sum_over_ranks, device: torch.device) -> None:
         """Replace the counts by their sum over ranks (`sum_over_ranks` sums a tensor in place);
@@ -188,16 +264,25 @@ class ConfusionCounter:
         if self.confusion is None:
             self.confusion = torch.zeros(self.num_classes, self.num_classes, dtype=torch.int64, device=device)
             self.top5_correct = torch.zeros((), dtype=torch.int64, device=device)
+            self.bins = torch.zeros(self.num_classes, ECE_BINS, 3, dtype=torch.float64, device=device)
+            self.nll_sum = torch.zeros((), dtype=torch.float64, device=device)
         counts = sum_over_ranks(torch.cat([self.confusion.flatten(), self.top5_correct.view(1)]))
         self.confusion, self.top5_correct = counts[:-1].view(self.num_classes, self.num_classes), counts[-1]
+        sums = sum_over_ranks(torch.cat([self.bins.flatten(), self.nll_sum.view(1)]))
+        self.bins, self.nll_sum = sums[:-1].view(self.num_classes, ECE_BINS, 3), sums[-1]
 
     def finish(self, class_counts: Sequence[int], shot_bounds: ShotBounds | str = STANDARD) -> Metrics:
         """The metrics of everything counted so far; `class_counts` are the training counts."""
         if self.confusion is None:
             raise ValueError("no batches were counted")
-        counts = torch.cat([self.confusion.flatten(), self.top5_correct.view(1)]).cpu().numpy()  # one transfer
-        confusion = counts[:-1].reshape(self.num_classes, self.num_classes)
-        return metrics_from_counts(confusion, int(counts[-1]), class_counts, shot_bounds)
+        k = self.num_classes
+        # one transfer; counts below 2^53 are exact in float64
+        values = torch.cat([self.confusion.flatten().double(), self.top5_correct.double().view(1), self.bins.flatten(),
+                            self.nll_sum.view(1)]).cpu().numpy()
+        confusion = values[: k * k].reshape(k, k).round().astype(np.int64)
+        bins = values[k * k + 1 : -1].reshape(k, ECE_BINS, 3)
+        calibration = CalibrationCounts(bins[..., 0], bins[..., 1], bins[..., 2], float(values[-1]))
+        return metrics_from_counts(confusion, int(round(values[k * k])), class_counts, shot_bounds, calibration)
 
 
 def evaluate_logits(

@@ -245,6 +245,43 @@ def per_class_accuracy(per_class: Sequence[float | None], classes: ClassOrder, t
     return figure
 
 
+def reliability_diagram(reliability: dict, ece: dict[str, float | None], title: str) -> Figure:
+    """Left: accuracy against confidence per equal-width bin, the gap to the bin's mean confidence
+    hatched, the bin's sample count on a log axis. Right: ECE overall and per many / medium / few group."""
+    bins = reliability["bins"]
+    centres = (np.arange(bins) + 0.5) * 100 / bins
+    accuracy = np.array([math.nan if a is None else a for a in reliability["accuracy"]])
+    confidence = np.array([math.nan if c is None else c for c in reliability["confidence"]])
+    figure = Figure(figsize=(11, 4.8), layout="constrained")
+    ax, groups_ax = figure.subplots(1, 2, width_ratios=[2.2, 1])
+    ax.plot([0, 100], [0, 100], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.bar(centres, accuracy, width=100 / bins * 0.9, color="#4c72b0", label="accuracy")
+    ax.bar(centres, np.abs(confidence - accuracy), bottom=np.fmin(accuracy, confidence), width=100 / bins * 0.9,
+           fill=False, hatch="///", edgecolor="#c44e52", linewidth=0.8, label="gap to the bin's mean confidence")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    style_axis(ax, "reliability", "accuracy (%)", xlabel="confidence (%), equal-width bins")
+    counts_ax = ax.twinx()
+    occupied = np.array(reliability["count"]) > 0  # an empty bin has no point on a log axis
+    counts_ax.plot(centres[occupied], np.array(reliability["count"])[occupied], color="black", marker="o", markersize=3,
+                   linewidth=1, label="samples per bin")
+    counts_ax.set_yscale("log")
+    counts_ax.set_ylabel("samples per bin (log)")
+    names = ["all", *SHOT_GROUPS]
+    values = [ece.get(name) for name in names]
+    heights = [math.nan if v is None else v for v in values]
+    bars = groups_ax.bar(names, heights, color=["#555555", *(SHOT_COLOURS[g] for g in SHOT_GROUPS)])
+    groups_ax.bar_label(bars, labels=["–" if v is None else f"{v:.1f}" for v in values], padding=2)
+    groups_ax.set_title("ECE by group", fontsize=11)
+    groups_ax.set_ylabel("ECE (%)")
+    groups_ax.set_xlabel("test samples of each group's classes")
+    groups_ax.grid(alpha=0.3, axis="y")
+    groups_ax.set_ylim(0, max([h for h in heights if not math.isnan(h)] + [1.0]) * 1.2)
+    legend_below(figure, [ax, counts_ax])
+    figure.suptitle(title, fontsize=12)
+    return figure
+
+
 def legend_below(figure: Figure, axes: Sequence[Axes]) -> None:
     """One legend for all `axes`, under the plot, where it cannot hide bars or curves."""
     handles, labels = [], []

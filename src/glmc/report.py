@@ -175,6 +175,13 @@ def draw_run_pictures(run: RunData, folder: Path) -> list[Picture]:
                                                    f"{run.name}: per-class test accuracy (final epoch {final['epoch']})"),
          "Final per-class test accuracy, classes ordered by training count; the line is the training count (log axis)."),
     ]
+    if final.get("reliability"):  # runs of glmc versions before calibration metrics have none
+        ece = {"all": final["ece"], **{group: final.get(f"ece_{group}") for group in SHOT_GROUPS}}
+        figures.append(("reliability.png", plots.reliability_diagram(final["reliability"], ece,
+                                                                     f"{run.name}: calibration (final epoch {final['epoch']})"),
+                        f"Reliability: test accuracy against top-1 confidence in {final['reliability']['bins']} equal-width "
+                        "bins (hatched: the gap to the bin's mean confidence); right: expected calibration "
+                        "error (ECE, percent) over all test images and over each group's classes."))
     if run.confusion is not None:
         figures.append(("confusion.png", plots.confusion_heatmap(run.confusion, classes, f"{run.name}: confusion matrix (final epoch)"),
                         "Rows: true class, columns: prediction, both ordered by training count; "
@@ -224,8 +231,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
 def metrics_table(summary: dict) -> str:
     rows = []
     for label, record in (("final epoch (headline)", summary["final"]), (summary["best"].get("label", "best epoch"), summary["best"])):
-        rows.append([label, record["epoch"], *(format_percent(record.get(k)) for k in ("top1", "top5", *SHOT_GROUPS))])
-    return table(["", "epoch", "top-1", "top-5", "many", "medium", "few"], rows)
+        nll = record.get("nll")
+        rows.append([label, record["epoch"], *(format_percent(record.get(k)) for k in ("top1", "top5", *SHOT_GROUPS, "ece")),
+                     "–" if nll is None else f"{nll:.3f}"])
+    return table(["", "epoch", "top-1", "top-5", "many", "medium", "few", "ECE (%)", "NLL"], rows)
 
 
 def card_table(card: dict) -> str:

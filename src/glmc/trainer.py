@@ -361,7 +361,8 @@ def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dic
 def evaluation_line(record: dict, epochs: int) -> str:
     loss = record["losses"].get("loss", float("nan"))
     return (f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  top1 {record['top1']:.2f}  "
-            f"top5 {record['top5']:.2f}  {format_shots(record, width=5)}  lr {record['lr']:.5f}  {record['seconds']:.1f}s")
+            f"top5 {record['top5']:.2f}  {format_shots(record, width=5)}  ece {format_percent(record.get('ece'))}  "
+            f"lr {record['lr']:.5f}  {record['seconds']:.1f}s")
 
 
 def shots_table(summary: dict) -> str:
@@ -373,15 +374,16 @@ def shots_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples")
+METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples",
+               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability")
 
 
 def make_summary(config: Config, dataset: Dataset, state: RunState, device: torch.device, processes: int = 1,
                  precision: dict[str, str] | None = None) -> dict:
     final = state.records[-1]
     return {
-        "final": {k: final[k] for k in METRIC_KEYS},
-        "best": {k: state.best[k] for k in METRIC_KEYS} | {"label": BEST_LABEL},
+        "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: records of a run begun by an older glmc lack ECE
+        "best": {k: state.best.get(k) for k in METRIC_KEYS} | {"label": BEST_LABEL},
         "fingerprint": dataset.fingerprint,
         "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
         "method": config.method.name,
