@@ -101,7 +101,7 @@ def test_maxnorm_defaults_are_alshammari_et_al_second_stage():
     assert (params.epochs, params.lr, params.momentum, params.weight_decay, params.threshold) == (10, 0.01, 0.9, 0.1, 0.1)
     assert (params.cb_beta, params.focal_gamma, params.loss, params.projection) == (0.9999, 2.0, "focal-softmax", "epoch")
     assert calibration_params("maxnorm", ["batch_size=32", "projection=step"]).batch_size == 32
-    assert CALIBRATIONS.names() == ["logit-adjustment", "maxnorm", "tau-norm"]
+    assert CALIBRATIONS.names() == ["logit-adjustment", "maxnorm", "tau-norm", "temperature"]
 
 
 # ---------------------------------------------------------------- on a trained checkpoint

@@ -82,8 +82,16 @@ def write_durably(path: Path, data: bytes) -> Path:
 
 
 def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader sees the old or the new file, never a mix."""
-    os.replace(write_durably(path, text.encode()), path)
+    """Replace `path` by `text` so that a reader sees the old or the new file, never a mix; a full
+    disk or an unwritable folder is one GlmcError, and the old file stays."""
+    try:
+        os.replace(write_durably(path, text.encode()), path)
+    except OSError as error:
+        raise GlmcError(f"{disk_problem(error)} while writing {path}; the previous version is kept") from None
+
+
+def disk_problem(error: OSError) -> str:
+    return "disk full" if error.errno == errno.ENOSPC else f"cannot write ({error.strerror or error})"
 
 
 def sync_folder(folder: Path) -> None:
@@ -153,7 +161,7 @@ def warn(message: str) -> None:
 
 
 def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.Module,
-                     optimizer: torch.optim.Optimizer, state: dict) -> dict:
+                     optimizer: torch.optim.Optimizer, state: dict, data_digest: dict[str, str]) -> dict:
     """Everything a run needs to continue, and `glmc eval` / `predict` to use the weights alone."""
     rng = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
@@ -170,6 +178,7 @@ def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.
         "std": list(dataset.std),
         "image_size": list(dataset.input_size(config.data)),  # height, width
         "test_resize": dataset.test_resize(config.data),  # shorter side before the centre crop, or None
+        "data_digest": data_digest,  # what the images held: resume refuses changed data
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "state": state,
@@ -178,21 +187,30 @@ def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.
 
 
 def restore_training(path: Path, config: "Config", dataset: "Dataset", model: nn.Module,
-                     optimizer: torch.optim.Optimizer) -> dict:
+                     optimizer: torch.optim.Optimizer, data_digest: dict[str, str]) -> dict:
     """Load the last good checkpoint at `path` into `model` and `optimizer` and the RNG; returns its run state.
 
-    Refuses a checkpoint of another model, class count, classifier or split.
+    Refuses a checkpoint of another model, class count, classifier or split, and data that changed
+    behind the same split (`data_digest`: what `dataset.content_digest()` says now).
     """
     checkpoint = load_latest_good(path)
     check_compatible(checkpoint, config.model.backbone, config.model.classifier, dataset.num_classes, path)
     if checkpoint["fingerprint"] != dataset.fingerprint:
         raise GlmcError(f"{path} was trained on split {checkpoint['fingerprint']}, this config selects {dataset.fingerprint}")
+    check_same_data(checkpoint.get("data_digest"), data_digest, path)  # checkpoints before the digest have none
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     torch.set_rng_state(checkpoint["rng"]["torch"])
     if "cuda" in checkpoint["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(checkpoint["rng"]["cuda"])
     return checkpoint["state"]
+
+
+def check_same_data(held: dict | None, now: dict[str, str], path: Path) -> None:
+    for part, name in (("train", "training"), ("test", "test")):
+        if held is not None and held.get(part) != now.get(part):
+            raise GlmcError(f"the {name} images changed since {path} was written (content digest {str(held.get(part))[:19]}… "
+                            f"now {now.get(part, '')[:19]}…): the same split over other pixels or files; resume refuses it")
 
 
 def check_compatible(checkpoint: dict, backbone: str, classifier: str, num_classes: int, path: Path) -> None:

@@ -136,6 +136,9 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", help="run folder (default: runs/<preset>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
+    parser.add_argument("--resume-if-exists", action="store_true",
+                        help="continue the run in --output if it holds this very run (same config), else start it: "
+                             "what torchrun --max-restarts re-runs need")
     parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or ./data)")
     parser.add_argument("--download", action="store_true", help="fetch the dataset (MD5-checked) if missing")
     parser.add_argument("--epochs", help="total epochs")
@@ -175,8 +178,14 @@ def run_train(args: argparse.Namespace) -> int:
         config = RunFolder(output).read_config(overrides)
     else:
         config = build_config(args.preset, overrides)
+        if args.resume_if_exists and not args.output:
+            raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    train(config, output, resume=bool(args.resume), overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
+    resume = bool(args.resume)
+    if args.resume_if_exists and RunFolder(output).holds_run():
+        RunFolder(output).require_same_run(config)  # a restarted torchrun job, not a clash with another run
+        resume = True
+    train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run folder: {output}")
     return 0

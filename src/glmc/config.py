@@ -79,6 +79,9 @@ class TrainConfig:
     shot_bounds: str = "standard"  # many/medium/few bounds: "standard" or "authors" (few <= 20)
     nonfinite: str = "stop"  # a NaN/inf loss: "stop" the run (keeping the last good checkpoint) or "skip" the step
     checkpoint_every: int | None = None  # steps between mid-epoch checkpoints (None: at the end of each epoch)
+    # minutes between checkpoints within an epoch (None: off), so a kill loses at most that much work
+    # however long an epoch is; checked at the loop's sync points (every 25 steps)
+    checkpoint_minutes: float | None = 10.0
     compile: bool = False  # torch.compile the training forward/backward (first steps compile: minutes on a CPU)
     # The training forward: "fp32", "bf16" (autocast; weights, optimiser state and losses stay fp32) or
     # "auto": bf16 where the device has it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
@@ -293,6 +296,8 @@ def validate(config: Config) -> None:
     _require(config.train.max_steps is None or config.train.max_steps > 0, "train.max_steps must be > 0", config.train.max_steps)
     _require(config.train.checkpoint_every is None or config.train.checkpoint_every > 0,
              "train.checkpoint_every must be > 0", config.train.checkpoint_every)
+    _require(config.train.checkpoint_minutes is None or 0 < config.train.checkpoint_minutes < math.inf,
+             "train.checkpoint_minutes must be > 0 (or none)", config.train.checkpoint_minutes)
     device = config.train.device
     _require(device in ("auto", "cpu", "cuda") or device.startswith("cuda:"), "train.device must be auto, cpu, cuda or cuda:N", device)
 

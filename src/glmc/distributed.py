@@ -58,7 +58,12 @@ def start(device: str) -> tuple[Shard, str]:
         torch.cuda.set_device(local_rank)
         device = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        store, rank, world = next(dist.rendezvous("env://"))
+        # Keys of this attempt only: after a torchrun restart (--max-restarts) the store can still hold the
+        # failed attempt's addresses, and a rank that reads one cannot connect (seen with gloo here).
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", store=dist.PrefixStore(f"glmc/attempt-{attempt}", store),
+                                rank=rank, world_size=world)
     return Shard(dist.get_rank(), dist.get_world_size()), device
 
 
@@ -83,12 +88,26 @@ def sum_across(tensor: Tensor) -> Tensor:
     return tensor
 
 
+def gather_across(tensor: Tensor) -> Tensor:
+    """Every rank's `tensor`, stacked in rank order: world x ... (1 x ... in one process)."""
+    if not active():
+        return tensor[None]
+    parts = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
 def any_across(flag: bool, device: torch.device) -> bool:
     """True on every rank when `flag` is true on any rank."""
+    return any_across_each([flag], device)[0]
+
+
+def any_across_each(flags: Sequence[bool], device: torch.device) -> list[bool]:
+    """For each flag, True on every rank when it is true on any rank (one all-reduce for all of them)."""
     if not active():
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    return bool(sum_across(value).item() > 0)
+        return list(flags)
+    values = sum_across(torch.tensor([1.0 if flag else 0.0 for flag in flags], device=device))
+    return [bool(value > 0) for value in values.tolist()]
 
 
 def share_buffers(model: nn.Module) -> None:

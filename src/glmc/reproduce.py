@@ -27,15 +27,13 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
-from glmc.config import Config, build_config, flatten, parse_override
+from glmc.config import Config, build_config, parse_override
 from glmc.errors import ConfigError, GlmcError
 from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run
 
 TABLE_FILE = "table.md"
 TABLE_JSON = "table.json"
 SHOT_KEYS = ("many", "medium", "few")
-# What may differ between the machines a table's runs are continued on.
-MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device")
 
 
 # ---------------------------------------------------------------- tables as data
@@ -219,20 +217,11 @@ def run_status(folder: Path, config: Config) -> RunStatus:
     run = RunFolder(folder)
     if not run.holds_run():
         return RunStatus("to do", 0, epochs)
-    check_same_run(run, config)
+    run.require_same_run(config)
     from glmc.checkpoint import load_latest_good
 
     epoch = int(load_latest_good(run.last_checkpoint)["state"]["epoch"]) if run.has_checkpoint() else 0
     return RunStatus("partial", epoch, epochs)
-
-
-def check_same_run(run: RunFolder, config: Config) -> None:
-    """A folder this table trains holds this very run (machine-specific paths aside)."""
-    held = {k: v for k, v in flatten(run.read_config().to_dict()).items() if k not in MACHINE_KEYS}
-    wanted = {k: v for k, v in flatten(config.to_dict()).items() if k not in MACHINE_KEYS}
-    if held != wanted:
-        differing = sorted(key for key in set(held) | set(wanted) if held.get(key) != wanted.get(key))
-        raise GlmcError(f"{run.path} holds another run (differs in {', '.join(differing[:4])}); move it away or choose another --output")
 
 
 # ---------------------------------------------------------------- running
@@ -244,7 +233,7 @@ def train_run(folder: Path, config: Config, quiet: bool) -> None:
 
     run = RunFolder(folder)
     if run.holds_run():
-        check_same_run(run, config)
+        run.require_same_run(config)
     train(config, folder, resume=run.holds_run(), quiet=quiet)
 
 

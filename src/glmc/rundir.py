@@ -20,8 +20,8 @@ from typing import Mapping
 
 import yaml
 
-from glmc.checkpoint import checksum_path, previous_path, write_text_atomically
-from glmc.config import Config, dump_config, stored_config
+from glmc.checkpoint import checksum_path, disk_problem, previous_path, write_text_atomically
+from glmc.config import Config, dump_config, flatten, stored_config
 from glmc.errors import GlmcError
 
 CONFIG_FILE = "config.yaml"
@@ -33,6 +33,8 @@ BEST_CHECKPOINT = "checkpoint_best.pt"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 BEST_LABEL = "best epoch, selected on the test set"
+# What may differ between the machines (or restarts) a run is continued on: where and how it reads its data.
+MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device")
 
 
 class RunFolder:
@@ -81,6 +83,15 @@ class RunFolder:
             raise GlmcError(f"{self.path} holds no run to resume ({CONFIG_FILE} missing)")
         return stored_config(yaml.safe_load(path.read_text()), overrides)
 
+    def require_same_run(self, config: Config) -> None:
+        """Refuse, in one line, a folder that holds a run of another config (machine-specific keys aside)."""
+        held = {k: v for k, v in flatten(self.read_config().to_dict()).items() if k not in MACHINE_KEYS}
+        wanted = {k: v for k, v in flatten(config.to_dict()).items() if k not in MACHINE_KEYS}
+        if held != wanted:
+            differing = sorted(key for key in set(held) | set(wanted) if held.get(key) != wanted.get(key))
+            raise GlmcError(f"{self.path} holds another run (it differs in {', '.join(differing[:4])}); "
+                            "move it away or choose another output folder")
+
     def write_config(self, config: Config) -> None:
         write_text_atomically(self.path / CONFIG_FILE, dump_config(config))
 
@@ -92,8 +103,11 @@ class RunFolder:
         write_text_atomically(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
 
     def append_record(self, record: dict) -> None:
-        with open(self.path / METRICS_FILE, "a") as file:
-            file.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path / METRICS_FILE, "a") as file:
+                file.write(json.dumps(record) + "\n")
+        except OSError as error:
+            raise GlmcError(f"{disk_problem(error)} while appending to {self.path / METRICS_FILE}") from None
 
     def write_summary(self, summary: dict) -> None:
         write_text_atomically(self.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")

@@ -62,7 +62,8 @@ class RunState:
     best: dict | None = None  # the best evaluation record so far (test-selected)
     records: list[dict] = field(default_factory=list)
     skipped_steps: int = 0  # steps skipped for a non-finite loss (train.nonfinite=skip)
-    epoch_loss_totals: dict | None = None  # loss sums of the unfinished epoch, so its means survive a resume
+    # loss sums of the unfinished epoch, one per process (name -> W tensor), so its means survive a resume
+    epoch_loss_totals: dict | None = None
     epoch_loss_steps: int = 0
     unreadable: list[str] = field(default_factory=list)  # images (training or test) skipped as undecodable (data.unreadable=skip)
 
@@ -82,6 +83,7 @@ class Run:
     test_set: HeldOutBatches
     precision: str  # of the training forward, resolved: "fp32" or "bf16"
     eval_precision: str  # of the evaluation forward, resolved
+    data_digest: dict[str, str]  # the dataset's content digest when the run was built
     shard: Shard = SINGLE  # this process's rank among the torchrun processes
 
 
@@ -166,6 +168,7 @@ def build_run(config: Config, dataset: Dataset | None = None, shard: Shard = SIN
         test_set=dataset.test_set(config.data, train.eval_batch_size, device, shard),
         precision=precision,
         eval_precision=resolve_precision(config.eval.precision, device),
+        data_digest=dataset.content_digest(),
         shard=shard,
     )
 
@@ -192,13 +195,18 @@ def finished(state: RunState, config: Config) -> bool:
 
 
 class Clock:
-    """Training seconds over all sessions of a run: those before this one plus this one's."""
+    """Training seconds over all sessions of a run (those before this one plus this one's), and the
+    time since the last checkpoint."""
 
     def __init__(self, earlier: float) -> None:
         self.earlier, self.started = earlier, time.time()
+        self.saved_at = time.monotonic()
 
     def total(self) -> float:
         return self.earlier + time.time() - self.started
+
+    def checkpoint_due(self, minutes: float | None) -> bool:
+        return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
 
 
 @contextlib.contextmanager
@@ -233,7 +241,7 @@ def train_epoch(run: Run, state: RunState, folder: RunFolder, clock: Clock, stop
     config, epoch = run.config, state.epoch
     started = time.time()
     set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
-    meter = LossMeter(state.epoch_loss_totals, state.epoch_loss_steps)
+    meter = LossMeter(this_ranks_totals(state.epoch_loss_totals, run.shard), state.epoch_loss_steps)
     watch = NonFiniteWatch()
     steps_left = None if config.train.max_steps is None else config.train.max_steps - state.global_step
     total = len(run.loader) - state.step if steps_left is None else min(len(run.loader) - state.step, steps_left)
@@ -257,14 +265,16 @@ def train_epoch(run: Run, state: RunState, folder: RunFolder, clock: Clock, stop
             watch.check()
             if meter.steps:
                 bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
-        if stop_agreed(stop, run, sync_point):
+        stop_now, checkpoint_due = agreed(run, stop, clock, sync_point)
+        if stop_now:
             bar.close()
             save_last(run, state, folder, clock, watch, meter)
             signum = stop[0] if stop else signal.SIGTERM  # another rank was asked
             raise RunInterrupted(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {state.step}; "
                                  f"checkpoint saved, continue with: glmc train --resume {folder.path}", 128 + signum)
         every = config.train.checkpoint_every
-        if every is not None and state.global_step % every == 0 and state.step < len(run.loader):
+        step_due = every is not None and state.global_step % every == 0
+        if (checkpoint_due or step_due) and state.step < len(run.loader):  # the epoch's end checkpoints anyway
             save_last(run, state, folder, clock, watch, meter)
     bar.close()
     watch.check()
@@ -277,26 +287,53 @@ def train_epoch(run: Run, state: RunState, folder: RunFolder, clock: Clock, stop
     save_last(run, state, folder, clock, watch, LossMeter() if epoch_done else meter)
 
 
-def stop_agreed(stop: list[int], run: Run, sync_point: bool) -> bool:
-    """Whether to stop after this step: as soon as asked in one process; under torchrun, all ranks
-    together at the next sync point (every SYNC_EVERY steps and at the end of the epoch)."""
+def agreed(run: Run, stop: list[int], clock: Clock, sync_point: bool) -> tuple[bool, bool]:
+    """Whether to stop after this step, and whether a time-based checkpoint is due.
+
+    One process stops as soon as asked. Under torchrun all ranks decide both together at the
+    sync points (every SYNC_EVERY steps and at the end of an epoch), in one all-reduce. The clock
+    is read at sync points only.
+    """
+    due = sync_point and clock.checkpoint_due(run.config.train.checkpoint_minutes)
     if run.shard.world == 1:
-        return bool(stop)
-    return sync_point and distributed.any_across(bool(stop), run.device)
+        return bool(stop), due
+    if not sync_point:
+        return False, False
+    stop_now, due = distributed.any_across_each([bool(stop), due], run.device)
+    return stop_now, due
 
 
 def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
     """Checkpoint the run as it stands, with the loss sums of the unfinished epoch (rank 0 writes)."""
     watch.check()  # never checkpoint a model that has seen a non-finite loss
-    state.epoch_loss_totals, state.epoch_loss_steps = meter.totals, meter.steps
+    state.epoch_loss_totals = None if meter.totals is None else {
+        name: distributed.gather_across(value) for name, value in meter.totals.items()}  # every rank's, for an exact resume
+    state.epoch_loss_steps = meter.steps
     state.seconds = clock.total()
     note_unreadable(run, state)
     if run.shard.is_main:
         save_checkpoint(folder.last_checkpoint, payload(run, state, "last"), keep_previous=True)
+    clock.saved_at = time.monotonic()
 
 
 def payload(run: Run, state: RunState, kind: str) -> dict:
-    return training_payload(kind, run.config, run.dataset, run.model, run.optimizer, dataclasses.asdict(state))
+    return training_payload(kind, run.config, run.dataset, run.model, run.optimizer, dataclasses.asdict(state), run.data_digest)
+
+
+def this_ranks_totals(saved: dict | None, shard: Shard) -> dict | None:
+    """This rank's running loss sums from a checkpoint's per-process ones. Resumed on another number of
+    processes, rank 0 takes their sum (the epoch's means stay right; only the order of additions changes)."""
+    if saved is None:
+        return None
+    totals = {}
+    for name, value in saved.items():
+        if value.dim() == 0:  # checkpoints of glmc before per-process sums: one process
+            value = value[None]
+        if len(value) == shard.world:
+            totals[name] = value[shard.rank].clone()
+        else:
+            totals[name] = value.sum() if shard.is_main else torch.zeros_like(value[0])
+    return totals
 
 
 def note_unreadable(run: Run, state: RunState) -> None:
@@ -339,7 +376,8 @@ def log(quiet: bool, message: str) -> None:
 
 def restore(folder: RunFolder, run: Run) -> RunState:
     """The run's last good checkpoint loaded into its model and optimiser; returns its state."""
-    state = RunState(**restore_training(folder.last_checkpoint, run.config, run.dataset, run.model, run.optimizer))
+    state = RunState(**restore_training(folder.last_checkpoint, run.config, run.dataset, run.model, run.optimizer,
+                                        run.data_digest))
     if state.epoch_loss_totals is not None:
         state.epoch_loss_totals = {name: value.to(run.device) for name, value in state.epoch_loss_totals.items()}
     return state

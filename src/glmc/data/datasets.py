@@ -52,7 +52,7 @@ class Dataset:
 
     A subclass is a frozen dataclass with the fields `name`, `split`, `imbalance_factor`,
     `class_names`, `train_labels`, `test_labels`, `mean`, `std` and a `fingerprint`, and
-    implements the four methods below.
+    implements the methods below.
     """
 
     from_files: ClassVar[bool] = False  # decoded from image files by worker processes (else held in memory)
@@ -71,6 +71,11 @@ class Dataset:
 
     def input_size(self, config: DataConfig) -> tuple[int, int]:
         """Height and width of the images the model sees."""
+        raise NotImplementedError
+
+    def content_digest(self) -> dict[str, str]:
+        """A cheap digest of what the training and test images hold, `{"train": ..., "test": ...}`:
+        resume refuses data that changed under a run (the split fingerprint only names *which* images)."""
         raise NotImplementedError
 
     def test_resize(self, config: DataConfig) -> int | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -55,12 +56,23 @@ class InMemoryDataset(Dataset):
             raise GlmcError(f"dataset {self.name} has no validation set; its test set is the only held-out one")
         return DeviceTestSet(self.test_images, self.test_labels, Normalise(self.mean, self.std), batch_size, device, shard)
 
+    def content_digest(self) -> dict[str, str]:
+        """SHA-256 of the pixels and labels themselves (a re-encoded copy of CIFAR changes it)."""
+        return {"train": array_digest(self.train_images, self.train_labels), "test": array_digest(self.test_images, self.test_labels)}
+
     def input_size(self, config: DataConfig) -> tuple[int, int]:
         height, width = self.train_images.shape[-2:]
         return int(height), int(width)
 
     def test_resize(self, config: DataConfig) -> None:
         return None  # test images are used as they are
+
+
+def array_digest(*arrays: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(np.ascontiguousarray(array).data)
+    return "sha256:" + digest.hexdigest()
 
 
 class DeviceTestSet:

@@ -10,6 +10,7 @@ same crops for the views it does read.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator, Protocol, Sequence
 
 import torch
@@ -25,7 +26,7 @@ class Augment(Protocol):
     """A batched training view in two halves (glmc.augment.CifarAugment)."""
 
     def draw(self, n: int, generator: torch.Generator) -> object:
-        """The random parameters of n images' views."""
+        """The random parameters of n images' views: a dataclass of N x ... tensors (or None)."""
 
     def __call__(self, images: Tensor, params: object) -> Tensor:
         """images: N x C x H x W uint8 -> N x C x H x W float."""
@@ -36,7 +37,7 @@ class TwoStreamLoader:
 
     images: N x C x H x W uint8 and labels: N int64, both on the training device. `batch_size`
     is the global batch: with a `shard` of several ranks, each rank yields its slice of both
-    streams (glmc.distributed).
+    streams (glmc.distributed), augmented exactly as that slice of a single process's batch.
     """
 
     def __init__(
@@ -65,25 +66,36 @@ class TwoStreamLoader:
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[TwoStreamBatch]:
         """The batches of one epoch, from `start_step` on (for resuming mid-epoch)."""
         for draw in self.sampler.epoch(epoch, start_step):
-            uniform, resampled, generator = draw.uniform, draw.resampled, draw.generator
-            if self.shard.world > 1:  # every rank drew the same global batch; it augments its own slice
-                uniform, resampled = self.shard.take(uniform), self.shard.take(resampled)
-                generator = self.sampler.seeded(epoch, draw.step, self.shard.rank)
-            streams = [self._views(uniform, generator)]
+            streams = [self._views(draw.uniform, draw.generator)]
             if self.spec.resampled:
-                streams.append(self._views(resampled, generator))
+                streams.append(self._views(draw.resampled, draw.generator))
             yield TwoStreamBatch(uniform=streams[0], resampled=streams[1] if self.spec.resampled else None)
 
     def unreadable_paths(self) -> list[str]:
         return []  # pixels in memory are always readable
 
     def _views(self, indices: Tensor, generator: torch.Generator) -> StreamBatch:
-        images = self.images[indices]  # B x C x H x W uint8
+        """The stream's views of this rank's share of the global batch `indices`.
+
+        Every view's randomness is drawn for the whole global batch, in order, whatever the spec
+        and the number of ranks; a rank keeps its share of it. So an image's crops depend on
+        neither which views a method reads nor how many processes share the batch.
+        """
+        mine = self.shard.take(indices)
+        images = self.images[mine]  # b x C x H x W uint8
         views = {}
-        for view in VIEWS:  # every view's randomness is drawn, in order, so the others do not depend on the spec
-            params = self.augment.draw(len(indices), generator)
-            views[view] = self.augment(images, params) if view in self.spec.views else None
-        return StreamBatch(view1=views[1], view2=views[2], labels=self.labels[indices])
+        for view in VIEWS:
+            params = self.augment.draw(len(indices), generator)  # the global batch's
+            views[view] = self.augment(images, take_rows(params, self.shard)) if view in self.spec.views else None
+        return StreamBatch(view1=views[1], view2=views[2], labels=self.labels[mine])
+
+
+def take_rows(params: object, shard: Shard) -> object:
+    """This rank's rows of an augmentation's per-image parameters (a dataclass of N x ... tensors)."""
+    if shard.world == 1:
+        return params
+    return dataclasses.replace(params, **{f.name: None if getattr(params, f.name) is None else shard.take(getattr(params, f.name))
+                                          for f in dataclasses.fields(params)})
 
 
 def evaluation_batches(
