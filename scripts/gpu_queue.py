@@ -1,0 +1,326 @@
+"""The GPU campaign (README, Results): a whole GPU session's work from a bare machine, resumable across sessions.
+
+Here, on the development machine, before asking for the GPU:
+
+    python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz), the wheels the GPU image lacks, the commit
+
+On the GPU machine (the device tool's run, carry ["gpu"]), each a short call:
+
+    python3 scripts/gpu_queue.py start      # materialise CIFAR-10, start the queue in the background (setsid)
+    python3 scripts/gpu_queue.py status     # which item runs, its last lines, what is finished
+    python3 scripts/gpu_queue.py pack       # finished results as at most 8 files of at most 15 MiB under $OUT
+
+Back here, with the files the call returned:
+
+    python scripts/gpu_queue.py unpack FILES_AT   # -> results/; commit them (the next session skips them)
+
+The queue is the GPU campaign issue's list, in order. Every item is skipped when its results
+are already committed under results/, so each session advances it. Training goes through
+`glmc reproduce` (tables in src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item
+interrupted within a session resumes from its checkpoint when `start` is called again. What
+comes back is compact: summaries, metrics, configs, tables, logs and fp16 safetensors weights
+with their fp32 evaluation (`weights-eval.json`), never optimiser state.
+
+`GLMC_QUEUE_SMOKE=1` runs the same queue on the CPU (one-epoch ResNet-8 runs, 4-step benches,
+small images) to check the script itself without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "gpu"  # git-ignored; carried to the GPU machine
+sys.path[:0] = [str(ROOT / "src"), str(WORK / "site")]  # glmc from the checkout, no install; the carried wheels
+DATA = WORK / "data"  # cifar-10-batches-py/ after `start`
+CAMPAIGN = WORK / "campaign"  # reproduce outputs, one folder per table
+LOGS = WORK / "logs"
+SMOKE = os.environ.get("GLMC_QUEUE_SMOKE") == "1"
+RESULTS = (WORK / "smoke-results") if SMOKE else (ROOT / "results" / "gpu-campaign")  # a smoke check commits nothing
+NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+WHEELS = ["kornia", "kornia_rs"]  # what the GPU image lacks (device tool's KINDS.md lists the rest as present)
+COLLECTED = WORK / "collected.txt"  # what this machine added under RESULTS: what `pack` brings back
+PART_BYTES = 15 * 2**20
+MAX_FILES = 8
+
+
+def glmc(*args: str) -> list[str]:
+    return [sys.executable, "-m", "glmc", *args]
+
+
+def device() -> str:
+    return "cpu" if SMOKE else "cuda"
+
+
+@dataclass(frozen=True)
+class Item:
+    """One step of the campaign: commands run in order; done when every `marks` path exists under RESULTS."""
+
+    name: str
+    commands: list[list[str]]
+    marks: list[str] = field(default_factory=list)  # relative to RESULTS
+
+
+# the smoke check on a CPU: one epoch of the small ResNet-8 per run, small images for the large-image items
+SMOKE_RUN = ["--set", "train.epochs=1", "--set", "model.backbone=resnet8"] if SMOKE else []
+SMOKE_LARGE = ["train.batch_size=8", "data.image_size=64", "data.resize=72", "model.backbone=resnet10"] if SMOKE else []
+
+
+def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None) -> list[str]:
+    extra = SMOKE_RUN
+    only = [arg for row in rows for arg in ("--only", row)]
+    source = ["--tables", str(ROOT / "scripts" / tables)] if tables else []
+    return glmc("reproduce", table, *source, *only, "--seeds", str(seeds), "--output", str(CAMPAIGN / table),
+                "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *extra)
+
+
+def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA)) -> list[str]:
+    steps = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", "100", "--warmup", "20"]
+    extra = [arg for value in sets for arg in ("--set", value)]
+    return ["sh", "-c", " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *steps,
+                                      *extra, "--json")) + f" > {RESULTS / 'bench' / name}"]
+
+
+def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) -> str:
+    """Where a finished run's summary lands under RESULTS (the run folder `glmc reproduce` names)."""
+    from glmc.reproduce import Row
+
+    return f"{table}/{Row('', preset, overrides or {}).training}/seed-{seed}/summary.json"
+
+
+def queue() -> list[Item]:
+    photos = str(WORK / "photos")
+    return [
+        Item("1 bench", [
+            bench("cifar10-lt-if100", "gpu-cifar10-lt-if100.json"),
+            bench("cifar10-lt-if100", "gpu-cifar10-lt-if100-compiled.json", "train.compile=true"),
+            bench("cifar10-lt-if100-authors", "gpu-cifar10-lt-if100-authors.json"),
+            bench("cifar10-lt-if100-authors", "gpu-cifar10-lt-if100-authors-compiled.json", "train.compile=true"),
+            [sys.executable, "-c", f"from glmc.bench import write_photo_stand_ins; write_photo_stand_ins({photos!r}, files=512)"],
+            bench("imagenet-lt-authors", "gpu-imagenet-lt-authors.json", "data.dataset=folder", "data.workers=12",
+                  *SMOKE_LARGE, data_root=photos),
+        ], ["bench/gpu-cifar10-lt-if100.json", "bench/gpu-imagenet-lt-authors.json"]),
+        Item("2 authors IF100 + MaxNorm", [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm")],
+             [mark("glmc-cifar10-lt-authors", "cifar10-lt-if100-authors")]),
+        Item("3 standard IF100: GLMC, CE, Balanced Softmax",
+             [reproduce("cifar10-lt-standard", "GLMC IF100", "CE IF100", "Balanced Softmax IF100")],
+             [mark("cifar10-lt-standard", preset) for preset in
+              ("cifar10-lt-if100", "cifar10-lt-if100-ce", "cifar10-lt-if100-balanced-softmax")]),
+        Item("4 authors IF50, IF10", [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10")],
+             [mark("glmc-cifar10-lt-authors", "cifar10-lt-if50-authors"), mark("glmc-cifar10-lt-authors", "cifar10-lt-if10-authors")]),
+        Item("5 authors IF100 + SAM", [reproduce("gpu-campaign", "IF100 authors + SAM", tables="gpu_tables.yaml")],
+             [mark("gpu-campaign", "cifar10-lt-if100-authors", {"optim.sam_rho": 0.05})]),
+        Item("6 standard IF100 GLMC, seeds 1 and 2", [reproduce("cifar10-lt-standard", "GLMC IF100", seeds=3)],
+             [mark("cifar10-lt-standard", "cifar10-lt-if100", seed=seed) for seed in (1, 2)]),
+        Item("7 standard IF100 GLMC in fp32", [reproduce("gpu-campaign", "GLMC IF100 fp32", tables="gpu_tables.yaml")],
+             [mark("gpu-campaign", "cifar10-lt-if100", {"train.precision": "fp32"})]),
+        Item("8 ImageNet-LT: one-process NCCL torchrun smoke", [
+            ["sh", "-c", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=1 -m glmc train "
+                         f"--preset imagenet-lt-authors --set data.dataset=folder --data-root {photos} --device {device()} "
+                         f"--max-steps 10 --set data.workers=12 {' '.join('--set ' + v for v in SMOKE_LARGE)} --quiet "
+                         f"--output {WORK / 'nccl-smoke'} --resume-if-exists "
+                         f"> {LOGS / 'nccl-smoke.log'} 2>&1"],
+        ], ["nccl-smoke/summary.json"]),
+    ]
+
+
+# ---------------------------------------------------------------- here
+
+
+def prepare() -> int:
+    """gpu/: the CIFAR-10 npz, the wheels, the commit; all the GPU machine needs that is not in the checkout."""
+    WORK.mkdir(exist_ok=True)
+    shutil.copy2(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
+    shutil.copy2(NPZ / "materialize.py", WORK / "materialize.py")
+    wheels = WORK / "wheels"
+    wheels.mkdir(exist_ok=True)
+    platforms = [arg for tag in ("manylinux_2_28_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64")
+                 for arg in ("--platform", tag)]
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--python-version", "3.12",
+                    "--implementation", "cp", *platforms, "-d", str(wheels), *WHEELS], check=True)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
+    (WORK / "COMMIT").write_text(commit + ("-dirty" if dirty.strip() else "") + "\n")
+    size = sum(p.stat().st_size for p in WORK.rglob("*") if p.is_file())
+    print(f"gpu/ ready: {size / 2**20:.1f} MiB to carry (the limit is 64 MiB with the checkout), commit {commit[:12]}")
+    return 0
+
+
+def unpack(files_at: str) -> int:
+    """The parts `pack` wrote, joined and extracted into the checkout (results/...)."""
+    parts = sorted(Path(files_at).rglob("campaign.tar.gz.part*"))
+    if not parts:
+        print(f"no campaign.tar.gz.part* under {files_at}", file=sys.stderr)
+        return 2
+    joined = WORK / "campaign.tar.gz"
+    WORK.mkdir(exist_ok=True)
+    with open(joined, "wb") as out:
+        for part in parts:
+            out.write(part.read_bytes())
+    with tarfile.open(joined) as archive:
+        archive.extractall(ROOT, filter="data")
+    print(f"unpacked {len(parts)} parts into {RESULTS}; now write each run's RUN.md from its summary and commit")
+    return 0
+
+
+# ---------------------------------------------------------------- there
+
+
+def start() -> int:
+    """Put CIFAR-10 in place, then run the queue in a new process session (it outlives this command)."""
+    LOGS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "bench").mkdir(parents=True, exist_ok=True)
+    if not (DATA / "cifar-10-batches-py").is_dir():
+        subprocess.run([sys.executable, str(WORK / "materialize.py"), str(DATA)], check=True)
+    if running():
+        print("the queue is already running; `status` shows where it is")
+        return 0
+    env = {**os.environ, "PYTHONPATH": f"{ROOT / 'src'}:{WORK / 'site'}", "PYTHONUNBUFFERED": "1"}
+    wheels = sorted((WORK / "wheels").glob("*.whl"))
+    if wheels and not SMOKE and not (WORK / "site").is_dir():  # the smoke check runs in this venv, which has them
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
+                        "--target", str(WORK / "site"), *map(str, wheels)], check=True)
+    with open(LOGS / "queue.log", "a") as log:
+        process = subprocess.Popen([sys.executable, __file__, "run"], stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True)
+    (WORK / "queue.pid").write_text(str(process.pid))
+    print(f"queue started (pid {process.pid}); log {LOGS / 'queue.log'}")
+    return 0
+
+
+def running() -> bool:
+    pid_file = WORK / "queue.pid"
+    if not pid_file.is_file():
+        return False
+    try:
+        os.kill(int(pid_file.read_text()), 0)
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def run() -> int:
+    """The queue itself, in order; an item whose results are committed is skipped."""
+    for item in queue():
+        if item.marks and all((RESULTS / mark).exists() for mark in item.marks):
+            print(f"{time.strftime('%H:%M:%S')} skip {item.name}: its results are committed", flush=True)
+            continue
+        print(f"{time.strftime('%H:%M:%S')} start {item.name}", flush=True)
+        started = time.time()
+        for command in item.commands:
+            with open(LOGS / f"{item.name.split()[0]}.log", "a") as log:
+                log.write(f"$ {' '.join(command)}\n")
+                log.flush()
+                done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                print(f"{time.strftime('%H:%M:%S')} FAILED {item.name} ({done.returncode}): {' '.join(command)}", flush=True)
+                return done.returncode
+        collect(item)
+        note_collected(RESULTS / "bench", RESULTS / "nccl-smoke")
+        print(f"{time.strftime('%H:%M:%S')} done {item.name} in {time.time() - started:.0f} s", flush=True)
+    print(f"{time.strftime('%H:%M:%S')} queue finished", flush=True)
+    return 0
+
+
+COMPACT = ("summary.json", "metrics.jsonl", "config.yaml", "classes.txt", "checkpoint_last-fp16.safetensors",
+           "checkpoint_last-maxnorm.json", "checkpoint_last-maxnorm-fp16.safetensors")
+
+
+def note_collected(*paths: Path) -> None:
+    with open(COLLECTED, "a") as listing:
+        for path in paths:
+            for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
+                listing.write(f"{file.relative_to(ROOT)}\n")
+
+
+def collect(item: Item) -> None:
+    """Copy the compact part of every finished run (and the tables) from CAMPAIGN to RESULTS; evaluate the
+    fp16 weights in fp32 and record that top-1 beside them (`weights-eval.json`), which a test re-checks on a CPU."""
+    for summary in sorted(CAMPAIGN.glob("*/*/seed-*/summary.json")):
+        run = summary.parent
+        target = RESULTS / run.relative_to(CAMPAIGN)
+        target.mkdir(parents=True, exist_ok=True)
+        for name in COMPACT:
+            if (run / name).is_file():
+                shutil.copy2(run / name, target / name)
+        for weights in sorted(target.glob("*-fp16.safetensors")):
+            evaluation = weights.with_name(weights.name.replace(".safetensors", "-eval.json"))
+            if not evaluation.is_file():
+                done = subprocess.run(glmc("eval", str(weights), "--data-root", str(DATA), "--device", device(), "--json"),
+                                      capture_output=True, text=True)
+                if done.returncode == 0:
+                    evaluation.write_text(json.dumps({"weights": weights.name, "precision": "fp32", **json.loads(done.stdout)}) + "\n")
+        commit = (WORK / "COMMIT").read_text().strip() if (WORK / "COMMIT").is_file() else "unknown"
+        (target / "SOURCE.json").write_text(json.dumps({"commit": commit, "run_folder": str(run.relative_to(CAMPAIGN)),
+                                                         "item": item.name}) + "\n")
+        note_collected(target)
+    for table in sorted(CAMPAIGN.glob("*/table.*")):
+        (RESULTS / table.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(table, RESULTS / table.relative_to(CAMPAIGN))
+        note_collected(RESULTS / table.relative_to(CAMPAIGN))
+    if item.name.startswith("8") and (WORK / "nccl-smoke" / "summary.json").is_file():
+        (RESULTS / "nccl-smoke").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(WORK / "nccl-smoke" / "summary.json", RESULTS / "nccl-smoke" / "summary.json")
+
+
+def status() -> int:
+    print("queue:", "running" if running() else "not running")
+    log = LOGS / "queue.log"
+    if log.is_file():
+        print("".join(log.read_text().splitlines(keepends=True)[-12:]), end="")
+    for item in queue():
+        done = item.marks and all((RESULTS / mark).exists() for mark in item.marks)
+        print(f"  {'done' if done else 'todo'}  {item.name}")
+    for bench_file in sorted((RESULTS / "bench").glob("gpu-*.json")):
+        bench = json.loads(bench_file.read_text() or "{}")
+        if "ms_per_step" in bench:
+            minutes = bench["ms_per_step"] * bench["steps_per_epoch"] * 200 / 60000
+            print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {minutes:.1f} min of steps")
+    return 0
+
+
+def pack() -> int:
+    """What this machine added under results/gpu-campaign, plus the logs, as a tar.gz cut into parts for $OUT."""
+    out = Path(os.environ.get("OUT", WORK / "out"))
+    out.mkdir(parents=True, exist_ok=True)
+    archive = WORK / "campaign.tar.gz"
+    added = sorted(set(COLLECTED.read_text().split())) if COLLECTED.is_file() else []
+    with tarfile.open(archive, "w:gz") as tar:
+        for relative in added:
+            if (ROOT / relative).is_file():
+                tar.add(ROOT / relative, arcname=relative)
+        if LOGS.is_dir():
+            tar.add(LOGS, arcname=str((RESULTS / "logs").relative_to(ROOT)))
+    data = archive.read_bytes()
+    parts = [data[start : start + PART_BYTES] for start in range(0, len(data), PART_BYTES)]
+    if len(parts) > MAX_FILES:
+        print(f"{len(data) / 2**20:.0f} MiB is more than {MAX_FILES} parts: commit some results, then pack again",
+              file=sys.stderr)
+        return 2
+    for index, part in enumerate(parts):
+        (out / f"campaign.tar.gz.part{index:02d}").write_bytes(part)
+    print(f"packed {len(data) / 2**20:.1f} MiB in {len(parts)} parts under {out}")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["prepare", "start", "run", "status", "pack", "unpack"])
+    parser.add_argument("files_at", nargs="?", help="unpack: the folder the device tool returned the parts in")
+    args = parser.parse_args()
+    if args.command == "unpack":
+        return unpack(args.files_at or ".")
+    return {"prepare": prepare, "start": start, "run": run, "status": status, "pack": pack}[args.command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""Every committed result's weights re-evaluated on this CPU: the recorded top-1 holds to 0.05 points.
+
+A committed run under results/ carries its final weights as fp16 safetensors and, beside them,
+`<weights>-eval.json`: the top-1 of that very file evaluated in fp32 where it was made (a GPU for
+the campaign, this CPU for the CPU runs). Skipped without the real CIFAR-10.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from glmc.checkpoint import load_checkpoint
+from glmc.evaluation import evaluate_checkpoint
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+EVALUATIONS = sorted(RESULTS.rglob("*-eval.json"))
+
+
+def test_every_committed_weights_file_has_its_evaluation():
+    for weights in RESULTS.rglob("*-fp16.safetensors"):
+        assert weights.with_name(weights.name.replace(".safetensors", "-eval.json")).is_file(), weights
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+@pytest.mark.parametrize("evaluation", EVALUATIONS, ids=[str(p.relative_to(RESULTS)) for p in EVALUATIONS])
+def test_committed_weights_reproduce_their_recorded_top1_on_the_cpu(evaluation, cifar10_root):
+    recorded = json.loads(evaluation.read_text())
+    weights = evaluation.with_name(recorded["weights"])
+    dataset = load_checkpoint(weights)["config"]["data"]["dataset"]
+    if dataset != "cifar10-lt":
+        pytest.skip(f"{weights} was trained on {dataset}; only CIFAR-10 is here")
+    metrics = evaluate_checkpoint(str(weights), data_root=str(cifar10_root), device="cpu")
+    assert metrics.top1 == pytest.approx(recorded["top1"], abs=0.05)
