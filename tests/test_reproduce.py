@@ -147,3 +147,12 @@ def test_killed_in_the_second_row_the_same_command_ends_with_the_same_table(quic
         return [{k: v for k, v in row.items() if k != "runs"} for row in json.loads((folder / "table.json").read_text())["rows"]]
 
     assert metrics(output) == metrics(quickstart_table)
+
+
+def test_jobs_train_runs_side_by_side_in_worker_processes(tmp_path, capsys):
+    output = tmp_path / "jobs"
+    assert reproduce("quickstart", "--output", str(output), "--only", "GLMC", "--seeds", "2", "--jobs", "2", *SMOKE) == 0
+    row = json.loads((output / "table.json").read_text())["rows"][0]
+    assert row["n"] == 2 and row["seeds_done"] == [0, 1]
+    seeds = {json.loads((Path(run) / "summary.json").read_text())["config"]["train"]["seed"] for run in row["runs"]}
+    assert seeds == {0, 1}
