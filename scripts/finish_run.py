@@ -1,0 +1,71 @@
+"""Turn a finished run folder into a committed result: its records, compact weights and report.
+
+    python scripts/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
+
+DEST gets summary.json, metrics.jsonl, config.yaml and classes.txt from RUN_DIR; the final weights
+as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with
+their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests/test_results.py
+re-checks to 0.05 points); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
+says how the run was made, is the author's to write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+RECORDS = ("summary.json", "metrics.jsonl", "config.yaml", "classes.txt")
+WEIGHTS = "checkpoint_last-fp16.safetensors"
+
+
+def glmc(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "glmc", *args], check=True, stdout=subprocess.PIPE, text=True)
+
+
+def copy_records(run: Path, dest: Path) -> None:
+    if not (run / "summary.json").is_file():
+        raise SystemExit(f"{run} has no summary.json: the run has not finished (resume it with glmc train --resume {run})")
+    for name in RECORDS:
+        if (run / name).is_file():
+            shutil.copy2(run / name, dest / name)
+
+
+def export_and_evaluate(run: Path, dest: Path, data_root: str, device: str) -> dict:
+    weights = dest / WEIGHTS
+    glmc("export", str(run / "checkpoint_last.pt"), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
+    metrics = json.loads(glmc("eval", str(weights), "--data-root", data_root, "--device", device, "--json").stdout)
+    evaluation = {"weights": WEIGHTS, "precision": "fp32", **metrics}
+    weights.with_name(WEIGHTS.replace(".safetensors", "-eval.json")).write_text(json.dumps(evaluation) + "\n")
+    return evaluation
+
+
+def copy_report(run: Path, dest: Path, data_root: str, device: str) -> None:
+    report = dest / "report"
+    glmc("report", str(run), "--output", str(report), "--data-root", data_root, "--device", device)
+    for path in report.iterdir():
+        if path.suffix != ".png":  # report.html embeds the same pictures
+            path.unlink() if path.is_file() else shutil.rmtree(path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path)
+    parser.add_argument("dest", type=Path)
+    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    args.dest.mkdir(parents=True, exist_ok=True)
+    copy_records(args.run, args.dest)
+    evaluation = export_and_evaluate(args.run, args.dest, args.data_root, args.device)
+    copy_report(args.run, args.dest, args.data_root, args.device)
+    final = json.loads((args.dest / "summary.json").read_text())["final"]
+    print(f"{args.dest}: final top-1 {final['top1']:.2f} in training, {evaluation['top1']:.2f} from the fp16 weights in fp32")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
