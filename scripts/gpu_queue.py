@@ -51,6 +51,7 @@ WHEELS = ["kornia", "kornia_rs"]  # what the GPU image lacks (device tool's KIND
 COLLECTED = WORK / "collected.txt"  # what this machine added under RESULTS: what `pack` brings back
 PART_BYTES = 15 * 2**20
 MAX_FILES = 8
+CARRY_LIMIT = 64 * 2**20  # what the device tool carries: the checkout and the carried folders together
 
 
 def glmc(*args: str) -> list[str]:
@@ -151,8 +152,23 @@ def prepare() -> int:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
     (WORK / "COMMIT").write_text(commit + ("-dirty" if dirty.strip() else "") + "\n")
     size = sum(p.stat().st_size for p in WORK.rglob("*") if p.is_file())
-    print(f"gpu/ ready: {size / 2**20:.1f} MiB to carry (the limit is 64 MiB with the checkout), commit {commit[:12]}")
+    checkout = checkout_files()
+    total = size + sum(checkout.values())
+    print(f"gpu/ ready: {size / 2**20:.1f} MiB to carry, {total / 2**20:.1f} MiB with the checkout, commit {commit[:12]}")
+    if total > CARRY_LIMIT:
+        largest = sorted(checkout.items(), key=lambda item: -item[1])[:5]
+        print(f"that is over the device's {CARRY_LIMIT / 2**20:.0f} MiB: move large files out of the checkout for the "
+              "GPU session (a partial run's checkpoint under results/ can resume from runs/, which is ignored); largest: "
+              + ", ".join(f"{path} ({bytes_ / 2**20:.1f} MiB)" for path, bytes_ in largest), file=sys.stderr)
+        return 1
     return 0
+
+
+def checkout_files() -> dict[str, int]:
+    """What the device copies of the checkout: tracked files and untracked ones git does not ignore, with their sizes."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout
+    return {name: (ROOT / name).stat().st_size for name in listed.split("\0") if name and (ROOT / name).is_file()}
 
 
 def unpack(files_at: str) -> int:

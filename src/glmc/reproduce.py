@@ -355,7 +355,10 @@ def summarise(plan: Plan) -> dict:
         done, missing = {}, []
         for seed in plan.seeds[row.name]:
             result = seed_metrics(plan.folder(row, seed), row)
-            (done.__setitem__(seed, result) if result else missing.append(seed))
+            if result:
+                done[seed] = result
+            else:
+                missing.append(seed)
         finals = [final for final, _, _ in done.values()]
         top1 = [final["top1"] for final in finals]
         entry = {
