@@ -18,6 +18,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glmc.export import write_evaluation
+
 RECORDS = ("summary.json", "metrics.jsonl", "config.yaml", "classes.txt")
 WEIGHTS = "checkpoint_last-fp16.safetensors"
 
@@ -37,10 +39,8 @@ def copy_records(run: Path, dest: Path) -> None:
 def export_and_evaluate(run: Path, dest: Path, data_root: str, device: str) -> dict:
     weights = dest / WEIGHTS
     glmc("export", str(run / "checkpoint_last.pt"), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
-    metrics = json.loads(glmc("eval", str(weights), "--data-root", data_root, "--device", device, "--json").stdout)
-    evaluation = {"weights": WEIGHTS, "precision": "fp32", **metrics}
-    weights.with_name(WEIGHTS.replace(".safetensors", "-eval.json")).write_text(json.dumps(evaluation) + "\n")
-    return evaluation
+    return write_evaluation(weights, json.loads(glmc("eval", str(weights), "--data-root", data_root, "--device", device,
+                                                    "--json").stdout))
 
 
 def copy_report(run: Path, dest: Path, data_root: str, device: str) -> None:

@@ -261,6 +261,8 @@ def note_collected(*paths: Path) -> None:
 def collect(item: Item) -> None:
     """Copy the compact part of every finished run (and the tables) from CAMPAIGN to RESULTS; evaluate the
     fp16 weights in fp32 and record that top-1 beside them (`weights-eval.json`), which a test re-checks on a CPU."""
+    from glmc.export import evaluation_path, write_evaluation  # installed by `start` on the GPU machine
+
     for summary in sorted(CAMPAIGN.glob("*/*/seed-*/summary.json")):
         run = summary.parent
         target = RESULTS / run.relative_to(CAMPAIGN)
@@ -269,12 +271,11 @@ def collect(item: Item) -> None:
             if (run / name).is_file():
                 shutil.copy2(run / name, target / name)
         for weights in sorted(target.glob("*-fp16.safetensors")):
-            evaluation = weights.with_name(weights.name.replace(".safetensors", "-eval.json"))
-            if not evaluation.is_file():
+            if not evaluation_path(weights).is_file():
                 done = subprocess.run(glmc("eval", str(weights), "--data-root", str(DATA), "--device", device(), "--json"),
                                       capture_output=True, text=True)
                 if done.returncode == 0:
-                    evaluation.write_text(json.dumps({"weights": weights.name, "precision": "fp32", **json.loads(done.stdout)}) + "\n")
+                    write_evaluation(weights, json.loads(done.stdout))
         commit = (WORK / "COMMIT").read_text().strip() if (WORK / "COMMIT").is_file() else "unknown"
         (target / "SOURCE.json").write_text(json.dumps({"commit": commit, "run_folder": str(run.relative_to(CAMPAIGN)),
                                                          "item": item.name}) + "\n")

@@ -14,6 +14,7 @@ import pytest
 
 from glmc.checkpoint import load_checkpoint
 from glmc.evaluation import evaluate_checkpoint
+from glmc.export import evaluation_path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 EVALUATIONS = sorted(RESULTS.rglob("*-eval.json"))
@@ -21,7 +22,7 @@ EVALUATIONS = sorted(RESULTS.rglob("*-eval.json"))
 
 def test_every_committed_weights_file_has_its_evaluation():
     for weights in RESULTS.rglob("*-fp16.safetensors"):
-        assert weights.with_name(weights.name.replace(".safetensors", "-eval.json")).is_file(), weights
+        assert evaluation_path(weights).is_file(), weights
 
 
 @pytest.mark.slow

@@ -182,9 +182,8 @@ def run_train(args: argparse.Namespace) -> int:
             raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     resume = bool(args.resume)
-    if args.resume_if_exists and RunFolder(output).holds_run():
-        RunFolder(output).require_same_run(config)  # a restarted torchrun job, not a clash with another run
-        resume = True
+    if args.resume_if_exists and RunFolder(output).holds_this_run(config):
+        resume = True  # a restarted torchrun job, not a clash with another run
     train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run folder: {output}")

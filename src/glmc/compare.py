@@ -9,18 +9,17 @@ table then says so.
 
 from __future__ import annotations
 
-import os
 import dataclasses
 import json
+import os
 import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-
 from glmc.config import flatten
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
-from glmc.rundir import BEST_LABEL, SUMMARY_FILE, load_run
+from glmc.rundir import BEST_LABEL, MACHINE_KEYS, SUMMARY_FILE, load_run
 
 SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
 
@@ -150,7 +149,7 @@ def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
 
 
 # keys that differ between runs of one setting: the seed, and where and how the data was read
-SEED_FREE = {"train.seed", "data.data_root", "data.download", "data.workers", "train.device"}
+SEED_FREE = {"train.seed", *MACHINE_KEYS}
 
 
 def aggregate_seeds(rows: Sequence[RunRow]) -> list[RunRow]:

@@ -17,6 +17,7 @@ import json
 import os
 import warnings
 from pathlib import Path
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +79,20 @@ def load_weights(path: str | os.PathLike) -> dict:
     payload = {key: json.loads(metadata[key]) for key in METADATA_KEYS if key in metadata}
     payload["model"] = {name: value.float() if value.is_floating_point() else value for name, value in tensors.items()}
     return payload
+
+
+def evaluation_path(weights: str | os.PathLike) -> Path:
+    """Where the fp32 evaluation of a weights file is recorded: `<name>-eval.json` beside it."""
+    weights = Path(weights)
+    return weights.with_name(weights.name.replace(".safetensors", "-eval.json"))
+
+
+def write_evaluation(weights: str | os.PathLike, metrics: Mapping) -> dict:
+    """Record `metrics` (`glmc eval --json` of `weights`, evaluated in fp32) beside the weights file, the
+    record tests/test_results.py re-checks on a CPU."""
+    record = {"weights": Path(weights).name, "precision": "fp32", **metrics}
+    evaluation_path(weights).write_text(json.dumps(record) + "\n")
+    return record
 
 
 class PredictionPath(nn.Module):

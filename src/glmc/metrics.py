@@ -266,19 +266,23 @@ class ConfusionCounter:
             self.top5_correct = torch.zeros((), dtype=torch.int64, device=device)
             self.bins = torch.zeros(self.num_classes, ECE_BINS, 3, dtype=torch.float64, device=device)
             self.nll_sum = torch.zeros((), dtype=torch.float64, device=device)
-        counts = sum_over_ranks(torch.cat([self.confusion.flatten(), self.top5_correct.view(1)]))
-        self.confusion, self.top5_correct = counts[:-1].view(self.num_classes, self.num_classes), counts[-1]
-        sums = sum_over_ranks(torch.cat([self.bins.flatten(), self.nll_sum.view(1)]))
-        self.bins, self.nll_sum = sums[:-1].view(self.num_classes, ECE_BINS, 3), sums[-1]
+        k = self.num_classes
+        sums = sum_over_ranks(self._flat())  # one all-reduce for every count
+        self.confusion, self.top5_correct = sums[: k * k].round().long().view(k, k), sums[k * k].round().long()
+        self.bins, self.nll_sum = sums[k * k + 1 : -1].view(k, ECE_BINS, 3), sums[-1]
+
+    def _flat(self) -> Tensor:
+        """Every count in one float64 vector: confusion (K*K), top-5 hits, calibration bins (K*ECE_BINS*3),
+        NLL sum. Counts below 2^53 are exact in float64."""
+        return torch.cat([self.confusion.flatten().double(), self.top5_correct.double().view(1), self.bins.flatten(),
+                          self.nll_sum.view(1)])
 
     def finish(self, class_counts: Sequence[int], shot_bounds: ShotBounds | str = STANDARD) -> Metrics:
         """The metrics of everything counted so far; `class_counts` are the training counts."""
         if self.confusion is None:
             raise ValueError("no batches were counted")
         k = self.num_classes
-        # one transfer; counts below 2^53 are exact in float64
-        values = torch.cat([self.confusion.flatten().double(), self.top5_correct.double().view(1), self.bins.flatten(),
-                            self.nll_sum.view(1)]).cpu().numpy()
+        values = self._flat().cpu().numpy()  # one transfer
         confusion = values[: k * k].reshape(k, k).round().astype(np.int64)
         bins = values[k * k + 1 : -1].reshape(k, ECE_BINS, 3)
         calibration = CalibrationCounts(bins[..., 0], bins[..., 1], bins[..., 2], float(values[-1]))

@@ -215,9 +215,8 @@ def run_status(folder: Path, config: Config) -> RunStatus:
         if int(done["final"]["epoch"]) >= int(done["epochs"]):
             return RunStatus("done", int(done["epochs"]), int(done["epochs"]))
     run = RunFolder(folder)
-    if not run.holds_run():
+    if not run.holds_this_run(config):
         return RunStatus("to do", 0, epochs)
-    run.require_same_run(config)
     from glmc.checkpoint import load_latest_good
 
     epoch = int(load_latest_good(run.last_checkpoint)["state"]["epoch"]) if run.has_checkpoint() else 0
@@ -231,10 +230,7 @@ def train_run(folder: Path, config: Config, quiet: bool) -> None:
     """Train, or continue, the run in `folder` in this process."""
     from glmc.trainer import train
 
-    run = RunFolder(folder)
-    if run.holds_run():
-        run.require_same_run(config)
-    train(config, folder, resume=run.holds_run(), quiet=quiet)
+    train(config, folder, resume=RunFolder(folder).holds_this_run(config), quiet=quiet)
 
 
 def train_command(folder: Path, row: Row, seed: int, plan: Plan) -> list[str]:

@@ -92,6 +92,14 @@ class RunFolder:
             raise GlmcError(f"{self.path} holds another run (it differs in {', '.join(differing[:4])}); "
                             "move it away or choose another output folder")
 
+    def holds_this_run(self, config: Config) -> bool:
+        """True when the folder holds a run of `config` (to continue), False when it holds none; a run
+        of another config is refused (`require_same_run`)."""
+        if not self.holds_run():
+            return False
+        self.require_same_run(config)
+        return True
+
     def write_config(self, config: Config) -> None:
         write_text_atomically(self.path / CONFIG_FILE, dump_config(config))
 

@@ -208,6 +208,9 @@ class Clock:
     def checkpoint_due(self, minutes: float | None) -> bool:
         return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
 
+    def mark_saved(self) -> None:
+        self.saved_at = time.monotonic()
+
 
 @contextlib.contextmanager
 def stop_requests() -> Iterator[list[int]]:
@@ -313,7 +316,7 @@ def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch:
     note_unreadable(run, state)
     if run.shard.is_main:
         save_checkpoint(folder.last_checkpoint, payload(run, state, "last"), keep_previous=True)
-    clock.saved_at = time.monotonic()
+    clock.mark_saved()
 
 
 def payload(run: Run, state: RunState, kind: str) -> dict:
