@@ -2,11 +2,12 @@
 
     python scripts/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
 
-DEST gets summary.json, metrics.jsonl, config.yaml and classes.txt from RUN_DIR; the final weights
+DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jsonl from RUN_DIR; the final weights
 as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with
 their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests/test_results.py
 re-checks to 0.05 points); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
-says how the run was made, is the author's to write.
+says how the run was made, is the author's to write; the script prints the table of the run's
+sessions (one per `glmc train` that worked on it) for it.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from glmc.export import write_evaluation
-
-RECORDS = ("summary.json", "metrics.jsonl", "config.yaml", "classes.txt")
-WEIGHTS = "checkpoint_last-fp16.safetensors"
+from glmc.export import compact_path, write_evaluation
+from glmc.report import SESSION_HEADER, session_rows
+from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES, RunFolder
 
 
 def glmc(*args: str) -> subprocess.CompletedProcess:
@@ -31,14 +31,14 @@ def glmc(*args: str) -> subprocess.CompletedProcess:
 def copy_records(run: Path, dest: Path) -> None:
     if not (run / "summary.json").is_file():
         raise SystemExit(f"{run} has no summary.json: the run has not finished (resume it with glmc train --resume {run})")
-    for name in RECORDS:
+    for name in RECORD_FILES:
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
 
 
 def export_and_evaluate(run: Path, dest: Path, data_root: str, device: str) -> dict:
-    weights = dest / WEIGHTS
-    glmc("export", str(run / "checkpoint_last.pt"), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
+    weights = dest / compact_path(LAST_CHECKPOINT).name
+    glmc("export", str(run / LAST_CHECKPOINT), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
     return write_evaluation(weights, json.loads(glmc("eval", str(weights), "--data-root", data_root, "--device", device,
                                                     "--json").stdout))
 
@@ -49,6 +49,11 @@ def copy_report(run: Path, dest: Path, data_root: str, device: str) -> None:
     for path in report.iterdir():
         if path.suffix != ".png":  # report.html embeds the same pictures
             path.unlink() if path.is_file() else shutil.rmtree(path)
+
+
+def sessions_markdown(run: Path) -> str:
+    rows = [SESSION_HEADER, ["---"] * len(SESSION_HEADER), *session_rows(RunFolder(run).read_sessions())]
+    return "\n".join("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
 
 
 def main() -> int:
@@ -64,6 +69,8 @@ def main() -> int:
     copy_report(args.run, args.dest, args.data_root, args.device)
     final = json.loads((args.dest / "summary.json").read_text())["final"]
     print(f"{args.dest}: final top-1 {final['top1']:.2f} in training, {evaluation['top1']:.2f} from the fp16 weights in fp32")
+    if (args.run / "sessions.jsonl").is_file():
+        print(f"\nthe run's sessions, for RUN.md:\n\n{sessions_markdown(args.run)}")
     return 0
 
 

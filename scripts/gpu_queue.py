@@ -247,8 +247,15 @@ def run() -> int:
     return 0
 
 
-COMPACT = ("summary.json", "metrics.jsonl", "config.yaml", "classes.txt", "checkpoint_last-fp16.safetensors",
-           "checkpoint_last-maxnorm.json", "checkpoint_last-maxnorm-fp16.safetensors")
+def compact_files() -> tuple[str, ...]:
+    """What comes back of a finished run: its records, and its weights (and those of its MaxNorm-calibrated
+    checkpoint, with that calibration's metrics) as fp16 safetensors; never optimiser state."""
+    from glmc.calibration import default_output, metrics_path
+    from glmc.export import compact_path
+    from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES
+
+    maxnorm = default_output(LAST_CHECKPOINT, "maxnorm")
+    return (*RECORD_FILES, compact_path(LAST_CHECKPOINT).name, metrics_path(maxnorm).name, compact_path(maxnorm).name)
 
 
 def note_collected(*paths: Path) -> None:
@@ -261,16 +268,16 @@ def note_collected(*paths: Path) -> None:
 def collect(item: Item) -> None:
     """Copy the compact part of every finished run (and the tables) from CAMPAIGN to RESULTS; evaluate the
     fp16 weights in fp32 and record that top-1 beside them (`weights-eval.json`), which a test re-checks on a CPU."""
-    from glmc.export import evaluation_path, write_evaluation  # installed by `start` on the GPU machine
+    from glmc.export import COMPACT_SUFFIX, evaluation_path, write_evaluation  # installed by `start` on the GPU machine
 
     for summary in sorted(CAMPAIGN.glob("*/*/seed-*/summary.json")):
         run = summary.parent
         target = RESULTS / run.relative_to(CAMPAIGN)
         target.mkdir(parents=True, exist_ok=True)
-        for name in COMPACT:
+        for name in compact_files():
             if (run / name).is_file():
                 shutil.copy2(run / name, target / name)
-        for weights in sorted(target.glob("*-fp16.safetensors")):
+        for weights in sorted(target.glob("*" + COMPACT_SUFFIX)):
             if not evaluation_path(weights).is_file():
                 done = subprocess.run(glmc("eval", str(weights), "--data-root", str(DATA), "--device", device(), "--json"),
                                       capture_output=True, text=True)

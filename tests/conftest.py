@@ -146,3 +146,14 @@ def write_image_tree(root: Path, train_counts=(9, 5, 3), test_per_class: int = 3
     for part in ("train", "test"):
         (root / f"{part}.txt").write_text("".join(f"{path} {label}\n" for path, label in entries[part]))
     return {"corrupt": corrupt, **entries}
+
+
+# ---------------------------------------------------------------- torchrun
+
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+
+
+def torchrun_command(*target: str, processes: int = 2, restarts: int = 0) -> list[str]:
+    """torchrun of `target` (a script, or "-m", a module and its arguments) in `processes` CPU processes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+            f"--max-restarts={restarts}", *target]

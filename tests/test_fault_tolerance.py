@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import glmc.trainer
-from conftest import write_image_tree
+from conftest import TORCHRUN_ENV, torchrun_command, write_image_tree
 from glmc.augment import CifarAugment, Normalise
 from glmc.checkpoint import check_same_data, load_checkpoint, load_latest_good
 from glmc.cli import main
@@ -33,12 +33,8 @@ DDP_ARGS = ["--preset", "quickstart", "--epochs", "2", "--batch-size", "32", "--
             "--set", "train.checkpoint_every=5", "--quiet", "--resume-if-exists"]
 
 
-def torchrun_command(*args: str, processes: int = 2, restarts: int = 0) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-            f"--max-restarts={restarts}", "-m", "glmc", "train", *args]
-
-
-THREADS = {**os.environ, "OMP_NUM_THREADS": "1"}
+def torchrun_train(*args: str, processes: int = 2, restarts: int = 0) -> list[str]:
+    return torchrun_command("-m", "glmc", "train", *args, processes=processes, restarts=restarts)
 
 
 def progress(run: Path) -> int:
@@ -68,7 +64,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def two_process_reference(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("elastic") / "reference"
-    done = subprocess.run(torchrun_command(*DDP_ARGS, "--output", str(output)), capture_output=True, text=True, env=THREADS)
+    done = subprocess.run(torchrun_train(*DDP_ARGS, "--output", str(output)), capture_output=True, text=True, env=TORCHRUN_ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     return output
 
@@ -79,8 +75,8 @@ def two_process_reference(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_a_rank_killed_under_max_restarts_ends_like_an_uninterrupted_run(two_process_reference, tmp_path):
     run = tmp_path / "killed"
-    process = subprocess.Popen(torchrun_command(*DDP_ARGS, "--output", str(run), restarts=1),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=THREADS)
+    process = subprocess.Popen(torchrun_train(*DDP_ARGS, "--output", str(run), restarts=1),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     chooser = random.Random(20261123)
     wait_for(run, chooser.randrange(6, 60), process)
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
@@ -101,8 +97,8 @@ def test_a_full_disk_during_an_elastic_restart_keeps_the_previous_checkpoint(tmp
         pytest.skip("cannot mount a tmpfs here")
     try:
         run = disk / "run"
-        process = subprocess.Popen(torchrun_command(*DDP_ARGS, "--output", str(run), restarts=1),
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=THREADS)
+        process = subprocess.Popen(torchrun_train(*DDP_ARGS, "--output", str(run), restarts=1),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
         wait_for(run, 5, process)
         kept = load_latest_good(run / "checkpoint_last.pt")["state"]["global_step"]
         with contextlib.suppress(OSError), open(disk / "filler", "wb") as filler:  # fill the disk ...
@@ -185,16 +181,16 @@ def test_shards_of_the_in_memory_loader_are_the_single_process_batch_pixel_for_p
 @pytest.mark.parametrize("first, then", [(2, 1), (1, 2)])
 def test_a_run_continues_on_another_number_of_processes(two_process_reference, tmp_path, first, then):
     run = tmp_path / f"{first}-then-{then}"
-    start = (torchrun_command(*DDP_ARGS, "--output", str(run), processes=2) if first == 2 else
+    start = (torchrun_train(*DDP_ARGS, "--output", str(run), processes=2) if first == 2 else
              [sys.executable, "-m", "glmc", "train", *DDP_ARGS, "--output", str(run)])
-    process = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=THREADS)
+    process = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     wait_for(run, 45, process)  # into the second epoch: one evaluation recorded
     process.send_signal(signal.SIGTERM)  # torchrun passes it on; every rank saves and stops
     process.communicate(timeout=300)
     stopped_at = progress(run)
-    command = (torchrun_command(*DDP_ARGS, "--output", str(run), processes=2) if then == 2 else
+    command = (torchrun_train(*DDP_ARGS, "--output", str(run), processes=2) if then == 2 else
                [sys.executable, "-m", "glmc", "train", *DDP_ARGS, "--output", str(run)])
-    done = subprocess.run(command, capture_output=True, text=True, env=THREADS)
+    done = subprocess.run(command, capture_output=True, text=True, env=TORCHRUN_ENV)
     assert done.returncode == 0, done.stderr[-2000:]
     summary, reference = json.loads((run / "summary.json").read_text()), json.loads((two_process_reference / "summary.json").read_text())
     assert summary["steps"] == reference["steps"] == 78 and summary["processes"] == then and 39 <= stopped_at < 78

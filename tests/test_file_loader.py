@@ -16,7 +16,6 @@ from PIL import Image
 from conftest import IMAGE_CLASSES, write_image_tree
 from glmc.augment import CifarAugment, ImageNetColour, Normalise, blur_kernel_size
 from glmc.cli import main
-from glmc.data.datasets import DataConfig, create_dataset
 from glmc.data.files import (
     CROP_RATIO,
     CROP_SCALE,

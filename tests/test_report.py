@@ -51,6 +51,21 @@ def test_report_of_a_finished_run_has_its_plots_and_a_self_contained_page(run_re
     assert f"{summary['final']['top1']:.2f}" in page
     assert "resample_weighting" in page  # the config
     assert "stripes-0deg-red" in page  # the per-class table names the classes
+    assert "started (UTC)" in page and "end of epoch 2" in page  # the sessions table: one session, start to the end
+
+
+def test_session_rows_show_where_each_session_began_and_ended_and_one_that_never_ended():
+    ended = {"session": 1, "started": "2026-11-24T01:00:00Z", "from": {"epoch": 0, "step": 0, "global_step": 0},
+             "device": "cpu", "git_commit": "0123456789abcdef", "ended": "2026-11-24T01:10:00Z", "seconds": 600.0,
+             "reached": {"epoch": 4, "step": 17, "global_step": 97}, "outcome": "SIGTERM"}
+    killed = {"session": 2, "started": "2026-11-24T02:00:00Z", "from": {"epoch": 5, "step": 0, "global_step": 100},
+              "device": "cpu", "git_commit": None}
+    first, second = report.session_rows([ended, killed])
+    assert dict(zip(report.SESSION_HEADER, first)) == {
+        "session": 1, "started (UTC)": "2026-11-24T01:00:00Z", "ended (UTC)": "2026-11-24T01:10:00Z",
+        "wall": "0:10:00 (600 s)", "from": "start", "reached": "epoch 5, step 17", "outcome": "SIGTERM",
+        "device": "cpu", "glmc commit": "0123456789ab"}
+    assert second[4:7] == ("end of epoch 5", "–", report.UNENDED) and second[-1] == "–"
 
 
 def test_confusion_matrix_is_the_final_state_of_the_run(run_report):

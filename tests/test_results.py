@@ -14,14 +14,14 @@ import pytest
 
 from glmc.checkpoint import load_checkpoint
 from glmc.evaluation import evaluate_checkpoint
-from glmc.export import evaluation_path
+from glmc.export import COMPACT_SUFFIX, evaluation_path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 EVALUATIONS = sorted(RESULTS.rglob("*-eval.json"))
 
 
 def test_every_committed_weights_file_has_its_evaluation():
-    for weights in RESULTS.rglob("*-fp16.safetensors"):
+    for weights in RESULTS.rglob("*" + COMPACT_SUFFIX):
         assert evaluation_path(weights).is_file(), weights
 
 

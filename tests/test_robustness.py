@@ -22,6 +22,7 @@ from glmc.engine import NonFiniteLoss
 from glmc.errors import GlmcError
 from glmc.methods import METHODS
 from glmc.methods.ce import CrossEntropy
+from glmc.rundir import RunFolder
 from glmc.trainer import train
 
 from conftest import write_small_cifar10
@@ -85,6 +86,12 @@ def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(un
         process = start("train", "--resume", str(run), "--quiet")
     assert process.wait(timeout=300) == 0, process.stderr.read()
     assert_same_run(uninterrupted, run)
+    sessions = RunFolder(run).read_sessions()
+    assert [s["session"] for s in sessions] == [1, 2, 3, 4]
+    assert all("ended" not in s for s in sessions[:3])  # a SIGKILL leaves its session begun, never ended
+    assert sessions[3]["outcome"] == "finished" and sessions[3]["reached"]["global_step"] == 120
+    resumed_from = [s["from"]["global_step"] for s in sessions[1:]]
+    assert all(step >= target for step, target in zip(resumed_from, kill_after))  # killed once the checkpoint passed it
 
 
 @pytest.mark.slow
@@ -101,6 +108,9 @@ def test_sigterm_and_sigint_save_a_checkpoint_and_exit(uninterrupted, tmp_path, 
     assert f"{signal.Signals(sig).name}: stopped at epoch" in stderr and "glmc train --resume" in stderr
     assert glmc("train", "--resume", str(run), "--quiet").returncode == 0
     assert_same_run(uninterrupted, run)
+    stopped, finished = RunFolder(run).read_sessions()
+    assert stopped["outcome"] == signal.Signals(sig).name and finished["from"] == stopped["reached"]
+    assert finished["command"] == f"glmc train --resume {run} --quiet" and finished["outcome"] == "finished"
 
 
 @pytest.mark.slow
@@ -176,6 +186,10 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 6 \(loss=nan, ce=nan\)"):
         train(nan_config(), tmp_path, resume=True, quiet=True)
     assert (tmp_path / "checkpoint_last.pt").read_bytes() == before
+    first, second = RunFolder(tmp_path).read_sessions()
+    assert first["outcome"] == "finished" and second["from"] == first["reached"] == {"epoch": 0, "step": 2, "global_step": 2}
+    assert second["outcome"].startswith("NonFiniteLoss: non-finite loss at step 6")
+    assert second["reached"] == second["from"]  # where its last checkpoint stands: the steps after it are lost
 
 
 def test_non_finite_steps_can_be_skipped(tmp_path):

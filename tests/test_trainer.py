@@ -16,6 +16,7 @@ from glmc.cli import main
 from glmc.config import OptimConfig, build_config
 from glmc.engine import learning_rate
 from glmc.errors import GlmcError
+from glmc.rundir import RunFolder
 from glmc.trainer import train
 
 TINY = {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "optim.lr": "0.05",
@@ -98,6 +99,22 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
     assert resumed["final"]["per_class"] == straight["final"]["per_class"]
     a, b = state_of(tmp_path / "straight" / "checkpoint_last.pt"), state_of(tmp_path / "split" / "checkpoint_last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
+    first, second = RunFolder(tmp_path / "split").read_sessions()
+    assert first["from"] == {"epoch": 0, "step": 0, "global_step": 0} and first["outcome"] == "finished"
+    assert first["reached"]["global_step"] == second["from"]["global_step"] == stop_after
+    assert second["reached"] == {"epoch": 3, "step": 0, "global_step": 60} and second["outcome"] == "finished"
+    assert second["command"] == f"glmc train --resume {tmp_path / 'split'} --set train.max_steps=none --quiet"
+    assert "command" not in first  # train() called from Python: no command line to record
+    assert {"started", "ended", "seconds", "host", "device", "git_commit", "version", "precision"} <= set(second)
+
+
+def test_overwrite_starts_the_sessions_afresh(tmp_path):
+    train(tiny_config(train__max_steps=2), tmp_path, quiet=True)
+    train(tiny_config(train__max_steps=2), tmp_path, resume=True, quiet=True)
+    assert len(RunFolder(tmp_path).read_sessions()) == 2
+    train(tiny_config(train__max_steps=3), tmp_path, overwrite=True, quiet=True)
+    (only,) = RunFolder(tmp_path).read_sessions()
+    assert only["session"] == 1 and only["reached"]["global_step"] == 3
 
 
 def test_max_steps_stops_a_smoke_run(tmp_path):

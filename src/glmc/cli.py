@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ DATA_ROOT_ENV = "GLMC_DATA_ROOT"
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for the run's sessions.jsonl
     try:
         return args.run(args)
     except GlmcError as error:
@@ -184,7 +186,8 @@ def run_train(args: argparse.Namespace) -> int:
     resume = bool(args.resume)
     if args.resume_if_exists and RunFolder(output).holds_this_run(config):
         resume = True  # a restarted torchrun job, not a clash with another run
-    train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard)
+    train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard,
+          command=shlex.join(["glmc", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run
         print(f"run folder: {output}")
     return 0

@@ -81,6 +81,15 @@ def load_weights(path: str | os.PathLike) -> dict:
     return payload
 
 
+COMPACT_SUFFIX = "-fp16.safetensors"
+
+
+def compact_path(checkpoint: str | os.PathLike) -> Path:
+    """Where a checkpoint's compact weights go, the form results are committed in: `<stem>-fp16.safetensors` beside it."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + COMPACT_SUFFIX)
+
+
 def evaluation_path(weights: str | os.PathLike) -> Path:
     """Where the fp32 evaluation of a weights file is recorded: `<name>-eval.json` beside it."""
     weights = Path(weights)

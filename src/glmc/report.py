@@ -49,6 +49,7 @@ class RunData:
     summary: dict
     records: list[dict]
     config_text: str
+    sessions: list[dict] = field(default_factory=list)  # the run's sessions.jsonl
     confusion: np.ndarray | None = None  # K x K counts, rows true, in label order
     confusion_note: str = ""  # why there is no confusion matrix
 
@@ -85,7 +86,7 @@ def load_report_run(path: str | os.PathLike, name: str) -> RunData:
     record = load_run(path)
     if not record.records:
         raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
-    return RunData(record.path, name, record.summary, record.records, record.config_text)
+    return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -264,6 +265,29 @@ def wall_time(seconds) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d} ({seconds:.0f} s)"
 
 
+SESSION_HEADER = ("session", "started (UTC)", "ended (UTC)", "wall", "from", "reached", "outcome", "device", "glmc commit")
+UNENDED = "no end recorded: killed without a signal, or the machine was lost"
+
+
+def session_rows(sessions: Sequence[dict]) -> list[tuple]:
+    """sessions.jsonl as table rows (SESSION_HEADER): one per `glmc train` that worked on the run."""
+    rows = []
+    for session in sessions:
+        ended = "ended" in session
+        rows.append((session["session"], session["started"], session["ended"] if ended else "–",
+                     wall_time(session["seconds"]) if ended else "–", run_position(session["from"]),
+                     run_position(session["reached"]) if ended else "–", session["outcome"] if ended else UNENDED,
+                     session.get("device", "–"), (session.get("git_commit") or "–")[:12]))
+    return rows
+
+
+def run_position(position: dict) -> str:
+    """Where a run stood: `end of epoch E` between epochs, `epoch E, step S` inside one (both 1-based)."""
+    if position["step"] == 0:
+        return f"end of epoch {position['epoch']}" if position["epoch"] else "start"
+    return f"epoch {position['epoch'] + 1}, step {position['step']}"
+
+
 def per_class_table(run: RunData) -> str:
     """Every class, head first: training count, shot group, final and best test accuracy."""
     classes = run.class_order()
@@ -297,6 +321,7 @@ def run_section_html(section: Section, folder: Path, prefix: str = "", level: in
     parts += [f"<{h}>Dataset</{h}>", card_table(run.card),
               f"<details><summary>per-class counts and accuracy</summary>{per_class_table(run)}</details>",
               f"<{h}>Run</{h}>", run_table(run.summary),
+              *([table(SESSION_HEADER, session_rows(run.sessions))] if run.sessions else []),
               f"<details><summary>config.yaml</summary><pre>{esc(run.config_text)}</pre></details>"]
     return "\n".join(parts)
 

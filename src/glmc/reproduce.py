@@ -306,7 +306,7 @@ def reproduce(plan: Plan, jobs: int = 1, export: bool = False, quiet: bool = Fal
 
 def export_runs(plan: Plan, log) -> None:
     """Compact fp16 weights (safetensors, the config in its metadata) beside every finished run's checkpoint."""
-    from glmc.export import export_weights
+    from glmc.export import compact_path, export_weights
 
     for row in plan.rows:
         for seed in plan.seeds[row.name]:
@@ -315,7 +315,7 @@ def export_runs(plan: Plan, log) -> None:
             if row.calibration is not None:
                 sources = [calibrated_paths(folder, row.calibration)[0]]
             for source in sources:
-                target = source.with_name(source.stem + "-fp16.safetensors")
+                target = compact_path(source)
                 if source.is_file() and not target.is_file():
                     export_weights(source, target, "fp16")
                     log(f"exported {target}")

@@ -3,6 +3,8 @@
     config.yaml         the resolved config            classes.txt   `id<TAB>name` per class
     metrics.jsonl       one record per evaluation      summary.json  final and best metrics, the run's facts
     checkpoint_last.pt  the state to resume from       checkpoint_best.pt  the test-selected best epoch
+    sessions.jsonl      one line per `glmc train` that worked on the run: when, where, with which
+                        code, from which step to which, and how it ended
     tensorboard/        with --tensorboard             report/       written by `glmc report`
 
 Training writes through `RunFolder` (only rank 0 under torchrun); `glmc compare`, `glmc report`
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
@@ -28,11 +30,14 @@ CONFIG_FILE = "config.yaml"
 CLASSES_FILE = "classes.txt"
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "summary.json"
+SESSIONS_FILE = "sessions.jsonl"
 LAST_CHECKPOINT = "checkpoint_last.pt"
 BEST_CHECKPOINT = "checkpoint_best.pt"
 TENSORBOARD_DIR = "tensorboard"
 REPORT_DIR = "report"
 BEST_LABEL = "best epoch, selected on the test set"
+# The run's records: every file but the checkpoints, small enough to commit with a result.
+RECORD_FILES = (CONFIG_FILE, CLASSES_FILE, METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE)
 # What may differ between the machines (or restarts) a run is continued on: where and how it reads its data.
 MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device")
 
@@ -71,7 +76,7 @@ class RunFolder:
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GlmcError(f"output folder {self.path} is not writable")
         if overwrite and not resume:
-            for name in (METRICS_FILE, SUMMARY_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
+            for name in (METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
                 for path in (self.path / name, checksum_path(self.path / name), previous_path(self.path / name),
                              checksum_path(previous_path(self.path / name))):
                     path.unlink(missing_ok=True)
@@ -108,7 +113,7 @@ class RunFolder:
 
     def keep_records(self, records: list[dict]) -> None:
         """metrics.jsonl holds exactly `records` (a resumed run drops any written after its checkpoint)."""
-        write_text_atomically(self.path / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+        write_text_atomically(self.path / METRICS_FILE, jsonl(records))
 
     def append_record(self, record: dict) -> None:
         try:
@@ -120,6 +125,21 @@ class RunFolder:
     def write_summary(self, summary: dict) -> None:
         write_text_atomically(self.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
+    def begin_session(self, session: dict) -> None:
+        """Add this `glmc train` to sessions.jsonl, numbered after the earlier ones. A session that
+        never ends (a SIGKILL, a lost machine) keeps this line alone: its gap shows in the file."""
+        sessions = self.read_sessions()
+        write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions + [{"session": len(sessions) + 1, **session}]))
+
+    def end_session(self, ending: dict) -> None:
+        """Complete the last line of sessions.jsonl, begun by `begin_session`."""
+        sessions = self.read_sessions()
+        write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions[:-1] + [{**sessions[-1], **ending}]))
+
+    def read_sessions(self) -> list[dict]:
+        path = self.path / SESSIONS_FILE
+        return read_records(path) if path.is_file() else []
+
 
 @dataclass(frozen=True)
 class RunRecord:
@@ -130,6 +150,7 @@ class RunRecord:
     records: list[dict]  # metrics.jsonl, one per evaluation (empty if the file is gone)
     config: dict  # config.yaml, or the summary's copy
     config_text: str
+    sessions: list[dict] = field(default_factory=list)  # sessions.jsonl (empty for runs of glmc before it)
 
     @property
     def name(self) -> str:
@@ -158,7 +179,12 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         raise GlmcError(f"cannot read {config_path}: {str(error).splitlines()[0]}") from None
     metrics = folder / METRICS_FILE
     records = read_records(metrics) if metrics.is_file() else []
-    return RunRecord(folder, summary, records, config if isinstance(config, dict) else {}, config_text)
+    sessions = RunFolder(folder).read_sessions()
+    return RunRecord(folder, summary, records, config if isinstance(config, dict) else {}, config_text, sessions)
+
+
+def jsonl(records: list[dict]) -> str:
+    return "".join(json.dumps(record) + "\n" for record in records)
 
 
 def read_text(path: Path) -> str:

@@ -42,7 +42,7 @@ from glmc.engine import (
     step_rng,
     train_step,
 )
-from glmc.errors import ConfigError, RunInterrupted
+from glmc.errors import ConfigError, GlmcError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
@@ -88,22 +88,23 @@ class Run:
 
 
 def train(config: Config, output: str | os.PathLike, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          tensorboard: bool = False) -> dict:
+          tensorboard: bool = False, command: str | None = None) -> dict:
     """Train, evaluate and write the run folder; returns the summary.
 
     `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
+    `command`: the command line that started this session, for the run's sessions.jsonl.
     """
     output = Path(output)
     shard, device = distributed.start(config.train.device)
     try:
         return train_process(config, output, shard, device, resume, overwrite, quiet or not shard.is_main,
-                             tensorboard and shard.is_main)
+                             tensorboard and shard.is_main, command)
     finally:
         distributed.stop()
 
 
 def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool, overwrite: bool, quiet: bool,
-                  tensorboard: bool) -> dict:
+                  tensorboard: bool, command: str | None = None) -> dict:
     """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes)."""
     board = TensorBoardLog(output / TENSORBOARD_DIR, resume) if tensorboard else None  # no package: fails here
     run = build_run(config, shard=shard, device=device)
@@ -121,19 +122,29 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     log(quiet, f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
         f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
         f"{len(run.loader)} steps per epoch" + (f", {shard.world} processes" if shard.world > 1 else ""))
-    clock = Clock(state.seconds)
-    with stop_requests() as stop:
-        while not finished(state, config):
-            logged = len(state.records)
-            train_epoch(run, state, folder, clock, stop, quiet)
-            if board:
-                board.log_all(state.records[logged:])
+    session = Session(run, state, command)
+    if shard.is_main:
+        folder.begin_session(session.beginning())
+    clock = Clock(state)
+    try:
+        with stop_requests() as stop:
+            while not finished(state, config):
+                logged = len(state.records)
+                train_epoch(run, state, folder, clock, stop, quiet)
+                if board:
+                    board.log_all(state.records[logged:])
+    except BaseException as error:
+        if shard.is_main:
+            with contextlib.suppress(GlmcError):  # a full disk is already the error being raised
+                folder.end_session(session.ending(clock, error))
+        raise
     if board:
         board.close()
     summary = make_summary(config, run.dataset, state, run.device, shard.world,
                            {"train": run.precision, "eval": run.eval_precision})
     if shard.is_main:
         folder.write_summary(summary)
+        folder.end_session(session.ending(clock))
     log(quiet, shots_table(summary))
     return summary
 
@@ -194,13 +205,64 @@ def finished(state: RunState, config: Config) -> bool:
     return state.epoch >= config.train.epochs or (max_steps is not None and state.global_step >= max_steps)
 
 
+class Session:
+    """One `glmc train` working on a run, as sessions.jsonl records it: where it began, and how it ended."""
+
+    def __init__(self, run: Run, state: RunState, command: str | None) -> None:
+        self.run, self.command, self.started = run, command, time.time()
+        self.start = position(state)
+
+    def beginning(self) -> dict:
+        run = self.run
+        return {
+            "started": utc(self.started),
+            **({"command": self.command} if self.command else {}),
+            "from": self.start,
+            "host": platform.node(),
+            "device": device_name(run.device),
+            "processes": run.shard.world,
+            "precision": {"train": run.precision, "eval": run.eval_precision},
+            "version": glmc.__version__,
+            "git_commit": git_commit(),
+            "torch": torch.__version__,
+        }
+
+    def ending(self, clock: Clock, error: BaseException | None = None) -> dict:
+        """`reached`: where the run's last checkpoint stands, which is where the next session goes on
+        from (after an error, steps trained since that checkpoint are not counted)."""
+        ended = time.time()
+        return {"ended": utc(ended), "seconds": round(ended - self.started, 1), "reached": clock.saved_position,
+                "outcome": outcome(error)}
+
+
+def position(state: RunState) -> dict:
+    return {"epoch": state.epoch, "step": state.step, "global_step": state.global_step}
+
+
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def outcome(error: BaseException | None) -> str:
+    """How a session ended: finished, the signal that stopped it after a checkpoint, or the error."""
+    if error is None:
+        return "finished"
+    if isinstance(error, RunInterrupted):
+        return signal.Signals(error.exit_code - 128).name
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped at once by a second signal; the steps since the last checkpoint are lost"
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
+
+
 class Clock:
     """Training seconds over all sessions of a run (those before this one plus this one's), and the
-    time since the last checkpoint."""
+    time since the last checkpoint and where it stands."""
 
-    def __init__(self, earlier: float) -> None:
-        self.earlier, self.started = earlier, time.time()
+    def __init__(self, state: RunState) -> None:
+        self.earlier, self.started = state.seconds, time.time()
         self.saved_at = time.monotonic()
+        self.saved_position = position(state)  # of the checkpoint this session began from, then of its own
 
     def total(self) -> float:
         return self.earlier + time.time() - self.started
@@ -208,8 +270,8 @@ class Clock:
     def checkpoint_due(self, minutes: float | None) -> bool:
         return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
 
-    def mark_saved(self) -> None:
-        self.saved_at = time.monotonic()
+    def mark_saved(self, state: RunState) -> None:
+        self.saved_at, self.saved_position = time.monotonic(), position(state)
 
 
 @contextlib.contextmanager
@@ -316,7 +378,7 @@ def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch:
     note_unreadable(run, state)
     if run.shard.is_main:
         save_checkpoint(folder.last_checkpoint, payload(run, state, "last"), keep_previous=True)
-    clock.mark_saved()
+    clock.mark_saved(state)
 
 
 def payload(run: Run, state: RunState, kind: str) -> dict:
