@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import IMAGE_CLASSES, write_image_tree
 from glmc.cli import main
@@ -86,6 +88,17 @@ def test_validation_folder_and_list_are_optional_and_checked(tree, tmp_path):
     assert len(dataset.val) == len(dataset.test)
     with pytest.raises(DataError, match="image list not found"):
         image_list(root, val_list="missing.txt")
+
+
+def test_the_training_images_can_be_evaluated_like_the_test_set(tree):
+    root, _ = tree
+    config = DataConfig(dataset="folder", data_root=str(root), image_size=24, resize=28, workers=1, unreadable="skip")
+    dataset = create_dataset(config)
+    train_set = dataset.test_set(config, 4, torch.device("cpu"), part="train")
+    labels = torch.cat([batch_labels for _, batch_labels in train_set.batches()]).tolist()
+    # every training image once, in order, but the tree's one corrupt JPEG (a "cross"), skipped as asked
+    assert Counter(dataset.train_labels.tolist()) - Counter(labels) == Counter({IMAGE_CLASSES.index("cross"): 1})
+    assert len(labels) == len(dataset.train_labels) - 1 and len(train_set.unreadable_paths()) == 1
 
 
 def test_named_list_datasets_use_their_standard_file_names_and_class_counts(tree, tmp_path):

@@ -68,6 +68,16 @@ def test_eval_of_the_last_checkpoint_reproduces_the_final_metrics(finished_run, 
     assert metrics["per_class"] == summary["final"]["per_class"]
 
 
+def test_eval_on_the_training_images_counts_every_one_of_them(finished_run, capsys):
+    output, summary = finished_run
+    assert main(["eval", str(output / "checkpoint_last.pt"), "--device", "cpu", "--on", "train", "--json"]) == 0
+    fit = json.loads(capsys.readouterr().out)
+    assert fit["num_samples"] == sum(summary["dataset"]["class_counts"]) != summary["final"]["num_samples"]
+    assert fit["top1"] != summary["final"]["top1"]
+    assert main(["eval", str(output / "checkpoint_last.pt"), "--device", "cpu", "--on", "val"]) == 2
+    assert "has no validation set" in capsys.readouterr().err
+
+
 def test_eval_with_authors_bounds_regroups_classes(tmp_path, capsys):
     # IF 25 on synthetic-lt: the rarest class has exactly 20 images, few-shot only under the authors' bounds
     summary = train(tiny_config(data__imbalance_factor=25, train__max_steps=2), tmp_path, quiet=True)

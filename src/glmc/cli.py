@@ -232,8 +232,9 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--data-root", help="dataset folder (default: the one the run used)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--shot-bounds", choices=["standard", "authors"], help="many/medium/few bounds (default: the run's)")
-    parser.add_argument("--on", choices=["test", "val"], default="test",
-                        help="the held-out set: test (default), or val where the dataset has a validation list or folder")
+    parser.add_argument("--on", choices=["test", "val", "train"], default="test",
+                        help="test (default); val where the dataset has a validation list or folder; train: the "
+                             "training images un-augmented, how well the model fits each class (a diagnostic, not a result)")
     parser.add_argument("--json", action="store_true", help="print the metrics object as JSON")
     parser.set_defaults(run=run_eval)
 

@@ -66,7 +66,8 @@ class Dataset:
 
     def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
                  part: str = "test") -> HeldOutBatches:
-        """The `part` ("test", or "val" where the dataset has one), un-augmented; with a `shard`, this rank's slice."""
+        """The `part` un-augmented, as the test set is: "test", "val" where the dataset has one, or "train" (the
+        training images themselves, to see how well a model fits each class); with a `shard`, this rank's slice."""
         raise NotImplementedError
 
     def input_size(self, config: DataConfig) -> tuple[int, int]:

@@ -79,7 +79,7 @@ class ImageFileDataset(Dataset):
 
     def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
                  part: str = "test") -> FileTestSet:
-        files = self.test if part == "test" else self.val
+        files = {"test": self.test, "val": self.val, "train": self.train}[part]
         if files is None:
             raise GlmcError(f"dataset {self.name} has no validation set (set data.val_list, or a val/ folder)")
         return FileTestSet(files, Normalise(self.mean, self.std), batch_size, device, image_size=config.image_size,

@@ -52,9 +52,10 @@ class InMemoryDataset(Dataset):
 
     def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
                  part: str = "test") -> "DeviceTestSet":
-        if part != "test":
+        if part == "val":
             raise GlmcError(f"dataset {self.name} has no validation set; its test set is the only held-out one")
-        return DeviceTestSet(self.test_images, self.test_labels, Normalise(self.mean, self.std), batch_size, device, shard)
+        images, labels = (self.train_images, self.train_labels) if part == "train" else (self.test_images, self.test_labels)
+        return DeviceTestSet(images, labels, Normalise(self.mean, self.std), batch_size, device, shard)
 
     def content_digest(self) -> dict[str, str]:
         """SHA-256 of the pixels and labels themselves (a re-encoded copy of CIFAR changes it)."""
