@@ -1,6 +1,7 @@
 """Turn a finished run folder into a committed result: its records, compact weights and report.
 
     python scripts/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
+    python scripts/finish_run.py RUN_DIR DEST --unfinished
 
 DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jsonl from RUN_DIR; the final weights
 as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with
@@ -8,6 +9,10 @@ their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests
 re-checks to 0.05 points); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
 says how the run was made, is the author's to write; the script prints the table of the run's
 sessions (one per `glmc train` that worked on it) for it.
+
+--unfinished: for a run that has to stop before its end. DEST gets the records and the last
+checkpoint with its SHA-256, so that `glmc train --resume` of a copy of DEST continues the run
+exactly; no weights export, no report.
 """
 
 from __future__ import annotations
@@ -19,19 +24,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glmc.checkpoint import checksum_path
 from glmc.export import compact_path, write_evaluation
 from glmc.report import SESSION_HEADER, session_rows
-from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES, RunFolder
+from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES, SESSIONS_FILE, SUMMARY_FILE, RunFolder
 
 
 def glmc(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "glmc", *args], check=True, stdout=subprocess.PIPE, text=True)
 
 
-def copy_records(run: Path, dest: Path) -> None:
-    if not (run / "summary.json").is_file():
-        raise SystemExit(f"{run} has no summary.json: the run has not finished (resume it with glmc train --resume {run})")
-    for name in RECORD_FILES:
+def copy_records(run: Path, dest: Path, unfinished: bool = False) -> None:
+    if unfinished:
+        names = (*RECORD_FILES, LAST_CHECKPOINT, checksum_path(Path(LAST_CHECKPOINT)).name)
+        if not (run / LAST_CHECKPOINT).is_file():
+            raise SystemExit(f"{run} has no {LAST_CHECKPOINT} to continue from")
+    else:
+        names = RECORD_FILES
+        if not (run / SUMMARY_FILE).is_file():
+            raise SystemExit(f"{run} has no {SUMMARY_FILE}: the run has not finished (resume it with glmc train --resume "
+                             f"{run}, or commit it as it stands with --unfinished)")
+    for name in names:
         if (run / name).is_file():
             shutil.copy2(run / name, dest / name)
 
@@ -60,18 +73,29 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("dest", type=Path)
-    parser.add_argument("--data-root", required=True)
+    parser.add_argument("--data-root", help="the data the run trained on (needed unless --unfinished)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--unfinished", action="store_true", help="the records and the last checkpoint, to continue later")
     args = parser.parse_args()
+    if not (args.unfinished or args.data_root):
+        parser.error("--data-root is needed to evaluate the final weights")
     args.dest.mkdir(parents=True, exist_ok=True)
-    copy_records(args.run, args.dest)
+    copy_records(args.run, args.dest, args.unfinished)
+    if args.unfinished:
+        print(f"{args.dest}: the run as it stands, with its last checkpoint; continue a copy of it with glmc train --resume")
+        print_sessions(args.run)
+        return 0
     evaluation = export_and_evaluate(args.run, args.dest, args.data_root, args.device)
     copy_report(args.run, args.dest, args.data_root, args.device)
-    final = json.loads((args.dest / "summary.json").read_text())["final"]
+    final = json.loads((args.dest / SUMMARY_FILE).read_text())["final"]
     print(f"{args.dest}: final top-1 {final['top1']:.2f} in training, {evaluation['top1']:.2f} from the fp16 weights in fp32")
-    if (args.run / "sessions.jsonl").is_file():
-        print(f"\nthe run's sessions, for RUN.md:\n\n{sessions_markdown(args.run)}")
+    print_sessions(args.run)
     return 0
+
+
+def print_sessions(run: Path) -> None:
+    if (run / SESSIONS_FILE).is_file():
+        print(f"\nthe run's sessions, for RUN.md:\n\n{sessions_markdown(run)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""scripts/finish_run.py: a run folder made into a committed result, finished or to be continued."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from glmc.cli import main
+from glmc.config import build_config
+from glmc.export import evaluation_path
+from glmc.rundir import RECORD_FILES
+from glmc.trainer import train
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finish_run.py"
+
+
+def finish_run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_a_finished_run_becomes_records_fp16_weights_with_their_evaluation_and_report_pictures(tiny_run, tmp_path):
+    dest = tmp_path / "result"
+    done = finish_run(str(tiny_run), str(dest), "--data-root", str(tmp_path))  # synthetic data: the root is not read
+    assert done.returncode == 0, done.stderr
+    assert {path.name for path in dest.iterdir()} == {*RECORD_FILES, "checkpoint_last-fp16.safetensors",
+                                                      "checkpoint_last-fp16-eval.json", "report"}
+    assert {path.suffix for path in (dest / "report").iterdir()} == {".png"}
+    summary = json.loads((dest / "summary.json").read_text())
+    recorded = json.loads(evaluation_path(dest / "checkpoint_last-fp16.safetensors").read_text())
+    assert abs(recorded["top1"] - summary["final"]["top1"]) <= 1.0  # fp16 weights, evaluated in fp32
+    assert "| session | started (UTC) |" in done.stdout and "| end of epoch 2 | finished |" in done.stdout
+
+
+def test_an_unfinished_run_is_committed_with_its_checkpoint_and_continues_from_the_copy(tmp_path):
+    run = tmp_path / "run"
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "2",
+                                 "train.batch_size": "128", "train.device": "cpu", "train.max_steps": "5"})
+    train(config, run, quiet=True)
+    (run / "summary.json").unlink()  # as a run stopped before its end has none
+    refused = finish_run(str(run), str(tmp_path / "refused"), "--data-root", str(tmp_path))
+    assert refused.returncode != 0 and "has not finished" in refused.stderr and "--unfinished" in refused.stderr
+    dest = tmp_path / "partial"
+    done = finish_run(str(run), str(dest), "--unfinished")
+    assert done.returncode == 0, done.stderr
+    assert {"checkpoint_last.pt", "checkpoint_last.pt.sha256", "sessions.jsonl", "metrics.jsonl"} <= {p.name for p in dest.iterdir()}
+    assert not (dest / "checkpoint_last-fp16.safetensors").exists() and "| epoch 1, step 5 | finished |" in done.stdout
+    assert main(["train", "--resume", str(dest), "--set", "train.max_steps=none", "--quiet"]) == 0
+    assert json.loads((dest / "summary.json").read_text())["final"]["epoch"] == 2
