@@ -14,7 +14,9 @@ Back here, with the files the call returned:
 
     python scripts/gpu_queue.py unpack FILES_AT   # -> results/; commit them (the next session skips them)
 
-The queue is the GPU campaign issue's list, in order. Every item is skipped when its results
+The queue is the GPU campaign issue's list, in order, then item 9: the authors' wide ResNet-32 on
+the standard split (does the network or the split make the gap between the CPU run's 79.50 and
+the authors' 88.50?). Every item is skipped when its results
 are already committed under results/, so each session advances it. Training goes through
 `glmc reproduce` (tables in src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item
 interrupted within a session resumes from its checkpoint when `start` is called again. What
@@ -131,6 +133,9 @@ def queue() -> list[Item]:
                          f"--output {WORK / 'nccl-smoke'} --resume-if-exists "
                          f"> {LOGS / 'nccl-smoke.log'} 2>&1"],
         ], ["nccl-smoke/summary.json"]),
+        Item("9 standard split, the authors' wide ResNet-32 (network or split?)",
+             [reproduce("gpu-campaign", "GLMC IF100 wide ResNet-32, standard split", tables="gpu_tables.yaml")],
+             [mark("gpu-campaign", "cifar10-lt-if100", {"model.backbone": "resnet32-wide"})]),
     ]
 
 
