@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from glmc.checkpoint import checksum_path
+from glmc.compare import markdown_row
 from glmc.export import compact_path, write_evaluation
 from glmc.report import SESSION_HEADER, session_rows
 from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES, SESSIONS_FILE, SUMMARY_FILE, RunFolder
@@ -66,7 +67,7 @@ def copy_report(run: Path, dest: Path, data_root: str, device: str) -> None:
 
 def sessions_markdown(run: Path) -> str:
     rows = [SESSION_HEADER, ["---"] * len(SESSION_HEADER), *session_rows(RunFolder(run).read_sessions())]
-    return "\n".join("| " + " | ".join(str(cell) for cell in row) + " |" for row in rows)
+    return "\n".join(markdown_row(row) for row in rows)
 
 
 def main() -> int:

@@ -139,12 +139,14 @@ def render_text(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
     return "\n".join([lines[0], "  ".join("-" * w for w in widths), *lines[1:], "", *footer(rows, notes)])
 
 
-def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
-    def line(values: Sequence[str]) -> str:
-        return "| " + " | ".join(v.replace("|", "\\|") for v in values) + " |"
+def markdown_row(values: Sequence) -> str:
+    """One row of a Markdown table, a `|` inside a cell escaped."""
+    return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
 
+
+def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
     align = ["---"] * 4 + ["---:"] * (len(COLUMNS) - 4)
-    body = [line(COLUMNS), line(align), *(line(table_cells(row)) for row in rows)]
+    body = [markdown_row(COLUMNS), markdown_row(align), *(markdown_row(table_cells(row)) for row in rows)]
     return "\n".join([*body, "", *(f"{text}  " for text in footer(rows, notes))]) + "\n"
 
 
