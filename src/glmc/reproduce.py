@@ -27,6 +27,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from glmc.compare import mean_of
 from glmc.config import Config, build_config, parse_override
 from glmc.errors import ConfigError, GlmcError
 from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run
@@ -341,8 +342,9 @@ def seed_metrics(folder: Path, row: Row) -> tuple[dict, dict | None, str] | None
 
 
 def mean(values: Iterable[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return round(statistics.fmean(present), 2) if present else None
+    """`compare.mean_of`, the mean of the values present, to the table's two decimals."""
+    value = mean_of(values)
+    return None if value is None else round(value, 2)
 
 
 def summarise(plan: Plan) -> dict:
