@@ -2,7 +2,8 @@
 
 Here, on the development machine, before asking for the GPU:
 
-    python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz), the wheels the GPU image lacks, the commit
+    python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz, cut to the images CIFAR-10-LT presets use),
+                                            #   the wheels the GPU image lacks, the commit
 
 On the GPU machine (the device tool's run, carry ["gpu"]), each a short call:
 
@@ -30,6 +31,7 @@ small images) to check the script itself without a GPU.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import shutil
@@ -39,6 +41,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "gpu"  # git-ignored; carried to the GPU machine
@@ -145,7 +149,8 @@ def queue() -> list[Item]:
 def prepare() -> int:
     """gpu/: the CIFAR-10 npz, the wheels, the commit; all the GPU machine needs that is not in the checkout."""
     WORK.mkdir(exist_ok=True)
-    shutil.copy2(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
+    kept = trim_cifar(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
+    print(f"CIFAR-10: the {kept} training images some CIFAR-10-LT preset trains on, and the test set")
     shutil.copy2(NPZ / "materialize.py", WORK / "materialize.py")
     wheels = WORK / "wheels"
     wheels.mkdir(exist_ok=True)
@@ -167,6 +172,34 @@ def prepare() -> int:
               + ", ".join(f"{path} ({bytes_ / 2**20:.1f} MiB)" for path, bytes_ in largest), file=sys.stderr)
         return 1
     return 0
+
+
+def presets_train_indices(train_labels: np.ndarray) -> np.ndarray:
+    """Every CIFAR-10 training image that some CIFAR-10-LT preset trains on: the union of their splits, ascending."""
+    from glmc.config import build_config, load_presets
+    from glmc.data.cifar_lt import cifar_lt_indices
+
+    settings = {(config.data.imbalance_factor, config.data.split) for config in map(build_config, load_presets())
+                if config.data.dataset == "cifar10-lt"}
+    return np.unique(np.concatenate([cifar_lt_indices("cifar10-lt", train_labels, *setting) for setting in sorted(settings)]))
+
+
+def trim_cifar(source: Path, dest: Path, keep: np.ndarray | None = None) -> int:
+    """`source` (the shared npz: JPEG bytes with offsets) without the JPEGs of training images outside `keep`
+    (default: those of `presets_train_indices`), which become empty; the carry is about 20 MiB lighter.
+    `materialise` leaves them black. Returns how many training images were kept."""
+    npz = np.load(source)
+    arrays = {key: npz[key] for key in npz.files}
+    jpeg, offsets = arrays["train_jpeg"], arrays["train_offsets"]
+    keep = presets_train_indices(arrays["train_labels"]) if keep is None else np.unique(keep)
+    sizes = np.zeros(len(offsets) - 1, dtype=offsets.dtype)
+    sizes[keep] = np.diff(offsets)[keep]
+    arrays["train_offsets"] = np.concatenate([[0], np.cumsum(sizes)]).astype(offsets.dtype)
+    arrays["train_jpeg"] = np.concatenate([jpeg[offsets[i]:offsets[i + 1]] for i in keep])
+    dest.unlink(missing_ok=True)  # the shared copy is read-only
+    with open(dest, "wb") as file:  # np.savez(path) would add ".npz" to a name that lacks it
+        np.savez(file, **arrays)
+    return len(keep)
 
 
 def checkout_files() -> dict[str, int]:
@@ -201,7 +234,7 @@ def start() -> int:
     LOGS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench").mkdir(parents=True, exist_ok=True)
     if not (DATA / "cifar-10-batches-py").is_dir():
-        subprocess.run([sys.executable, str(WORK / "materialize.py"), str(DATA)], check=True)
+        materialise(WORK / "materialize.py", DATA)
     if running():
         print("the queue is already running; `status` shows where it is")
         return 0
@@ -216,6 +249,23 @@ def start() -> int:
     (WORK / "queue.pid").write_text(str(process.pid))
     print(f"queue started (pid {process.pid}); log {LOGS / 'queue.log'}")
     return 0
+
+
+def materialise(script: Path, data: Path) -> None:
+    """The shared script's pickles from the trimmed npz beside it; the training images `trim_cifar` emptied are black."""
+    spec = importlib.util.spec_from_file_location("materialize", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    decode = module.decode
+
+    def decode_kept(jpeg: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        kept = np.flatnonzero(np.diff(offsets))
+        images = np.zeros((len(offsets) - 1, 3072), np.uint8)
+        images[kept] = decode(jpeg, np.append(offsets[kept], offsets[-1]))  # empty entries add no bytes between kept ones
+        return images
+
+    module.decode = decode_kept
+    module.main(str(data))
 
 
 def running() -> bool:

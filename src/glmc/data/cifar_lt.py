@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 from glmc.data.cifar import CIFAR10, CIFAR100, CifarLayout, load_cifar
 from glmc.data.datasets import DATASETS, DataConfig
 from glmc.data.in_memory import InMemoryDataset
@@ -15,12 +17,23 @@ CIFAR10_MEAN, CIFAR10_STD = (0.49139968, 0.48215827, 0.44653124), (0.24703233, 0
 CIFAR100_MEAN, CIFAR100_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 
-def _cifar_lt(name: str, layout: CifarLayout, n_max: int, mean: tuple, std: tuple) -> Callable:
+# Each dataset's CIFAR files and the head class's size n_max (all its training images).
+LAYOUTS: dict[str, tuple[CifarLayout, int]] = {"cifar10-lt": (CIFAR10, 5000), "cifar100-lt": (CIFAR100, 500)}
+
+
+def cifar_lt_indices(name: str, train_labels: np.ndarray, imbalance_factor: float, split: str) -> np.ndarray:
+    """The original training indices that the CIFAR-LT dataset `name` keeps for these settings."""
+    layout, n_max = LAYOUTS[name]
+    return long_tailed_indices(train_labels, exponential_profile(n_max, layout.num_classes, imbalance_factor), split)
+
+
+def _cifar_lt(name: str, mean: tuple, std: tuple) -> Callable:
+    layout, n_max = LAYOUTS[name]
+
     def build(config: DataConfig) -> InMemoryDataset:
-        counts = exponential_profile(n_max, layout.num_classes, config.imbalance_factor)
         SPLITS.get(config.split)  # an unknown protocol fails before the slow read
         data = load_cifar(layout, config.data_root, download=config.download)
-        indices = long_tailed_indices(data.train.labels, counts, config.split)
+        indices = cifar_lt_indices(name, data.train.labels, config.imbalance_factor, config.split)
         return InMemoryDataset(
             name=name,
             split=config.split,
@@ -39,5 +52,5 @@ def _cifar_lt(name: str, layout: CifarLayout, n_max: int, mean: tuple, std: tupl
     return DATASETS.register(name)(build)
 
 
-cifar10_lt = _cifar_lt("cifar10-lt", CIFAR10, 5000, CIFAR10_MEAN, CIFAR10_STD)
-cifar100_lt = _cifar_lt("cifar100-lt", CIFAR100, 500, CIFAR100_MEAN, CIFAR100_STD)
+cifar10_lt = _cifar_lt("cifar10-lt", CIFAR10_MEAN, CIFAR10_STD)
+cifar100_lt = _cifar_lt("cifar100-lt", CIFAR100_MEAN, CIFAR100_STD)

@@ -1,0 +1,106 @@
+"""scripts/gpu_queue.py: the CIFAR-10 it carries to the GPU machine, cut to what the CIFAR-10-LT presets train on."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import io
+import pickle
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from glmc.config import build_config, load_presets
+from glmc.data.cifar_lt import cifar_lt_indices
+from glmc.data.datasets import DATASETS
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+SHARED_MATERIALIZE = SHARED_NPZ / "materialize.py"
+
+
+@pytest.fixture(scope="module")
+def gpu_queue():
+    spec = importlib.util.spec_from_file_location("gpu_queue", ROOT / "scripts" / "gpu_queue.py")
+    module = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
+    sys.modules["gpu_queue"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    sys.path[:] = path  # the script puts the checkout's src/ and gpu/site first
+    yield module
+    del sys.modules["gpu_queue"]
+
+
+def test_the_kept_training_images_are_every_cifar10_lt_presets_split_and_not_the_whole_set(gpu_queue):
+    labels = np.random.RandomState(1).permutation(np.repeat(np.arange(10), 5000))
+    kept = gpu_queue.presets_train_indices(labels)
+    assert np.all(np.diff(kept) > 0)
+    for imbalance_factor, split in [(100, "standard"), (10, "standard"), (100, "glmc"), (50, "glmc"), (10, "glmc")]:
+        assert np.isin(cifar_lt_indices("cifar10-lt", labels, imbalance_factor, split), kept).all()
+    assert len(kept) < 0.6 * len(labels)  # what makes the carry lighter
+    assert not np.isin(cifar_lt_indices("cifar10-lt", labels, 2, "standard"), kept).all()  # no preset trains at IF 2
+
+
+def fake_npz(path: Path, train: np.ndarray, test: np.ndarray) -> None:
+    """The shared npz's layout: JPEG bytes of N x 32 x 32 x 3 images, back to back, with offsets."""
+
+    def encode(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        blobs = []
+        for image in images:
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="JPEG", quality=90)
+            blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+        return np.concatenate(blobs), np.concatenate([[0], np.cumsum([len(blob) for blob in blobs])]).astype(np.int64)
+
+    (train_jpeg, train_offsets), (test_jpeg, test_offsets) = encode(train), encode(test)
+    np.savez(path, train_jpeg=train_jpeg, train_offsets=train_offsets, train_labels=np.arange(len(train)) % 10,
+             test_jpeg=test_jpeg, test_offsets=test_offsets, test_labels=np.arange(len(test)) % 10,
+             classes=np.array([f"class{k}" for k in range(10)]))
+
+
+def unpickle(path: Path) -> dict:
+    with open(path, "rb") as file:
+        return pickle.load(file, encoding="bytes")
+
+
+@pytest.mark.skipif(not SHARED_MATERIALIZE.is_file(), reason=f"the shared materialize.py is not at {SHARED_MATERIALIZE}")
+def test_a_trimmed_copy_materialises_the_kept_images_exactly_and_the_others_black(gpu_queue, tmp_path):
+    rng = np.random.default_rng(0)
+    train, test = rng.integers(0, 256, (30, 32, 32, 3), dtype=np.uint8), rng.integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    full, trimmed = tmp_path / "full", tmp_path / "trimmed"
+    for folder in (full, trimmed):
+        folder.mkdir()
+        shutil.copy2(SHARED_MATERIALIZE, folder / "materialize.py")
+    fake_npz(full / "cifar10_jpeg.npz", train, test)
+    keep = np.array([0, 3, 4, 17, 29])
+
+    assert gpu_queue.trim_cifar(full / "cifar10_jpeg.npz", trimmed / "cifar10_jpeg.npz", keep) == len(keep)
+    assert (trimmed / "cifar10_jpeg.npz").stat().st_size < (full / "cifar10_jpeg.npz").stat().st_size
+    gpu_queue.materialise(full / "materialize.py", full / "data")  # nothing emptied: the script as it is
+    gpu_queue.materialise(trimmed / "materialize.py", trimmed / "data")
+
+    batches = "data/cifar-10-batches-py"
+    reference, cut = unpickle(full / batches / "data_batch_1"), unpickle(trimmed / batches / "data_batch_1")
+    assert cut[b"labels"] == reference[b"labels"]
+    assert np.array_equal(cut[b"data"][keep], reference[b"data"][keep])
+    assert reference[b"data"][keep].any()
+    assert not np.delete(cut[b"data"], keep, axis=0).any()
+    assert np.array_equal(unpickle(trimmed / batches / "test_batch")[b"data"], unpickle(full / batches / "test_batch")[b"data"])
+
+
+@pytest.mark.skipif(not (SHARED_NPZ / "cifar10_jpeg.npz").is_file(), reason=f"the real CIFAR-10 npz is not in {SHARED_NPZ}")
+def test_the_trimmed_real_cifar10_gives_every_cifar10_lt_preset_the_same_training_and_test_sets(gpu_queue, cifar10_root,
+                                                                                             tmp_path):
+    shutil.copy2(SHARED_MATERIALIZE, tmp_path / "materialize.py")
+    gpu_queue.trim_cifar(SHARED_NPZ / "cifar10_jpeg.npz", tmp_path / "cifar10_jpeg.npz")
+    gpu_queue.materialise(tmp_path / "materialize.py", tmp_path / "data")
+    settings = {(config.data.imbalance_factor, config.data.split): config.data for config in map(build_config, load_presets())
+                if config.data.dataset == "cifar10-lt"}
+    assert len(settings) >= 4
+    for data in settings.values():
+        full, trimmed = (DATASETS.get("cifar10-lt")(dataclasses.replace(data, data_root=str(root))) for root in (cifar10_root, tmp_path / "data"))
+        assert (trimmed.fingerprint, trimmed.content_digest()) == (full.fingerprint, full.content_digest())
