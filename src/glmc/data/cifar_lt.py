@@ -31,7 +31,8 @@ def _cifar_lt(name: str, mean: tuple, std: tuple) -> Callable:
     layout, n_max = LAYOUTS[name]
 
     def build(config: DataConfig) -> InMemoryDataset:
-        SPLITS.get(config.split)  # an unknown protocol fails before the slow read
+        SPLITS.get(config.split)  # an unknown protocol or a bad imbalance factor fails before the slow read
+        exponential_profile(n_max, layout.num_classes, config.imbalance_factor)
         data = load_cifar(layout, config.data_root, download=config.download)
         indices = cifar_lt_indices(name, data.train.labels, config.imbalance_factor, config.split)
         return InMemoryDataset(
