@@ -99,9 +99,11 @@ def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA)) -> lis
 
 def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) -> str:
     """Where a finished run's summary lands under RESULTS (the run folder `glmc reproduce` names)."""
-    from glmc.reproduce import Row
+    from glmc.config import parse_override
+    from glmc.reproduce import Row, extra_suffix
 
-    return f"{table}/{Row('', preset, overrides or {}).training}/seed-{seed}/summary.json"
+    smoke = extra_suffix(dict(parse_override(text) for text in SMOKE_RUN[1::2]))  # "" outside the smoke check
+    return f"{table}/{Row('', preset, overrides or {}).training}{smoke}/seed-{seed}/summary.json"
 
 
 def queue() -> list[Item]:
@@ -149,6 +151,7 @@ def queue() -> list[Item]:
 def prepare() -> int:
     """gpu/: the CIFAR-10 npz, the wheels, the commit; all the GPU machine needs that is not in the checkout."""
     WORK.mkdir(exist_ok=True)
+    clear_leftovers()
     kept = trim_cifar(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
     print(f"CIFAR-10: the {kept} training images some CIFAR-10-LT preset trains on, and the test set")
     shutil.copy2(NPZ / "materialize.py", WORK / "materialize.py")
@@ -172,6 +175,18 @@ def prepare() -> int:
               + ", ".join(f"{path} ({bytes_ / 2**20:.1f} MiB)" for path, bytes_ in largest), file=sys.stderr)
         return 1
     return 0
+
+
+CARRIED = {"cifar10_jpeg.npz", "materialize.py", "wheels", "COMMIT"}  # what `prepare` puts in gpu/
+
+
+def clear_leftovers() -> None:
+    """Remove from gpu/ what `start`, `pack` or `unpack` left (a smoke check's data, runs and logs), which would
+    otherwise travel to the GPU machine with the carry."""
+    for path in sorted(WORK.iterdir()):
+        if path.name not in CARRIED:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+            print(f"removed {path.relative_to(ROOT)} (not carried)")
 
 
 def presets_train_indices(train_labels: np.ndarray) -> np.ndarray:

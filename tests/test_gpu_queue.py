@@ -104,3 +104,17 @@ def test_the_trimmed_real_cifar10_gives_every_cifar10_lt_preset_the_same_trainin
     for data in settings.values():
         full, trimmed = (DATASETS.get("cifar10-lt")(dataclasses.replace(data, data_root=str(root))) for root in (cifar10_root, tmp_path / "data"))
         assert (trimmed.fingerprint, trimmed.content_digest()) == (full.fingerprint, full.content_digest())
+
+
+def test_prepare_clears_what_a_smoke_check_left_in_the_carried_folder_and_keeps_what_it_carries(gpu_queue, tmp_path,
+                                                                                             monkeypatch):
+    work = tmp_path / "gpu"
+    for name in ("data/cifar-10-batches-py/data_batch_1", "campaign/t/run/checkpoint_last.pt", "queue.pid",
+                 "wheels/kornia.whl", "cifar10_jpeg.npz", "materialize.py", "COMMIT"):
+        (work / name).parent.mkdir(parents=True, exist_ok=True)
+        (work / name).write_text("x")
+    monkeypatch.setattr(gpu_queue, "ROOT", tmp_path)
+    monkeypatch.setattr(gpu_queue, "WORK", work)
+    gpu_queue.clear_leftovers()
+    assert {path.name for path in work.iterdir()} == {"wheels", "cifar10_jpeg.npz", "materialize.py", "COMMIT"}
+    assert (work / "wheels" / "kornia.whl").is_file()
