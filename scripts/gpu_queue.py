@@ -78,7 +78,8 @@ class Item:
 
 
 # the smoke check on a CPU: one epoch of the small ResNet-8 per run, small images for the large-image items
-SMOKE_RUN = ["--set", "train.epochs=1", "--set", "model.backbone=resnet8"] if SMOKE else []
+SMOKE_SETS = ["train.epochs=1", "model.backbone=resnet8"] if SMOKE else []
+SMOKE_RUN = [arg for value in SMOKE_SETS for arg in ("--set", value)]
 SMOKE_LARGE = ["train.batch_size=8", "data.image_size=64", "data.resize=72", "model.backbone=resnet10"] if SMOKE else []
 
 
@@ -102,7 +103,7 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
     from glmc.config import parse_override
     from glmc.reproduce import Row, extra_suffix
 
-    smoke = extra_suffix(dict(parse_override(text) for text in SMOKE_RUN[1::2]))  # "" outside the smoke check
+    smoke = extra_suffix(dict(map(parse_override, SMOKE_SETS)))  # "" outside the smoke check
     return f"{table}/{Row('', preset, overrides or {}).training}{smoke}/seed-{seed}/summary.json"
 
 

@@ -21,20 +21,25 @@ CIFAR100_MEAN, CIFAR100_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 LAYOUTS: dict[str, tuple[CifarLayout, int]] = {"cifar10-lt": (CIFAR10, 5000), "cifar100-lt": (CIFAR100, 500)}
 
 
+def class_counts(name: str, imbalance_factor: float) -> list[int]:
+    """Training images per class of the CIFAR-LT dataset `name`, head first."""
+    layout, n_max = LAYOUTS[name]
+    return exponential_profile(n_max, layout.num_classes, imbalance_factor)
+
+
 def cifar_lt_indices(name: str, train_labels: np.ndarray, imbalance_factor: float, split: str) -> np.ndarray:
     """The original training indices that the CIFAR-LT dataset `name` keeps for these settings."""
-    layout, n_max = LAYOUTS[name]
-    return long_tailed_indices(train_labels, exponential_profile(n_max, layout.num_classes, imbalance_factor), split)
+    return long_tailed_indices(train_labels, class_counts(name, imbalance_factor), split)
 
 
 def _cifar_lt(name: str, mean: tuple, std: tuple) -> Callable:
     layout, n_max = LAYOUTS[name]
 
     def build(config: DataConfig) -> InMemoryDataset:
-        SPLITS.get(config.split)  # an unknown protocol or a bad imbalance factor fails before the slow read
-        exponential_profile(n_max, layout.num_classes, config.imbalance_factor)
+        counts = class_counts(name, config.imbalance_factor)
+        SPLITS.get(config.split)  # an unknown protocol fails before the slow read
         data = load_cifar(layout, config.data_root, download=config.download)
-        indices = cifar_lt_indices(name, data.train.labels, config.imbalance_factor, config.split)
+        indices = long_tailed_indices(data.train.labels, counts, config.split)
         return InMemoryDataset(
             name=name,
             split=config.split,
