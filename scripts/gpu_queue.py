@@ -14,6 +14,11 @@ On the GPU machine (the device tool's run, carry ["gpu"]), each a short call:
 Back here, with the files the call returned:
 
     python scripts/gpu_queue.py unpack FILES_AT   # -> results/; commit them (the next session skips them)
+    python scripts/gpu_queue.py restore           # the session brought nothing back: put parked weights back
+
+When the checkout and gpu/ together are over the device's 64 MiB, `prepare` parks the committed
+fp16 weights under results/ (removes them from the working tree; git keeps them): the GPU machine
+skips a finished item on its summary.json and never reads them. `unpack` and `restore` put them back.
 
 The queue is the GPU campaign issue's list, in order, then item 9: the authors' wide ResNet-32 on
 the standard split (does the network or the split make the gap between the CPU run's 79.50 and
@@ -152,6 +157,7 @@ def queue() -> list[Item]:
 def prepare() -> int:
     """gpu/: the CIFAR-10 npz, the wheels, the commit; all the GPU machine needs that is not in the checkout."""
     WORK.mkdir(exist_ok=True)
+    restore_weights()  # what an earlier `prepare` parked: the commit below is read from a whole checkout
     clear_leftovers()
     kept = trim_cifar(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
     print(f"CIFAR-10: the {kept} training images some CIFAR-10-LT preset trains on, and the test set")
@@ -166,6 +172,10 @@ def prepare() -> int:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
     (WORK / "COMMIT").write_text(commit + ("-dirty" if dirty.strip() else "") + "\n")
     size = sum(p.stat().st_size for p in WORK.rglob("*") if p.is_file())
+    if size + sum(checkout_files().values()) > CARRY_LIMIT:
+        parked = park_weights()
+        print(f"parked {len(parked)} committed weight files ({sum(parked.values()) / 2**20:.1f} MiB): the GPU machine "
+              "skips a finished item on its summary.json and never reads them; `unpack` or `restore` puts them back")
     checkout = checkout_files()
     total = size + sum(checkout.values())
     print(f"gpu/ ready: {size / 2**20:.1f} MiB to carry, {total / 2**20:.1f} MiB with the checkout, commit {commit[:12]}")
@@ -225,12 +235,40 @@ def checkout_files() -> dict[str, int]:
     return {name: (ROOT / name).stat().st_size for name in listed.split("\0") if name and (ROOT / name).is_file()}
 
 
+def committed_weights() -> list[str]:
+    """The fp16 weights committed under results/, which the device would carry with the checkout (about 15 MB
+    for each wide ResNet-32): a few of them put the checkout alone over the device's limit."""
+    from glmc.export import COMPACT_SUFFIX
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--", "results"], cwd=ROOT, capture_output=True, text=True,
+                            check=True).stdout
+    return [name for name in listed.split("\0") if name.endswith(COMPACT_SUFFIX)]
+
+
+def park_weights() -> dict[str, int]:
+    """Take the committed weights out of the working tree (git keeps them); returns what was parked, with sizes."""
+    parked = {name: (ROOT / name).stat().st_size for name in committed_weights() if (ROOT / name).is_file()}
+    for name in parked:
+        (ROOT / name).unlink()
+    return parked
+
+
+def restore_weights() -> list[str]:
+    """Put back, from the commit, the committed weights missing from the working tree (what `park_weights` took)."""
+    missing = [name for name in committed_weights() if not (ROOT / name).exists()]
+    if missing:
+        subprocess.run(["git", "checkout", "--", *missing], cwd=ROOT, check=True)
+        print(f"restored {len(missing)} committed weight files")
+    return missing
+
+
 def unpack(files_at: str) -> int:
     """The parts `pack` wrote, joined and extracted into the checkout (results/...)."""
     parts = sorted(Path(files_at).rglob("campaign.tar.gz.part*"))
     if not parts:
         print(f"no campaign.tar.gz.part* under {files_at}", file=sys.stderr)
         return 2
+    restore_weights()
     joined = WORK / "campaign.tar.gz"
     WORK.mkdir(exist_ok=True)
     with open(joined, "wb") as out:
@@ -409,11 +447,14 @@ def pack() -> int:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["prepare", "start", "run", "status", "pack", "unpack"])
+    parser.add_argument("command", choices=["prepare", "start", "run", "status", "pack", "unpack", "restore"])
     parser.add_argument("files_at", nargs="?", help="unpack: the folder the device tool returned the parts in")
     args = parser.parse_args()
     if args.command == "unpack":
         return unpack(args.files_at or ".")
+    if args.command == "restore":
+        restore_weights()
+        return 0
     return {"prepare": prepare, "start": start, "run": run, "status": status, "pack": pack}[args.command]()
 
 

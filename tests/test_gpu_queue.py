@@ -7,6 +7,7 @@ import importlib.util
 import io
 import pickle
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -118,3 +119,36 @@ def test_prepare_clears_what_a_smoke_check_left_in_the_carried_folder_and_keeps_
     gpu_queue.clear_leftovers()
     assert {path.name for path in work.iterdir()} == {"wheels", "cifar10_jpeg.npz", "materialize.py", "COMMIT"}
     assert (work / "wheels" / "kornia.whl").is_file()
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, capture_output=True,
+                          text=True, check=True).stdout
+
+
+def test_parked_weights_leave_the_carried_checkout_and_come_back_from_git_byte_for_byte(gpu_queue, tmp_path, monkeypatch):
+    run = tmp_path / "results" / "gpu-campaign" / "table" / "run" / "seed-0"
+    run.mkdir(parents=True)
+    weights = np.random.default_rng(0).integers(0, 256, 50_000, dtype=np.uint8).tobytes()
+    (run / "checkpoint_last-fp16.safetensors").write_bytes(weights)
+    (run / "summary.json").write_text("{}")  # what the queue's skip reads: it must stay
+    (tmp_path / "notes-fp16.safetensors").write_bytes(b"x")  # outside results/: not the campaign's
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "results")
+    (run.parent / "seed-1").mkdir()
+    (run.parent / "seed-1" / "checkpoint_last-fp16.safetensors").write_bytes(b"new")  # unpacked, not yet committed
+    monkeypatch.setattr(gpu_queue, "ROOT", tmp_path)
+    carried_before = sum(gpu_queue.checkout_files().values())
+
+    parked = gpu_queue.park_weights()
+    weights_file = "results/gpu-campaign/table/run/seed-0/checkpoint_last-fp16.safetensors"
+    assert parked == {weights_file: len(weights)}
+    assert sum(gpu_queue.checkout_files().values()) == carried_before - len(weights)
+    assert (run / "summary.json").is_file() and (tmp_path / "notes-fp16.safetensors").is_file()
+    assert (run.parent / "seed-1" / "checkpoint_last-fp16.safetensors").read_bytes() == b"new"
+
+    assert gpu_queue.restore_weights() == [weights_file]
+    assert (tmp_path / weights_file).read_bytes() == weights
+    assert git(tmp_path, "status", "--porcelain", "--untracked-files=no") == ""
+    assert gpu_queue.restore_weights() == []  # nothing parked: nothing to do
