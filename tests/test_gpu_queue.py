@@ -1,4 +1,5 @@
-"""scripts/gpu_queue.py: the CIFAR-10 it carries to the GPU machine, cut to what the CIFAR-10-LT presets train on."""
+"""scripts/gpu_queue.py: what travels to the GPU machine: the CIFAR-10 it carries (cut to what the CIFAR-10-LT presets
+train on), a carried folder cleared of leftovers, and a checkout without its committed weights when they would not fit."""
 
 from __future__ import annotations
 
