@@ -26,7 +26,7 @@ from pathlib import Path
 
 from glmc.checkpoint import checksum_path
 from glmc.compare import markdown_row
-from glmc.export import compact_path, write_evaluation
+from glmc.weights import compact_path, write_evaluation
 from glmc.report import SESSION_HEADER, session_rows
 from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES, SESSIONS_FILE, SUMMARY_FILE, RunFolder
 

@@ -238,7 +238,7 @@ def checkout_files() -> dict[str, int]:
 def committed_weights() -> list[str]:
     """The fp16 weights committed under results/, which the device would carry with the checkout (about 15 MB
     for each wide ResNet-32): a few of them put the checkout alone over the device's limit."""
-    from glmc.export import COMPACT_SUFFIX
+    from glmc.weights import COMPACT_SUFFIX
 
     listed = subprocess.run(["git", "ls-files", "-z", "--", "results"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout
@@ -360,7 +360,7 @@ def compact_files() -> tuple[str, ...]:
     """What comes back of a finished run: its records, and its weights (and those of its MaxNorm-calibrated
     checkpoint, with that calibration's metrics) as fp16 safetensors; never optimiser state."""
     from glmc.calibration import default_output, metrics_path
-    from glmc.export import compact_path
+    from glmc.weights import compact_path
     from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES
 
     maxnorm = default_output(LAST_CHECKPOINT, "maxnorm")
@@ -377,7 +377,7 @@ def note_collected(*paths: Path) -> None:
 def collect(item: Item) -> None:
     """Copy the compact part of every finished run (and the tables) from CAMPAIGN to RESULTS; evaluate the
     fp16 weights in fp32 and record that top-1 beside them (`weights-eval.json`), which a test re-checks on a CPU."""
-    from glmc.export import COMPACT_SUFFIX, evaluation_path, write_evaluation  # installed by `start` on the GPU machine
+    from glmc.weights import COMPACT_SUFFIX, evaluation_path, write_evaluation  # installed by `start` on the GPU machine
 
     for summary in sorted(CAMPAIGN.glob("*/*/seed-*/summary.json")):
         run = summary.parent

@@ -78,8 +78,11 @@ def test_overrides_are_typed_and_win_over_the_preset():
     [
         ("train.epochs", "ten", "train.epochs expects an integer, got 'ten'"),
         ("train.epochs", "2.5", "expects an integer"),
-        ("optim.lr", "fast", "optim.lr expects a number, got 'fast'"),
-        ("optim.lr", "nan", "expects a number"),
+        ("optim.lr", "fast", "optim.lr expects a finite number, got 'fast'"),
+        ("optim.lr", "nan", "expects a finite number"),
+        ("optim.lr", "inf", "optim.lr expects a finite number, got 'inf'"),
+        ("optim.weight_decay", "-inf", "expects a finite number"),
+        ("method.label_weighting", "1e999", "method.label_weighting expects a finite number"),
         ("train.drop_last", "maybe", "expects true or false"),
         ("train.max_steps", "x", "expects an integer or none"),
     ],

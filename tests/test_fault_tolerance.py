@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import glmc.trainer
+import glmc.rundir
 from conftest import TORCHRUN_ENV, torchrun_command, write_image_tree
 from glmc.augment import CifarAugment, Normalise
 from glmc.checkpoint import check_same_data, load_checkpoint, load_latest_good
@@ -134,13 +134,13 @@ def test_resume_if_exists_continues_this_run_and_refuses_another(tmp_path, capsy
 
 def test_time_based_checkpoints_come_at_the_sync_points(tmp_path, monkeypatch):
     saved = []
-    real_save = glmc.trainer.save_checkpoint
+    real_save = glmc.rundir.save_checkpoint
 
     def recording(path, payload, keep_previous=False):
         saved.append((Path(path).name, payload["state"]["global_step"]))
         real_save(path, payload, keep_previous)
 
-    monkeypatch.setattr(glmc.trainer, "save_checkpoint", recording)
+    monkeypatch.setattr(glmc.rundir, "save_checkpoint", recording)
     config = build_config("quickstart", {"train.epochs": "1", "train.batch_size": "16", "train.device": "cpu",
                                          "train.checkpoint_minutes": "1e-9"})  # always due
     train(config, tmp_path / "timed", quiet=True)

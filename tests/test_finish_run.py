@@ -9,7 +9,7 @@ from pathlib import Path
 
 from glmc.cli import main
 from glmc.config import build_config
-from glmc.export import evaluation_path
+from glmc.weights import evaluation_path
 from glmc.rundir import RECORD_FILES
 from glmc.trainer import train
 

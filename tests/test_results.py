@@ -14,7 +14,7 @@ import pytest
 
 from glmc.checkpoint import load_checkpoint
 from glmc.evaluation import evaluate_checkpoint
-from glmc.export import COMPACT_SUFFIX, evaluation_path
+from glmc.weights import COMPACT_SUFFIX, evaluation_path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 EVALUATIONS = sorted(RESULTS.rglob("*-eval.json"))

@@ -247,7 +247,8 @@ def test_bad_data_is_one_line_exit_2_and_nothing_is_written(tmp_path, case):
 
 BAD_ARGS = {
     "imbalance factor < 1": (["--set", "data.imbalance_factor=0.5"], "data.imbalance_factor must be >= 1"),
-    "non-numeric override": (["--set", "optim.weight_decay=lots"], "optim.weight_decay expects a number, got 'lots'"),
+    "non-numeric override": (["--set", "optim.weight_decay=lots"], "optim.weight_decay expects a finite number, got 'lots'"),
+    "infinite learning rate": (["--set", "optim.lr=inf"], "optim.lr expects a finite number, got 'inf'"),
     "unknown config key": (["--set", "optim.nesterov=true"], "unknown config key 'optim.nesterov'"),
     "malformed override": (["--set", "optim.lr"], "is not of the form section.field=value"),
     "unknown non-finite policy": (["--set", "train.nonfinite=ignore"], "unknown non-finite policy 'ignore'"),

@@ -120,11 +120,13 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
 
 def test_overwrite_starts_the_sessions_afresh(tmp_path):
     train(tiny_config(train__max_steps=2), tmp_path, quiet=True)
-    train(tiny_config(train__max_steps=2), tmp_path, resume=True, quiet=True)
+    train(tiny_config(train__max_steps=3), tmp_path, resume=True, quiet=True)
     assert len(RunFolder(tmp_path).read_sessions()) == 2
-    train(tiny_config(train__max_steps=3), tmp_path, overwrite=True, quiet=True)
+    train(tiny_config(train__max_steps=3), tmp_path, resume=True, quiet=True)  # finished: nothing to do, nothing recorded
+    assert len(RunFolder(tmp_path).read_sessions()) == 2
+    train(tiny_config(train__max_steps=4), tmp_path, overwrite=True, quiet=True)
     (only,) = RunFolder(tmp_path).read_sessions()
-    assert only["session"] == 1 and only["reached"]["global_step"] == 3
+    assert only["session"] == 1 and only["reached"]["global_step"] == 4
 
 
 def test_max_steps_stops_a_smoke_run(tmp_path):

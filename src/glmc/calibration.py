@@ -42,6 +42,7 @@ from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import prediction_head
 from glmc.precision import autocast, channels_last, predict_logits
 from glmc.registry import Registry, unknown_name_message
+from glmc.rundir import writing_into
 
 # ---------------------------------------------------------------- the pure functions
 
@@ -393,7 +394,13 @@ def calibrate_checkpoint(
         raise GlmcError(f"{output if output.exists() else report} already exists; pass --overwrite to replace it")
     if not output.parent.is_dir():
         raise GlmcError(f"output folder {output.parent} does not exist")
+    with writing_into(output):  # a run folder's lease, if output lies in one: no run is being trained there
+        return calibrate_into(path, name, calibration, output, report, data_root, device)
 
+
+def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration, output: Path, report: Path,
+                   data_root: str | None, device: str) -> dict:
+    """`calibrate_checkpoint`'s work, its output checked: calibrate, evaluate before and after, write both files."""
     started = time.time()
     restored = restore_for_evaluation(path, data_root, device)
     linear_head(restored.model, name)  # refuse a cosine head before any work

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from glmc.errors import GlmcError
+from glmc.weights import load_weights
 
 if TYPE_CHECKING:
     from glmc.config import Config
@@ -114,8 +115,6 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise GlmcError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from glmc.export import load_weights
-
         return load_weights(path)
     data = path.read_bytes()
     if checksum_path(path).is_file():

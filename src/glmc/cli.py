@@ -183,9 +183,8 @@ def run_train(args: argparse.Namespace) -> int:
         if args.resume_if_exists and not args.output:
             raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
         output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
-    resume = bool(args.resume)
-    if args.resume_if_exists and RunFolder(output).holds_this_run(config):
-        resume = True  # a restarted torchrun job, not a clash with another run
+    # --resume-if-exists: a restarted torchrun job continues its run (decided once the folder's lease is held)
+    resume = True if args.resume else None if args.resume_if_exists else False
     train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard,
           command=shlex.join(["glmc", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run

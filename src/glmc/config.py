@@ -242,7 +242,7 @@ def _coerce_plain(raw: Any, hint: type) -> Any:
         return int(raw) if not isinstance(raw, str) else int(raw, 10)
     if hint is float:
         value = float(raw)
-        if math.isnan(value):
+        if not math.isfinite(value):  # inf trains until the loss is NaN; no field means it
             raise ValueError
         return value
     if hint is str:
@@ -253,7 +253,7 @@ def _coerce_plain(raw: Any, hint: type) -> Any:
 
 
 def _type_name(hint: type, optional: bool) -> str:
-    name = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}[hint]
+    name = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[hint]
     return f"{name} or none" if optional else name
 
 

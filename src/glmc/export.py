@@ -1,9 +1,9 @@
 """`glmc export CKPT --format safetensors|onnx`: a trained model outside the lab.
 
 - **safetensors**: the model's weights (fp32, or fp16 for a file half the size) with everything
-  `glmc eval` and `glmc predict` need in the metadata: the run's config, class names and counts,
-  split fingerprint, preprocessing. `glmc.checkpoint.load_checkpoint` reads such a file as it
-  reads a checkpoint (weights back in fp32); it holds no optimiser state, so it cannot resume.
+  `glmc eval` and `glmc predict` need in the metadata (the format is glmc.weights');
+  `glmc.checkpoint.load_checkpoint` reads such a file as it reads a checkpoint (weights back in
+  fp32); it holds no optimiser state, so it cannot resume.
 - **onnx**: the prediction path only, backbone and prediction head `fc_cb` (input
   N x 3 x H x W normalised images, output N x K logits), with the preprocessing and the class
   names in the model's metadata (`metadata_props`).
@@ -17,91 +17,23 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
+from glmc.checkpoint import load_checkpoint
 from glmc.errors import GlmcError
+from glmc.evaluation import restore_model
+from glmc.models import use_heads
+from glmc.weights import require, save_weights
 
 FORMATS = ("safetensors", "onnx")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
-WEIGHTS_FORMAT = "glmc-weights/1"
-INSTALL_HINT = 'pip install "glmc[export]"'
-# checkpoint entries kept in a weights file's metadata (JSON-encoded)
-METADATA_KEYS = ("kind", "config", "backbone", "num_classes", "class_names", "class_counts", "fingerprint", "mean", "std",
-                 "image_size", "test_resize", "calibrations")
-
-
-def require(module: str):
-    try:
-        return __import__(module)
-    except ImportError:
-        raise GlmcError(f"exporting needs the {module} package: {INSTALL_HINT}") from None
 
 
 def export_weights(checkpoint_path: str | os.PathLike, output: str | os.PathLike, dtype: str = "fp16") -> Path:
-    """The checkpoint's weights in `dtype` with its facts in the metadata, as a safetensors file."""
-    from glmc.checkpoint import load_checkpoint
-
+    """The checkpoint's weights in `dtype` with its facts in the metadata, as a safetensors file (glmc.weights)."""
     require("safetensors")
-    from safetensors.torch import save_file
-
-    if dtype not in DTYPES:
-        raise GlmcError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
-    checkpoint = load_checkpoint(checkpoint_path)
-    tensors = {name: (value.to(DTYPES[dtype]) if value.is_floating_point() else value).contiguous()
-               for name, value in checkpoint["model"].items()}
-    metadata = {"format": WEIGHTS_FORMAT, "dtype": dtype, "source": str(checkpoint_path),
-                **{key: json.dumps(checkpoint[key]) for key in METADATA_KEYS if key in checkpoint}}
-    output = Path(output)
-    try:
-        save_file(tensors, str(output), metadata=metadata)
-    except OSError as error:
-        raise GlmcError(f"cannot write {output}: {error.strerror or error}") from None
-    return output
-
-
-def load_weights(path: str | os.PathLike) -> dict:
-    """A weights file as a checkpoint payload (weights in fp32, no optimiser or run state)."""
-    require("safetensors")
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise GlmcError(f"cannot read weights file {path}: {error}") from None
-    if metadata.get("format") != WEIGHTS_FORMAT:
-        raise GlmcError(f"{path} is not a glmc weights file (no {WEIGHTS_FORMAT!r} in its metadata)")
-    payload = {key: json.loads(metadata[key]) for key in METADATA_KEYS if key in metadata}
-    payload["model"] = {name: value.float() if value.is_floating_point() else value for name, value in tensors.items()}
-    return payload
-
-
-COMPACT_SUFFIX = "-fp16.safetensors"
-
-
-def compact_path(checkpoint: str | os.PathLike) -> Path:
-    """Where a checkpoint's compact weights go, the form results are committed in: `<stem>-fp16.safetensors` beside it."""
-    checkpoint = Path(checkpoint)
-    return checkpoint.with_name(checkpoint.stem + COMPACT_SUFFIX)
-
-
-def evaluation_path(weights: str | os.PathLike) -> Path:
-    """Where the fp32 evaluation of a weights file is recorded: `<name>-eval.json` beside it."""
-    weights = Path(weights)
-    return weights.with_name(weights.name.replace(".safetensors", "-eval.json"))
-
-
-def write_evaluation(weights: str | os.PathLike, metrics: Mapping) -> dict:
-    """Record `metrics` (`glmc eval --json` of `weights`, evaluated in fp32) beside the weights file, the
-    record tests/test_results.py re-checks on a CPU."""
-    record = {"weights": Path(weights).name, "precision": "fp32", **metrics}
-    evaluation_path(weights).write_text(json.dumps(record) + "\n")
-    return record
+    return save_weights(load_checkpoint(checkpoint_path), output, dtype, source=str(checkpoint_path))
 
 
 class PredictionPath(nn.Module):
@@ -118,10 +50,6 @@ class PredictionPath(nn.Module):
 def export_onnx(checkpoint_path: str | os.PathLike, output: str | os.PathLike, dtype: str = "fp32") -> Path:
     """The prediction path as ONNX (opset 17, dynamic batch), preprocessing and classes in its metadata."""
     onnx = require("onnx")
-    from glmc.checkpoint import load_checkpoint
-    from glmc.evaluation import restore_model
-    from glmc.models import use_heads
-
     if dtype != "fp32":
         raise GlmcError("ONNX export is fp32 (`--dtype fp32`); the runtime may convert it")
     checkpoint = load_checkpoint(checkpoint_path)

@@ -33,7 +33,7 @@ from glmc.engine import confusion_counts, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_for_evaluation
 from glmc.metrics import SHOT_GROUPS, format_percent
-from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run
+from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
 REPORT_FILE = "report.html"
@@ -386,16 +386,17 @@ def make_report(
     runs = [load_report_run(path, name) for path, name in zip(paths, display_names(paths))]
     if confusion:
         resolve_device(device)  # a bad --device is an error, not a note about a missing picture
-    for run in runs:
-        if confusion:
-            attach_confusion(run, data_root, device)
-            if run.confusion_note:
-                note(f"{run.name}: {run.confusion_note}")
-        else:
-            run.confusion_note = "confusion matrix skipped (--no-confusion)"
     folder = Path(output) if output else default_output(paths)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise GlmcError(f"cannot create report folder {folder}: {error.strerror}") from None
-    return write_run_report(runs[0], folder) if len(runs) == 1 else write_comparison_report(runs, folder)
+    with writing_into(folder):  # RUN_DIR/report/: the run folder's lease
+        for run in runs:
+            if confusion:
+                attach_confusion(run, data_root, device)
+                if run.confusion_note:
+                    note(f"{run.name}: {run.confusion_note}")
+            else:
+                run.confusion_note = "confusion matrix skipped (--no-confusion)"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise GlmcError(f"cannot create report folder {folder}: {error.strerror}") from None
+        return write_run_report(runs[0], folder) if len(runs) == 1 else write_comparison_report(runs, folder)

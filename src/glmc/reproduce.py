@@ -19,6 +19,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,10 +28,16 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
+from glmc import lock
+from glmc.calibration import CALIBRATIONS, calibrate_checkpoint, calibration_params, default_output, metrics_path
+from glmc.checkpoint import load_latest_good, write_text_atomically
 from glmc.compare import mean_of
 from glmc.config import Config, build_config, parse_override
 from glmc.errors import ConfigError, GlmcError
-from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run
+from glmc.export import export_weights
+from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run, writing_into
+from glmc.trainer import train
+from glmc.weights import compact_path
 
 TABLE_FILE = "table.md"
 TABLE_JSON = "table.json"
@@ -133,8 +140,6 @@ def parse_row(row: Any, seeds: Any, where: str) -> Row:
 
 def check_table(table: Table, where: str) -> None:
     """Every row's preset, overrides and calibration exist and are valid (nothing is trained)."""
-    from glmc.calibration import CALIBRATIONS, calibration_params
-
     for row in table.rows:
         try:
             build_config(row.preset, row.overrides)
@@ -218,42 +223,34 @@ def run_status(folder: Path, config: Config) -> RunStatus:
     run = RunFolder(folder)
     if not run.holds_this_run(config):
         return RunStatus("to do", 0, epochs)
-    from glmc.checkpoint import load_latest_good
-
     epoch = int(load_latest_good(run.last_checkpoint)["state"]["epoch"]) if run.has_checkpoint() else 0
     return RunStatus("partial", epoch, epochs)
 
 
 # ---------------------------------------------------------------- running
 
+BUSY_POLL_SECONDS = 10.0  # how often a command that has nothing left to do looks at the runs other processes hold
+
 
 def train_run(folder: Path, config: Config, quiet: bool) -> None:
-    """Train, or continue, the run in `folder` in this process."""
-    from glmc.trainer import train
-
-    train(config, folder, resume=RunFolder(folder).holds_this_run(config), quiet=quiet)
+    """Train, or continue, the run in `folder` in this process (`FolderInUse` if a live process writes it)."""
+    train(config, folder, resume=None, quiet=quiet)
 
 
 def train_command(folder: Path, row: Row, seed: int, plan: Plan) -> list[str]:
     """The same training as `train_run`, as a `glmc train` command for a worker process (--jobs)."""
     values = {**row.overrides, **plan.extra, "train.seed": seed, **plan.machine}
-    if RunFolder(folder).holds_run():
-        return [sys.executable, "-m", "glmc", "train", "--resume", str(folder), "--quiet",
-                *[arg for key, value in plan.machine.items() for arg in ("--set", f"{key}={value}")]]
     sets = [arg for key, value in values.items() for arg in ("--set", f"{key}={value}")]
-    return [sys.executable, "-m", "glmc", "train", "--preset", row.preset, *sets, "--output", str(folder), "--quiet"]
+    return [sys.executable, "-m", "glmc", "train", "--preset", row.preset, *sets, "--output", str(folder),
+            "--resume-if-exists", "--quiet"]
 
 
 def calibrated_paths(folder: Path, calibration: Mapping[str, Any]) -> tuple[Path, Path]:
-    from glmc.calibration import default_output, metrics_path
-
     checkpoint = default_output(folder / LAST_CHECKPOINT, calibration["method"])
     return checkpoint, metrics_path(checkpoint)
 
 
 def calibrate_run(folder: Path, row: Row, device: str | None, data_root: str | None) -> None:
-    from glmc.calibration import calibrate_checkpoint
-
     checkpoint, record = calibrated_paths(folder, row.calibration)
     if record.is_file():
         return
@@ -262,53 +259,120 @@ def calibrate_run(folder: Path, row: Row, device: str | None, data_root: str | N
                          data_root=data_root, device=device or "auto", overwrite=True)
 
 
-def reproduce(plan: Plan, jobs: int = 1, export: bool = False, quiet: bool = False, log=print) -> dict:
-    """Train what is missing (`jobs` runs at once), calibrate, export; the table is rewritten after every row."""
+class Progress:
+    """What one reproduce command has done and seen: the rows it finished, the runs it found in use."""
+
+    def __init__(self, log) -> None:
+        self.log, self.finished_rows, self.seen_busy = log, set(), set()
+
+    def busy(self, folder: Path, why: str) -> Path:
+        if folder not in self.seen_busy:
+            self.seen_busy.add(folder)
+            self.log(f"skipping {folder} for now: {why}")
+        return folder
+
+
+def reproduce(plan: Plan, jobs: int = 1, export: bool = False, quiet: bool = False, log=print,
+              poll_seconds: float = BUSY_POLL_SECONDS) -> dict:
+    """Train what is missing (`jobs` runs at once), calibrate, export; the table is rewritten after every row.
+
+    Several commands can share one output folder (processes on one machine, or machines that share DIR):
+    each trains the runs no live process holds (glmc.lock) and skips the ones in use; once nothing is
+    left for it, it waits for the others' runs to end (a run whose holder died is taken over), so every
+    run is trained once and every command ends with the whole table.
+    """
     if jobs < 1:
         raise GlmcError(f"--jobs must be >= 1, got {jobs}")
     plan.output.mkdir(parents=True, exist_ok=True)
-    pending = [(folder, row, seed) for folder, row, seed in plan.trainings()
-               if run_status(folder, plan.config(row, seed)).state != "done"]
-    finished_rows: set[str] = set()
-
-    def after_training() -> None:
-        for row in plan.rows:
-            if row.name in finished_rows:
-                continue
-            folders = [plan.folder(row, seed) for seed in plan.seeds[row.name]]
-            if all(run_status(f, plan.config(row, s)).state == "done" for f, s in zip(folders, plan.seeds[row.name])):
-                if row.calibration is not None:
-                    for folder in folders:
-                        calibrate_run(folder, row, plan.machine.get("train.device"), plan.machine.get("data.data_root"))
-                finished_rows.add(row.name)
-                write_table(plan, summarise(plan))
-                log(f"row {row.name!r} done")
-
-    after_training()
-    if jobs == 1:
-        for folder, row, seed in pending:
-            log(f"training {row.name!r}, seed {seed}: {folder}")
-            train_run(folder, plan.config(row, seed), quiet)
-            after_training()
-    else:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            commands = {folder: train_command(folder, row, seed, plan) for folder, row, seed in pending}
-            for folder, done in zip(commands, pool.map(lambda c: subprocess.run(c, capture_output=True, text=True),
-                                                       commands.values())):
-                if done.returncode != 0:
-                    raise GlmcError(f"training {folder} failed: {done.stderr.strip().splitlines()[-1:]}")
-                after_training()
-    if export:
-        export_runs(plan, log)
+    progress = Progress(log)
+    while True:
+        finish_rows(plan, progress)
+        in_use = train_missing(plan, jobs, quiet, progress)
+        in_use += finish_rows(plan, progress)
+        if export:
+            in_use += export_runs(plan, progress)
+        if not in_use:
+            break
+        time.sleep(poll_seconds)
     table = summarise(plan)
     write_table(plan, table)
     return table
 
 
-def export_runs(plan: Plan, log) -> None:
-    """Compact fp16 weights (safetensors, the config in its metadata) beside every finished run's checkpoint."""
-    from glmc.export import compact_path, export_weights
+def train_missing(plan: Plan, jobs: int, quiet: bool, progress: Progress) -> list[Path]:
+    """Train every run not done that no other live process holds; returns the folders found in use."""
+    pending = [(folder, row, seed) for folder, row, seed in plan.trainings()
+               if run_status(folder, plan.config(row, seed)).state != "done"]
+    return train_here(plan, pending, quiet, progress) if jobs == 1 else train_in_workers(plan, pending, jobs, progress)
 
+
+def train_here(plan: Plan, pending: list[tuple[Path, Row, int]], quiet: bool, progress: Progress) -> list[Path]:
+    in_use = []
+    for folder, row, seed in pending:
+        config = plan.config(row, seed)
+        refusal = lock.in_use(folder)
+        if refusal is None and run_status(folder, config).state != "done":  # another command may have ended it
+            progress.log(f"training {row.name!r}, seed {seed}: {folder}")
+            try:
+                train_run(folder, config, quiet)
+            except lock.FolderInUse as taken:  # taken between the look and the training
+                refusal = taken
+        if refusal is not None:
+            in_use.append(progress.busy(folder, str(refusal)))
+        else:
+            finish_rows(plan, progress)
+    return in_use
+
+
+def train_in_workers(plan: Plan, pending: list[tuple[Path, Row, int]], jobs: int, progress: Progress) -> list[Path]:
+    """`train_here` with `jobs` worker processes, each a `glmc train` (a refused one exits 2 naming the holder)."""
+    in_use, commands = [], {}
+    for folder, row, seed in pending:
+        refusal = lock.in_use(folder)
+        if refusal is None:
+            commands[folder] = train_command(folder, row, seed, plan)
+        else:
+            in_use.append(progress.busy(folder, str(refusal)))
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        runs = pool.map(lambda command: subprocess.run(command, capture_output=True, text=True), commands.values())
+        for folder, done in zip(commands, runs):
+            if done.returncode == 2 and lock.BUSY in done.stderr:
+                in_use.append(progress.busy(folder, done.stderr.strip().splitlines()[-1]))
+            elif done.returncode != 0:
+                raise GlmcError(f"training {folder} failed: {done.stderr.strip().splitlines()[-1:]}")
+            else:
+                finish_rows(plan, progress)
+    return in_use
+
+
+def finish_rows(plan: Plan, progress: Progress) -> list[Path]:
+    """Calibrate the rows whose runs are all done, and rewrite the table for each row newly finished; returns
+    the folders whose calibration another process holds."""
+    in_use = []
+    for row in plan.rows:
+        if row.name in progress.finished_rows:
+            continue
+        folders = [plan.folder(row, seed) for seed in plan.seeds[row.name]]
+        if not all(run_status(f, plan.config(row, s)).state == "done" for f, s in zip(folders, plan.seeds[row.name])):
+            continue
+        busy = []
+        for folder in folders if row.calibration is not None else ():
+            try:
+                calibrate_run(folder, row, plan.machine.get("train.device"), plan.machine.get("data.data_root"))
+            except lock.FolderInUse as refusal:
+                busy.append(progress.busy(folder, str(refusal)))
+        in_use += busy
+        if not busy:
+            progress.finished_rows.add(row.name)
+            write_table(plan, summarise(plan))
+            progress.log(f"row {row.name!r} done")
+    return in_use
+
+
+def export_runs(plan: Plan, progress: Progress) -> list[Path]:
+    """Compact fp16 weights (safetensors, the config in its metadata) beside every finished run's checkpoint;
+    returns the folders another process holds."""
+    in_use = []
     for row in plan.rows:
         for seed in plan.seeds[row.name]:
             folder = plan.folder(row, seed)
@@ -317,9 +381,16 @@ def export_runs(plan: Plan, log) -> None:
                 sources = [calibrated_paths(folder, row.calibration)[0]]
             for source in sources:
                 target = compact_path(source)
-                if source.is_file() and not target.is_file():
-                    export_weights(source, target, "fp16")
-                    log(f"exported {target}")
+                if not source.is_file() or target.is_file():
+                    continue
+                try:
+                    with writing_into(target):
+                        if not target.is_file():
+                            export_weights(source, target, "fp16")
+                            progress.log(f"exported {target}")
+                except lock.FolderInUse as refusal:
+                    in_use.append(progress.busy(folder, str(refusal)))
+    return in_use
 
 
 # ---------------------------------------------------------------- the table
@@ -405,8 +476,6 @@ def render_markdown(table: dict) -> str:
 
 
 def write_table(plan: Plan, table: dict) -> None:
-    from glmc.checkpoint import write_text_atomically
-
     write_text_atomically(plan.output / TABLE_JSON, json.dumps(table, indent=2) + "\n")
     write_text_atomically(plan.output / TABLE_FILE, render_markdown(table))
 

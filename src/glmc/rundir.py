@@ -5,24 +5,29 @@
     checkpoint_last.pt  the state to resume from       checkpoint_best.pt  the test-selected best epoch
     sessions.jsonl      one line per `glmc train` that worked on the run: when, where, with which
                         code, from which step to which, and how it ended
+    lock.json           while a process writes the folder: who (glmc.lock)
     tensorboard/        with --tensorboard             report/       written by `glmc report`
 
-Training writes through `RunFolder` (only rank 0 under torchrun); `glmc compare`, `glmc report`
-and `glmc reproduce` read a finished run with `load_run`. Checkpoint payloads are
-glmc.checkpoint's; this module only names their files.
+Training writes through `RunFolder` (only rank 0 under torchrun), which holds the folder's lease
+(glmc.lock) from `prepare` to `release` and checks it before every write; the other commands
+that write into a run folder hold it with `writing_into`. `glmc compare`, `glmc report` and
+`glmc reproduce` read a finished run with `load_run`, which needs no lease. Checkpoint payloads
+are glmc.checkpoint's; this module only names their files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
+from typing import Iterator, Mapping
 
 import yaml
 
-from glmc.checkpoint import checksum_path, disk_problem, previous_path, write_text_atomically
+from glmc import lock
+from glmc.checkpoint import checksum_path, disk_problem, previous_path, save_checkpoint, write_text_atomically
 from glmc.config import Config, dump_config, flatten, stored_config
 from glmc.errors import GlmcError
 
@@ -47,6 +52,7 @@ class RunFolder:
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
+        self.lease: lock.Lease | None = None
 
     @property
     def last_checkpoint(self) -> Path:
@@ -62,24 +68,60 @@ class RunFolder:
     def holds_run(self) -> bool:
         return (self.path / CONFIG_FILE).exists() or self.has_checkpoint()
 
-    def prepare(self, resume: bool, overwrite: bool) -> None:
-        """Create the folder, refusing to replace a run unless asked; `overwrite` clears the old run's files."""
+    def check_writable(self, resume: bool | None, overwrite: bool, config: Config) -> bool:
+        """What `prepare` would refuse, refused now without writing anything (a live writer, a run that is
+        not to be replaced or resumed); returns whether the run is to be resumed."""
+        refusal = lock.in_use(self.path)
+        if refusal is not None:
+            raise refusal
+        return self.resumes(resume, overwrite, config)
+
+    def resumes(self, resume: bool | None, overwrite: bool, config: Config) -> bool:
+        """Whether training continues the run the folder holds: `resume` True (it must hold one), False (it
+        must not, unless `overwrite`), or None (if it holds this very run; another run is refused)."""
+        if resume is None:
+            return self.holds_this_run(config)
         holds_run = self.holds_run()
         if resume and not holds_run:
             raise GlmcError(f"nothing to resume in {self.path}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
         if holds_run and not (resume or overwrite):
             raise GlmcError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
+        return resume
+
+    def prepare(self, resume: bool | None, overwrite: bool, config: Config, command: str = "") -> bool:
+        """Create the folder and take its lease, refusing to replace a run unless asked; `overwrite` clears the
+        old run's files. Returns whether the run is resumed (`resumes`, decided under the lease)."""
+        if resume:
+            self.resumes(resume, overwrite, config)  # nothing to resume: refused before the folder is made
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise GlmcError(f"cannot create output folder {self.path}: {error.strerror}") from None
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise GlmcError(f"output folder {self.path} is not writable")
+        self.lease = lock.take(self.path, command)
+        try:
+            resume = self.resumes(resume, overwrite, config)
+        except BaseException:
+            self.release()
+            raise
         if overwrite and not resume:
             for name in (METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
                 for path in (self.path / name, checksum_path(self.path / name), previous_path(self.path / name),
                              checksum_path(previous_path(self.path / name))):
                     path.unlink(missing_ok=True)
+        return resume
+
+    def release(self) -> None:
+        """Give the folder's lease back (a no-op where this process holds none)."""
+        if self.lease is not None:
+            self.lease.release()
+            self.lease = None
+
+    def check_lease(self) -> None:
+        """Before a write: `LostLease` if another process has taken the folder over."""
+        if self.lease is not None:
+            self.lease.check()
 
     def read_config(self, overrides: Mapping | None = None) -> Config:
         """The run's config (from any glmc version), with `overrides` on top."""
@@ -106,39 +148,76 @@ class RunFolder:
         return True
 
     def write_config(self, config: Config) -> None:
+        self.check_lease()
         write_text_atomically(self.path / CONFIG_FILE, dump_config(config))
 
     def write_classes(self, class_names: list[str]) -> None:
+        self.check_lease()
         write_text_atomically(self.path / CLASSES_FILE, "".join(f"{k}\t{name}\n" for k, name in enumerate(class_names)))
 
     def keep_records(self, records: list[dict]) -> None:
         """metrics.jsonl holds exactly `records` (a resumed run drops any written after its checkpoint)."""
+        self.check_lease()
         write_text_atomically(self.path / METRICS_FILE, jsonl(records))
 
     def append_record(self, record: dict) -> None:
+        self.check_lease()
         try:
             with open(self.path / METRICS_FILE, "a") as file:
                 file.write(json.dumps(record) + "\n")
         except OSError as error:
             raise GlmcError(f"{disk_problem(error)} while appending to {self.path / METRICS_FILE}") from None
 
+    def holds_summary(self) -> bool:
+        return (self.path / SUMMARY_FILE).is_file()
+
+    def read_summary(self) -> dict:
+        return read_json(self.path / SUMMARY_FILE)
+
     def write_summary(self, summary: dict) -> None:
+        self.check_lease()
         write_text_atomically(self.path / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
     def begin_session(self, session: dict) -> None:
         """Add this `glmc train` to sessions.jsonl, numbered after the earlier ones. A session that
         never ends (a SIGKILL, a lost machine) keeps this line alone: its gap shows in the file."""
+        self.check_lease()
         sessions = self.read_sessions()
         write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions + [{"session": len(sessions) + 1, **session}]))
 
     def end_session(self, ending: dict) -> None:
         """Complete the last line of sessions.jsonl, begun by `begin_session`."""
+        self.check_lease()
         sessions = self.read_sessions()
         write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions[:-1] + [{**sessions[-1], **ending}]))
+
+    def save_last(self, payload: dict) -> None:
+        """checkpoint_last.pt, the one it replaces kept as checkpoint_last.pt.prev."""
+        self.check_lease()
+        save_checkpoint(self.last_checkpoint, payload, keep_previous=True)
+
+    def save_best(self, payload: dict) -> None:
+        self.check_lease()
+        save_checkpoint(self.best_checkpoint, payload)
 
     def read_sessions(self) -> list[dict]:
         path = self.path / SESSIONS_FILE
         return read_records(path) if path.is_file() else []
+
+
+@contextlib.contextmanager
+def writing_into(path: str | os.PathLike, command: str = "") -> Iterator[None]:
+    """Hold the lease of the run folder that `path` (a file or folder about to be written) lies in, if it lies
+    in one, while the block writes it: calibrated checkpoints, exported weights, a run's report/."""
+    folder = Path(path).parent
+    if not RunFolder(folder).holds_run():
+        yield
+        return
+    lease = lock.take(folder, command)
+    try:
+        yield
+    finally:
+        lease.release()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 import glmc
 from glmc import distributed
-from glmc.checkpoint import restore_training, save_checkpoint, training_payload
+from glmc.checkpoint import restore_training, training_payload
 from glmc.config import Config
 from glmc.data.batch import HeldOutBatches, TrainingBatches
 from glmc.data.datasets import Dataset, create_dataset
@@ -50,7 +50,7 @@ from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
 from glmc.rundir import BEST_LABEL, TENSORBOARD_DIR, RunFolder
 from glmc.shots import SHOT_BOUNDS
-from glmc.tensorboard import TensorBoardLog
+from glmc.tensorboard import TensorBoardLog, summary_writer_class
 
 
 @dataclass
@@ -87,12 +87,15 @@ class Run:
     shard: Shard = SINGLE  # this process's rank among the torchrun processes
 
 
-def train(config: Config, output: str | os.PathLike, resume: bool = False, overwrite: bool = False, quiet: bool = False,
-          tensorboard: bool = False, command: str | None = None) -> dict:
+def train(config: Config, output: str | os.PathLike, resume: bool | None = False, overwrite: bool = False,
+          quiet: bool = False, tensorboard: bool = False, command: str | None = None) -> dict:
     """Train, evaluate and write the run folder; returns the summary.
 
+    `resume`: True continues the run `output` holds, False starts one there (refused if it holds a run,
+    unless `overwrite`), None continues it if it is this very run and starts it otherwise. Decided once
+    this process holds the folder's lease: a folder another live process writes is refused (`FolderInUse`).
     `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
-    `command`: the command line that started this session, for the run's sessions.jsonl.
+    `command`: the command line that started this session, for the run's sessions.jsonl and lock.json.
     """
     output = Path(output)
     shard, device = distributed.start(config.train.device)
@@ -103,18 +106,36 @@ def train(config: Config, output: str | os.PathLike, resume: bool = False, overw
         distributed.stop()
 
 
-def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool, overwrite: bool, quiet: bool,
-                  tensorboard: bool, command: str | None = None) -> dict:
-    """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes)."""
-    board = TensorBoardLog(output / TENSORBOARD_DIR, resume) if tensorboard else None  # no package: fails here
-    run = build_run(config, shard=shard, device=device)
+def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool | None, overwrite: bool,
+                  quiet: bool, tensorboard: bool, command: str | None = None) -> dict:
+    """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes, holding the lease)."""
     folder = RunFolder(output)
     if shard.is_main:
-        folder.prepare(resume, overwrite)  # only once every input has been checked
-    distributed.barrier()
+        folder.check_writable(resume, overwrite, config)  # before the slow part: a refusal costs nothing
+    if tensorboard:
+        summary_writer_class()  # no package: one line now, not after the folder is made
+    run = build_run(config, shard=shard, device=device)
+    try:
+        if shard.is_main:
+            resume = folder.prepare(resume, overwrite, config, command or "")  # only once every input has been checked
+        distributed.barrier()
+        if resume is None:  # rank 0 has decided, under the lease, and has not written since
+            resume = folder.holds_this_run(config)
+        return train_folder(run, folder, resume, quiet, tensorboard, command)
+    finally:
+        folder.release()
+
+
+def train_folder(run: Run, folder: RunFolder, resume: bool, quiet: bool, tensorboard: bool, command: str | None) -> dict:
+    """Train the run in its prepared folder, from its last checkpoint if `resume`."""
+    config, shard = run.config, run.shard
     state = RunState()
     if resume and folder.has_checkpoint():
         state = restore(folder, run)
+    if resume and finished(state, config) and folder.holds_summary():
+        log(quiet, f"nothing to do: {folder.path} holds this run, finished")
+        return folder.read_summary()
+    board = TensorBoardLog(folder.path / TENSORBOARD_DIR, resume) if tensorboard else None
     if shard.is_main:
         folder.write_config(config)
         folder.write_classes(run.dataset.class_names)
@@ -219,6 +240,7 @@ class Session:
             **({"command": self.command} if self.command else {}),
             "from": self.start,
             "host": platform.node(),
+            "pid": os.getpid(),
             "device": device_name(run.device),
             "processes": run.shard.world,
             "precision": {"train": run.precision, "eval": run.eval_precision},
@@ -377,7 +399,7 @@ def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch:
     state.seconds = clock.total()
     note_unreadable(run, state)
     if run.shard.is_main:
-        save_checkpoint(folder.last_checkpoint, payload(run, state, "last"), keep_previous=True)
+        folder.save_last(payload(run, state, "last"))
     clock.mark_saved(state)
 
 
@@ -422,7 +444,7 @@ def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: Los
     if state.best is None or record["top1"] > state.best["top1"]:
         state.best = record
         if run.shard.is_main:
-            save_checkpoint(folder.best_checkpoint, payload(run, state, BEST_LABEL))
+            folder.save_best(payload(run, state, BEST_LABEL))
 
 
 def epoch_losses(meter: LossMeter, shard: Shard) -> dict[str, float]:
