@@ -58,7 +58,7 @@ def snapshot(folder):
     "args, message",
     [
         (["--data-root", "{root}/nowhere"], "CIFAR-10 not found: looked for {root}/nowhere/cifar-10-batches-py"),
-        (["--data-root", "{root}", "--imbalance-factor", "0.5"], "imbalance factor must be >= 1, got 0.5"),
+        (["--data-root", "{root}", "--imbalance-factor", "0.5"], "data.imbalance_factor must be >= 1, got 0.5"),
         (["--data-root", "{root}", "--split", "cao"], "unknown split protocol 'cao'"),
         (["--data-root", "{root}", "--dataset", "cifar-10"], "unknown dataset 'cifar-10'; did you mean 'cifar10-lt'"),
         (["--dataset", "cifar100-lt", "--data-root", "{root}"], "CIFAR-100 not found"),

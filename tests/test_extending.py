@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import pytest
@@ -21,12 +21,13 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile, long_tailed_indices
 from glmc.errors import ConfigError
 from glmc.methods import METHODS, MethodOptions, Needs, StepResult
-from glmc.methods.base import require
+from glmc.methods.base import SearchRange, require, search_space
 
 
 @dataclass(frozen=True)
 class SmoothedOptions(MethodOptions):
     smoothing: float = 0.1
+    search_space: ClassVar[dict[str, SearchRange]] = {"method.smoothing": SearchRange(0.0, 0.3)}
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,3 +103,5 @@ def test_the_new_methods_options_are_typed_and_checked():
         build_config(None, {"method.name": "toy-label-smoothing", "method.beta": "0.5"})
     with pytest.raises(ConfigError, match="method.smoothing must be in"):
         build_config(None, {"method.name": "toy-label-smoothing", "method.smoothing": "1.5"})
+    space = search_space("toy-label-smoothing")  # what glmc tune searches: its own option and the common values
+    assert space["method.smoothing"] == SearchRange(0.0, 0.3) and {"optim.lr", "optim.weight_decay"} <= set(space)

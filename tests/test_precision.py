@@ -13,7 +13,7 @@ from glmc.config import OptimConfig, build_config
 from glmc.engine import learning_rate, step_rng, train_step
 from glmc.errors import ConfigError
 from glmc.precision import MixedPrecision, predict_logits, resolve_precision
-from glmc.trainer import build_run
+from glmc.trainer import build_run, train
 
 CPU = torch.device("cpu")
 
@@ -105,7 +105,18 @@ def test_evaluation_forward_is_plain_fp32_unless_asked():
 
 def test_the_summary_records_both_precisions(tiny_run):
     summary = json.loads((tiny_run / "summary.json").read_text())
-    assert summary["precision"] == {"train": resolve_precision("auto", CPU), "eval": "fp32"}
+    assert summary["precision"] == {"train": resolve_precision("auto", CPU), "eval": "fp32", "interim_eval": "fp32"}
+
+
+def test_interim_evaluations_may_run_in_bf16_and_the_last_one_always_in_eval_precision(tmp_path, capsys):
+    config = build_config("quickstart", {"train.epochs": "3", "train.eval_every": "1", "train.device": "cpu",
+                                         "train.batch_size": "128", "eval.interim_precision": "bf16"})
+    train(config, tmp_path / "run", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [record["precision"] for record in records] == ["bf16", "bf16", "fp32"]
+    final = json.loads((tmp_path / "run" / "summary.json").read_text())["final"]
+    assert main(["eval", str(tmp_path / "run" / "checkpoint_last.pt"), "--device", "cpu", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["per_class"] == final["per_class"]  # the headline: glmc eval's fp32
 
 
 def test_bench_prints_the_precision_it_ran(capsys):

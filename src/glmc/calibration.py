@@ -110,11 +110,15 @@ def linear_head(model: nn.Module, name: str) -> nn.Linear:
     return head
 
 
+TAU_GRID_STEP = 0.05  # fit=true: the taus tried, 0, 0.05, ... up to the grid's end
+
+
 @dataclass(frozen=True)
 class TauNormParams:
     # Kang et al. choose tau in [0, 1] on a validation set; 1 (every row unit norm) is the
-    # end of their range. The bias is kept.
+    # end of their range. The bias is kept. fit=true chooses it so, on the run's validation set.
     tau: float = 1.0
+    fit: bool = False
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:
@@ -124,24 +128,32 @@ class TauNormParams:
 @CALIBRATIONS.register("tau-norm")
 class TauNorm:
     """tau-normalisation (Kang et al. 2020, "Decoupling Representation and Classifier for
-    Long-Tailed Recognition", the tau-normalised classifier): `w_k <- w_k / ||w_k||^tau`."""
+    Long-Tailed Recognition", the tau-normalised classifier): `w_k <- w_k / ||w_k||^tau`;
+    with `fit`, tau in [0, 1.5] maximising the validation set's balanced accuracy."""
 
     Params = TauNormParams
+    GRID_END = 1.5
 
     def __init__(self, params: TauNormParams) -> None:
         self.params = params
 
     def __call__(self, model: nn.Module, restored: Restored) -> dict:
         head = linear_head(model, "tau-norm")
+        weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+        facts, tau = {}, self.params.tau
+        if self.params.fit:
+            tau, facts = fitted_tau(model, restored, self.GRID_END, lambda t: (tau_normalised(weight, t), bias))
         with torch.no_grad():
-            head.weight.copy_(tau_normalised(head.weight, self.params.tau))
-        return {}
+            head.weight.copy_(tau_normalised(weight, tau))
+        return facts
 
 
 @dataclass(frozen=True)
 class LogitAdjustmentParams:
     # Menon et al.'s temperature; tau = 1 is their Bayes-optimal choice for the balanced error.
+    # fit=true chooses it in [0, 2] on the run's validation set instead.
     tau: float = 1.0
+    fit: bool = False
 
     def __post_init__(self) -> None:
         if not self.tau >= 0:
@@ -152,9 +164,11 @@ class LogitAdjustmentParams:
 class LogitAdjustment:
     """Post-hoc logit adjustment (Menon et al. 2021, "Long-tail learning via logit adjustment"):
     predict `argmax_k z_k - tau log pi_k`, pi the training label prior; folded into fc_cb's
-    bias, so the checkpoint keeps its architecture."""
+    bias, so the checkpoint keeps its architecture; with `fit`, tau in [0, 2] maximising the
+    validation set's balanced accuracy."""
 
     Params = LogitAdjustmentParams
+    GRID_END = 2.0
 
     def __init__(self, params: LogitAdjustmentParams) -> None:
         self.params = params
@@ -162,9 +176,51 @@ class LogitAdjustment:
     def __call__(self, model: nn.Module, restored: Restored) -> dict:
         head = linear_head(model, "logit-adjustment")
         prior = log_prior(restored.checkpoint["class_counts"])  # K
+        weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
+        facts, tau = {}, self.params.tau
+        if self.params.fit:
+            tau, facts = fitted_tau(model, restored, self.GRID_END, lambda t: (weight, logit_adjusted_bias(bias, prior, t)))
         with torch.no_grad():
-            head.bias.copy_(logit_adjusted_bias(head.bias, prior, self.params.tau))
-        return {}
+            head.bias.copy_(logit_adjusted_bias(bias, prior, tau))
+        return facts
+
+
+def fitted_tau(model: nn.Module, restored: Restored, end: float, head_at: Callable[[float], tuple[Tensor, Tensor]]) -> tuple[float, dict]:
+    """The tau of the grid 0, TAU_GRID_STEP, ..., `end` whose head (`head_at(tau)`: weight, bias) has the best balanced
+    accuracy on the run's validation set (the first of equals), and the facts to record."""
+    features, labels = validation_features(model, restored)
+    grid = [round(TAU_GRID_STEP * k, 4) for k in range(int(round(end / TAU_GRID_STEP)) + 1)]
+    scores = []
+    for tau in grid:
+        weight, bias = head_at(tau)
+        scores.append(balanced_accuracy(features @ weight.T.to(features) + bias.to(features), labels))
+    best = max(range(len(grid)), key=lambda i: (scores[i], -i))
+    return grid[best], {"tau": grid[best], "fitted_on": "validation set",
+                        "validation_balanced_accuracy": round(scores[best], 4)}
+
+
+@torch.no_grad()
+def validation_features(model: nn.Module, restored: Restored) -> tuple[Tensor, Tensor]:
+    """The pooled features (N x d, fp32) and labels (N) of the run's validation set: what every tau is tried on."""
+    config = restored.config
+    try:
+        held_out = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device, part="val")
+    except GlmcError as missing:
+        raise GlmcError(f"fit=true chooses tau on a validation set, and this run has none ({missing})") from None
+    model.eval()
+    features, labels = [], []
+    for inputs, targets in held_out.batches():
+        with autocast(restored.precision, restored.device):
+            features.append(model(channels_last(inputs)).feature.float())
+        labels.append(targets)
+    return torch.cat(features), torch.cat(labels)
+
+
+def balanced_accuracy(logits: Tensor, labels: Tensor) -> float:
+    """The mean over classes present in `labels` of each one's accuracy, percent."""
+    correct = (logits.argmax(dim=1) == labels).double()
+    classes = labels.unique()
+    return float(torch.stack([correct[labels == k].mean() for k in classes]).mean() * 100)
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
 """The `glmc` command line: `glmc data | presets | train | eval | bench | calibrate | compare | report | predict |
-export | reproduce`.
+export | reproduce | tune`.
 
 Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback.
 """
@@ -17,6 +17,7 @@ from typing import Sequence
 
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
 from glmc.data.longtail import SPLITS
+from glmc.data.validation import VALIDATIONS
 from glmc.errors import GlmcError, RunInterrupted
 
 DATA_ROOT_ENV = "GLMC_DATA_ROOT"
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_predict_command(commands)
     add_export_command(commands)
     add_reproduce_command(commands)
+    add_tune_command(commands)
     return parser
 
 
@@ -75,6 +77,12 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-list", default="", help="image-list datasets: the test list")
     parser.add_argument("--long-tailed-subset", action="store_true",
                         help="image-file datasets: draw a long-tailed subset (--imbalance-factor, --split)")
+    parser.add_argument("--validation", default=defaults.validation, choices=VALIDATIONS,
+                        help="none, or held-out: a validation set out of the training images (README: choosing honestly)")
+    parser.add_argument("--val-per-class", type=int, default=defaults.val_per_class,
+                        help="held-out, in-memory sets: validation images per class (default: the dataset's)")
+    parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                        help="held-out, image files without their own validation set: share of each class held out")
 
 
 def data_config_from(args: argparse.Namespace) -> DataConfig:
@@ -88,6 +96,9 @@ def data_config_from(args: argparse.Namespace) -> DataConfig:
         val_list=args.val_list,
         test_list=args.test_list,
         long_tailed_subset=args.long_tailed_subset,
+        validation=args.validation,
+        val_per_class=args.val_per_class,
+        val_fraction=args.val_fraction,
     )
 
 
@@ -99,7 +110,12 @@ def add_data_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    card = create_dataset(data_config_from(args)).card()
+    from dataclasses import asdict
+
+    from glmc.config import config_from_dict
+
+    data = config_from_dict({"data": asdict(data_config_from(args))}).data  # validated as a run's would be
+    card = create_dataset(data).card()
     print(json.dumps(card.to_json()) if args.json else card.render())
     return 0
 
@@ -135,6 +151,8 @@ TRAIN_FLAGS = {
 def add_train_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser("train", help="train a model and write a run folder")
     parser.add_argument("--preset", help="a preset from `glmc presets` (default: the built-in defaults)")
+    parser.add_argument("--config", metavar="FILE", help="a config file: `preset` and `values` (glmc tune's best.yaml), "
+                        "or a run's config.yaml")
     parser.add_argument("--output", help="run folder (default: runs/<preset>-<time>)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run already in --output")
@@ -168,21 +186,26 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from glmc.config import build_config
+    from glmc.config import build_config, load_config_file
     from glmc.rundir import RunFolder
     from glmc.trainer import train
 
     overrides = train_overrides(args)
     if args.resume:
-        if args.preset or args.output:
-            raise GlmcError("--resume continues a run folder with its own config; drop --preset/--output")
+        if args.preset or args.output or args.config:
+            raise GlmcError("--resume continues a run folder with its own config; drop --preset/--config/--output")
         output = Path(args.resume)
         config = RunFolder(output).read_config(overrides)
     else:
-        config = build_config(args.preset, overrides)
+        preset, values = args.preset, {}
+        if args.config:
+            if args.preset:
+                raise GlmcError("give --preset or --config, not both (a config file names its preset)")
+            preset, values = load_config_file(args.config)
+        config = build_config(preset, {**values, **overrides})
         if args.resume_if_exists and not args.output:
             raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
-        output = Path(args.output or f"runs/{args.preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
+        output = Path(args.output or f"runs/{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     # --resume-if-exists: a restarted torchrun job continues its run (decided once the folder's lease is held)
     resume = True if args.resume else None if args.resume_if_exists else False
     train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard,
@@ -402,6 +425,40 @@ def run_reproduce(args: argparse.Namespace) -> int:
     table = reproduce(plan, jobs=args.jobs, export=args.export, quiet=args.quiet,
                       log=(lambda message: None) if args.quiet else (lambda message: print(f"glmc: {message}", file=sys.stderr)))
     print(render_markdown(table), end="")
+    return 0
+
+
+def add_tune_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("tune", help="choose a preset's hyper-parameters on a validation set (Optuna), never the test set")
+    parser.add_argument("--preset", required=True, help="a preset from `glmc presets`")
+    parser.add_argument("--trials", type=int, required=True, help="finished trials the study should have (complete or pruned)")
+    parser.add_argument("--output", required=True, metavar="DIR", help="study.db, trials/, best.yaml and report/ go here")
+    parser.add_argument("--space", metavar="FILE", help="YAML changing the method's search space: KEY: {low, high[, log]}, "
+                        "KEY: {choices: [...]} or KEY: null")
+    parser.add_argument("--storage", metavar="URL", help="where the study lives (default DIR/study.db): an SQLAlchemy URL, "
+                        "or journal:FILE for a file on a shared file system; several glmc tune commands may share it")
+    parser.add_argument("--pruner", default="none", help="none (default) or median: stop a trial whose validation score at "
+                        "an evaluation is below the median of earlier trials' at the same epoch")
+    parser.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    parser.add_argument("--data-root", help=f"dataset folder (default: ${DATA_ROOT_ENV} or the preset's)")
+    parser.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config value for every trial")
+    parser.set_defaults(run=run_tune)
+
+
+def run_tune(args: argparse.Namespace) -> int:
+    from glmc.config import parse_override
+    from glmc.tune import tune
+
+    overrides = dict(parse_override(text) for text in args.set)
+    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
+    if data_root:
+        overrides["data.data_root"] = data_root
+    if args.device:
+        overrides["train.device"] = args.device
+    tune(args.preset, args.trials, args.output, space_file=args.space, storage=args.storage, overrides=overrides,
+         pruner=args.pruner, sampler_seed=args.sampler_seed, log=lambda message: print(f"glmc: {message}", flush=True))
+    print(f"best: {Path(args.output) / 'best.yaml'}  (glmc train --config {Path(args.output) / 'best.yaml'})")
     return 0
 
 

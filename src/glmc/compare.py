@@ -45,12 +45,15 @@ class RunRow:
     setting: str = ""  # the run's config less its seed and machine paths: runs that share it differ only in seed
     n: int = 1  # runs aggregated into this row (`aggregate_seeds`)
     top1_std: float | None = None  # over those runs
+    best_label: str = BEST_LABEL  # what the best epoch was selected on
 
 
 def run_row(run_dir: str | os.PathLike) -> RunRow:
     """The table row of the finished run in `run_dir` (glmc.rundir.load_run); problems are one-line GlmcErrors."""
     record = load_run(run_dir)
     summary = record.summary
+    if summary.get("final", {}).get("top1", 0) is None:
+        raise GlmcError(f"{record.path} was never tested (eval.test=false, as glmc tune's trials are): nothing to compare")
     try:
         final, best, dataset = summary["final"], summary["best"], summary["dataset"]
         epochs = int(summary["epochs"])
@@ -65,6 +68,7 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             top1_final=float(final["top1"]),
             top1_best=float(best["top1"]),
             best_epoch=int(best["epoch"]),
+            best_label=str(best.get("label", BEST_LABEL)),
             many=final["many"],
             medium=final["medium"],
             few=final["few"],
@@ -123,7 +127,8 @@ def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
     test_sets = sorted({row.test_set for row in rows})
     bounds = sorted({row.shot_bounds for row in rows})
     return [
-        f"* {BEST_LABEL}; the headline is the final epoch. many/medium/few: final epoch, {' / '.join(bounds)} bounds.",
+        f"* {'; '.join(sorted({row.best_label for row in rows}))}; the headline is the final epoch. "
+        f"many/medium/few: final epoch, {' / '.join(bounds)} bounds.",
         "ECE: expected calibration error of the final epoch, percent, 15 equal-width confidence bins.",
         f"test set: {'; '.join(test_sets)}",
         *notes,

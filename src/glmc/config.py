@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
+from pathlib import Path
 from typing import Any, Mapping
 
 import yaml
@@ -26,6 +28,7 @@ from glmc.data.datasets import DATASETS, DataConfig
 from glmc.data.files import UNREADABLE_POLICIES
 from glmc.data.longtail import SPLITS
 from glmc.data.samplers import SAMPLERS
+from glmc.data.validation import VALIDATIONS
 from glmc.errors import ConfigError
 from glmc.methods import METHODS, MethodOptions, method_options
 from glmc.methods.base import option_names, option_types, unknown_option_message
@@ -94,6 +97,13 @@ class EvalConfig:
     # Every evaluation forward (training's test passes, glmc eval, report, predict, calibrate): "fp32" by
     # default, so a reported accuracy never depends on bf16 rounding of the logits; "bf16" or "auto" as for training.
     precision: str = "fp32"
+    # The evaluations during training before the last one: "fp32", "bf16" or "auto". bf16 costs a CPU with bf16 about
+    # half the time (README, Speed: the same top-1 to two decimals on a committed checkpoint); the final epoch's
+    # evaluation, the headline, always runs in `precision`.
+    interim_precision: str = "fp32"
+    # Whether evaluations test the model on the test set. False (glmc tune's trials, which choose on the validation set)
+    # never looks at it and needs data.validation=held-out.
+    test: bool = True
 
 
 @dataclass
@@ -276,6 +286,7 @@ def validate(config: Config) -> None:
         raise ConfigError(unknown_name_message("unreadable-image policy", config.data.unreadable, list(UNREADABLE_POLICIES)))
     check_precision(config.train.precision, "train.precision")
     check_precision(config.eval.precision, "eval.precision")
+    check_precision(config.eval.interim_precision, "eval.interim_precision")
     if config.optim.schedule not in SCHEDULES:
         raise ConfigError(unknown_name_message("schedule", config.optim.schedule, list(SCHEDULES)))
     _require(config.data.imbalance_factor >= 1, "data.imbalance_factor must be >= 1", config.data.imbalance_factor)
@@ -283,6 +294,13 @@ def validate(config: Config) -> None:
     _require(config.data.resize >= config.data.image_size, f"data.resize must be >= data.image_size ({config.data.image_size})",
              config.data.resize)
     _require(config.data.workers >= 0, "data.workers must be >= 0", config.data.workers)
+    if config.data.validation not in VALIDATIONS:
+        raise ConfigError(unknown_name_message("validation protocol", config.data.validation, list(VALIDATIONS)))
+    _require(config.data.val_per_class is None or config.data.val_per_class >= 1, "data.val_per_class must be >= 1 (or none)",
+             config.data.val_per_class)
+    _require(0 < config.data.val_fraction < 1, "data.val_fraction must be in (0, 1)", config.data.val_fraction)
+    _require(config.eval.test or config.data.validation != "none",
+             "eval.test=false evaluates nothing: it needs a validation set (data.validation=held-out)", config.data.validation)
     _require(config.optim.lr > 0, "optim.lr must be > 0", config.optim.lr)
     _require(config.optim.momentum >= 0, "optim.momentum must be >= 0", config.optim.momentum)
     _require(config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0", config.optim.weight_decay)
@@ -354,6 +372,23 @@ def preset_values(name: str) -> dict[str, Any]:
     if name not in presets:
         raise ConfigError(unknown_name_message("preset", name, sorted(presets)))
     return flatten(presets[name].get("values", {}))
+
+
+def load_config_file(path: str | os.PathLike) -> tuple[str | None, dict[str, Any]]:
+    """The preset and the values of a config file (`glmc train --config FILE`): `preset: NAME` and/or `values:
+    {section: {key: value}}`, as `glmc tune` writes its best.yaml; or a run's config.yaml (every section written out)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ConfigError(f"cannot read config file {path}: {str(error).splitlines()[0]}") from None
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"config file {path} must be a mapping: `preset: NAME` and/or `values: {{section: {{key: value}}}}`")
+    if set(raw) <= {"preset", "values"}:
+        values = raw.get("values") or {}
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"config file {path}: `values` must be a mapping of sections")
+        return raw.get("preset"), flatten(values)
+    return None, flatten(raw)
 
 
 def dump_config(config: Config) -> str:

@@ -28,6 +28,8 @@ def summary_writer_class() -> type:
 def record_scalars(record: dict) -> dict[str, float]:
     """The scalars of one metrics.jsonl record, under TensorBoard tags grouped by kind."""
     scalars = {f"accuracy/{key}": record[key] for key in ACCURACY_KEYS if record.get(key) is not None}
+    val = record.get("val") or {}
+    scalars |= {f"validation/{key}": val[key] for key in (*ACCURACY_KEYS, "balanced") if val.get(key) is not None}
     scalars |= {f"loss/{name}": value for name, value in record.get("losses", {}).items()}
     scalars["lr"] = record["lr"]
     scalars["seconds_per_epoch"] = record["seconds"]

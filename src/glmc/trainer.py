@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from tqdm import tqdm
@@ -48,7 +48,7 @@ from glmc.methods.base import Method
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
-from glmc.rundir import BEST_LABEL, TENSORBOARD_DIR, RunFolder
+from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, TENSORBOARD_DIR, RunFolder
 from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TensorBoardLog, summary_writer_class
 
@@ -80,15 +80,20 @@ class Run:
     loader: TrainingBatches  # builds only the streams and views the method reads
     method: Method
     optimizer: torch.optim.Optimizer
-    test_set: HeldOutBatches
+    test_set: HeldOutBatches | None  # None with eval.test=false: the test set is never looked at
+    val_set: HeldOutBatches | None  # the validation set (data.validation=held-out), or None
     precision: str  # of the training forward, resolved: "fp32" or "bf16"
     eval_precision: str  # of the evaluation forward, resolved
+    interim_precision: str  # of the evaluations during training before the last one, resolved
     data_digest: dict[str, str]  # the dataset's content digest when the run was built
     shard: Shard = SINGLE  # this process's rank among the torchrun processes
+    # called with every evaluation's record (glmc tune reports it to its pruner, which may stop the run by raising)
+    on_evaluation: Callable[[dict], None] | None = None
 
 
 def train(config: Config, output: str | os.PathLike, resume: bool | None = False, overwrite: bool = False,
-          quiet: bool = False, tensorboard: bool = False, command: str | None = None) -> dict:
+          quiet: bool = False, tensorboard: bool = False, command: str | None = None,
+          on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Train, evaluate and write the run folder; returns the summary.
 
     `resume`: True continues the run `output` holds, False starts one there (refused if it holds a run,
@@ -96,18 +101,20 @@ def train(config: Config, output: str | os.PathLike, resume: bool | None = False
     this process holds the folder's lease: a folder another live process writes is refused (`FolderInUse`).
     `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
     `command`: the command line that started this session, for the run's sessions.jsonl and lock.json.
+    `on_evaluation`: called with every evaluation's metrics.jsonl record, after it is written.
     """
     output = Path(output)
     shard, device = distributed.start(config.train.device)
     try:
         return train_process(config, output, shard, device, resume, overwrite, quiet or not shard.is_main,
-                             tensorboard and shard.is_main, command)
+                             tensorboard and shard.is_main, command, on_evaluation)
     finally:
         distributed.stop()
 
 
 def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool | None, overwrite: bool,
-                  quiet: bool, tensorboard: bool, command: str | None = None) -> dict:
+                  quiet: bool, tensorboard: bool, command: str | None = None,
+                  on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes, holding the lease)."""
     folder = RunFolder(output)
     if shard.is_main:
@@ -115,6 +122,7 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     if tensorboard:
         summary_writer_class()  # no package: one line now, not after the folder is made
     run = build_run(config, shard=shard, device=device)
+    run.on_evaluation = on_evaluation
     try:
         if shard.is_main:
             resume = folder.prepare(resume, overwrite, config, command or "")  # only once every input has been checked
@@ -162,7 +170,7 @@ def train_folder(run: Run, folder: RunFolder, resume: bool, quiet: bool, tensorb
     if board:
         board.close()
     summary = make_summary(config, run.dataset, state, run.device, shard.world,
-                           {"train": run.precision, "eval": run.eval_precision})
+                           {"train": run.precision, "eval": run.eval_precision, "interim_eval": run.interim_precision})
     if shard.is_main:
         folder.write_summary(summary)
         folder.end_session(session.ending(clock))
@@ -197,9 +205,12 @@ def build_run(config: Config, dataset: Dataset | None = None, shard: Shard = SIN
         loader=loader,
         method=method,
         optimizer=create_optimizer(model, config.optim, device),
-        test_set=dataset.test_set(config.data, train.eval_batch_size, device, shard),
+        test_set=dataset.test_set(config.data, train.eval_batch_size, device, shard) if config.eval.test else None,
+        val_set=(dataset.test_set(config.data, train.eval_batch_size, device, shard, part="val")
+                 if config.data.validation == "held-out" else None),
         precision=precision,
         eval_precision=resolve_precision(config.eval.precision, device),
+        interim_precision=resolve_precision(config.eval.interim_precision, device),
         data_digest=dataset.content_digest(),
         shard=shard,
     )
@@ -425,7 +436,8 @@ def this_ranks_totals(saved: dict | None, shard: Shard) -> dict | None:
 
 def note_unreadable(run: Run, state: RunState) -> None:
     """Add the images skipped as undecodable (data.unreadable=skip), by any rank, to the run's list."""
-    skipped = set(run.loader.unreadable_paths()) | set(run.test_set.unreadable_paths())
+    skipped = set(run.loader.unreadable_paths()).union(*(held_out.unreadable_paths() for held_out in (run.test_set, run.val_set)
+                                                          if held_out is not None))
     state.unreadable = sorted(distributed.union_across(set(state.unreadable) | skipped))
 
 
@@ -433,18 +445,33 @@ def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: Los
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
     distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
-    metrics = evaluate(run.model, run.test_set.batches(), run.dataset.class_counts, bounds, run.eval_precision)
+    precision = run.eval_precision if finished(state, config) else run.interim_precision
+    test, val = (None if held_out is None else
+                 evaluate(run.model, held_out.batches(), run.dataset.class_counts, bounds, precision)
+                 for held_out in (run.test_set, run.val_set))
     note_unreadable(run, state)
     epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
-    record = evaluation_record(epoch, state, metrics, epoch_losses(meter, run.shard), run.optimizer, seconds)
+    record = evaluation_record(epoch, state, test, val, precision, epoch_losses(meter, run.shard), run.optimizer, seconds)
     state.records.append(record)
     if run.shard.is_main:
         folder.append_record(record)
     log(quiet, evaluation_line(record, config.train.epochs))
-    if state.best is None or record["top1"] > state.best["top1"]:
+    if run.on_evaluation is not None:
+        run.on_evaluation(record)
+    if state.best is None or selection_score(record) > selection_score(state.best):
         state.best = record
         if run.shard.is_main:
-            folder.save_best(payload(run, state, BEST_LABEL))
+            folder.save_best(payload(run, state, best_label(record)))
+
+
+def selection_score(record: dict) -> float:
+    """What the best epoch is chosen on: the validation set's balanced accuracy where the run has one, else the
+    test top-1 (labelled as such: glmc's headline is always the final epoch)."""
+    return record["val"]["balanced"] if "val" in record else record["top1"]
+
+
+def best_label(record: dict) -> str:
+    return BEST_ON_VALIDATION_LABEL if "val" in record else BEST_LABEL
 
 
 def epoch_losses(meter: LossMeter, shard: Shard) -> dict[str, float]:
@@ -470,12 +497,28 @@ def restore(folder: RunFolder, run: Run) -> RunState:
     return state
 
 
-def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dict[str, float], optimizer, seconds: float) -> dict:
+# what a record keeps of the validation set's metrics (`balanced`: the mean per-class accuracy, what glmc tune maximises)
+VALIDATION_KEYS = ("top1", "balanced", "many", "medium", "few", "per_class", "ece", "nll", "num_samples")
+
+
+def validation_json(metrics: Metrics) -> dict:
+    values = metrics.to_json()
+    tested = [accuracy for accuracy in values["per_class"] if accuracy is not None]
+    values["balanced"] = round(sum(tested) / len(tested), 4)
+    return {key: values[key] for key in VALIDATION_KEYS}
+
+
+def evaluation_record(epoch: int, state: RunState, test: Metrics | None, val: Metrics | None, precision: str,
+                      losses: dict[str, float], optimizer, seconds: float) -> dict:
+    """One metrics.jsonl line: the test set's metrics at the top (unless eval.test=false), the validation set's
+    under `val` (where the run has one), and the precision they were evaluated in."""
     return {
         "epoch": epoch,
         "global_step": state.global_step,
         "partial_epoch": state.step != 0,
-        **metrics.to_json(),
+        **(test.to_json() if test is not None else {}),
+        **({"val": validation_json(val)} if val is not None else {}),
+        "precision": precision,
         "losses": losses,
         "lr": optimizer.param_groups[0]["lr"],
         "seconds": round(seconds, 3),
@@ -485,13 +528,19 @@ def evaluation_record(epoch: int, state: RunState, metrics: Metrics, losses: dic
 
 def evaluation_line(record: dict, epochs: int) -> str:
     loss = record["losses"].get("loss", float("nan"))
-    return (f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  top1 {record['top1']:.2f}  "
-            f"top5 {record['top5']:.2f}  {format_shots(record, width=5)}  ece {format_percent(record.get('ece'))}  "
-            f"lr {record['lr']:.5f}  {record['seconds']:.1f}s")
+    test = (f"top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  {format_shots(record, width=5)}  "
+            f"ece {format_percent(record.get('ece'))}  ") if "top1" in record else ""
+    val = record.get("val")
+    validation = f"val {val['top1']:.2f} (balanced {val['balanced']:.2f})  " if val else ""
+    return f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  {test}{validation}lr {record['lr']:.5f}  {record['seconds']:.1f}s"
 
 
 def shots_table(summary: dict) -> str:
-    rows = [("final", summary["final"]), (f"best (epoch {summary['best']['epoch']}, test-selected)", summary["best"])]
+    final, best = summary["final"], summary["best"]
+    chosen = "validation-selected" if best.get("label") == BEST_ON_VALIDATION_LABEL else "test-selected"
+    rows = [("final", final), (f"best (epoch {best['epoch']}, {chosen})", best)]
+    if final.get("top1") is None:  # eval.test=false: only the validation set was evaluated
+        rows = [("final, validation set", final["val"]), (f"best (epoch {best['epoch']}), validation set", best["val"])]
     width = max(len(name) for name, _ in rows)
     lines = [f"{'':<{width}}  {'top1':>6} {'many':>6} {'medium':>6} {'few':>6}"]
     for name, record in rows:
@@ -500,7 +549,7 @@ def shots_table(summary: dict) -> str:
 
 
 METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples",
-               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability")
+               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability", "val")
 
 
 def make_summary(config: Config, dataset: Dataset, state: RunState, device: torch.device, processes: int = 1,
@@ -508,7 +557,7 @@ def make_summary(config: Config, dataset: Dataset, state: RunState, device: torc
     final = state.records[-1]
     return {
         "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: records of a run begun by an older glmc lack ECE
-        "best": {k: state.best.get(k) for k in METRIC_KEYS} | {"label": BEST_LABEL},
+        "best": {k: state.best.get(k) for k in METRIC_KEYS} | {"label": best_label(state.best)},
         "fingerprint": dataset.fingerprint,
         "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
         "method": config.method.name,

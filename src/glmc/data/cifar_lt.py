@@ -8,7 +8,7 @@ import numpy as np
 
 from glmc.data.cifar import CIFAR10, CIFAR100, CifarLayout, load_cifar
 from glmc.data.datasets import DATASETS, DataConfig
-from glmc.data.in_memory import InMemoryDataset
+from glmc.data.in_memory import InMemoryDataset, long_tailed_in_memory
 from glmc.data.longtail import SPLITS, exponential_profile, long_tailed_indices
 
 # The GLMC authors' normalisation constants. For CIFAR-100 they reuse CIFAR-10's mean with
@@ -19,6 +19,8 @@ CIFAR100_MEAN, CIFAR100_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 # Each dataset's CIFAR files and the head class's size n_max (all its training images).
 LAYOUTS: dict[str, tuple[CifarLayout, int]] = {"cifar10-lt": (CIFAR10, 5000), "cifar100-lt": (CIFAR100, 500)}
+# data.validation=held-out: validation images per class unless data.val_per_class says otherwise
+VAL_PER_CLASS = {"cifar10-lt": 100, "cifar100-lt": 20}
 
 
 def class_counts(name: str, imbalance_factor: float) -> list[int]:
@@ -40,19 +42,8 @@ def _cifar_lt(name: str, mean: tuple, std: tuple) -> Callable:
         SPLITS.get(config.split)  # an unknown protocol fails before the slow read
         data = load_cifar(layout, config.data_root, download=config.download)
         indices = long_tailed_indices(data.train.labels, counts, config.split)
-        return InMemoryDataset(
-            name=name,
-            split=config.split,
-            imbalance_factor=config.imbalance_factor,
-            class_names=data.class_names,
-            train_images=data.train.images[indices],
-            train_labels=data.train.labels[indices],
-            train_indices=indices,
-            test_images=data.test.images,
-            test_labels=data.test.labels,
-            mean=mean,
-            std=std,
-        )
+        return long_tailed_in_memory(name, config, data.class_names, (data.train.images, data.train.labels), indices,
+                                     (data.test.images, data.test.labels), mean, std, VAL_PER_CLASS[name])
 
     build.__doc__ = f"{layout.title}-LT: exponential profile from {n_max} images per class; complete test set."
     return DATASETS.register(name)(build)

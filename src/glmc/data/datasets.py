@@ -45,6 +45,10 @@ class DataConfig:
     resize: int = 256  # test images: shorter side resized to this, then centre-cropped to image_size
     workers: int = 8  # decoding processes per training process
     unreadable: str = "fail"  # an image that cannot be decoded: "fail" (naming the file) or "skip" and count it
+    # A validation set (glmc.data.validation): "none" (the benchmarks' protocol) or "held-out" out of the training images
+    validation: str = "none"
+    val_per_class: int | None = None  # in-memory sets: validation images per class (None: the dataset's default)
+    val_fraction: float = 0.1  # image files without a validation list or val/ folder: share of each class held out
 
 
 class Dataset:
@@ -83,6 +87,10 @@ class Dataset:
         """Test images' shorter side before the centre crop, or None when they are used as they are."""
         raise NotImplementedError
 
+    def validation_card(self) -> dict | None:
+        """The validation set a run evaluates (data.validation=held-out) for the card, or None."""
+        return None
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
@@ -102,6 +110,7 @@ class Dataset:
             test_total=len(self.test_labels),
             fingerprint=self.fingerprint,
             **bounds.sizes(counts),
+            validation=self.validation_card(),
         )
 
 
@@ -119,6 +128,7 @@ class DatasetCard:
     many: int
     medium: int
     few: int
+    validation: dict | None = None  # glmc.data.validation.validation_card
 
     @property
     def num_classes(self) -> int:
@@ -142,11 +152,14 @@ class DatasetCard:
             "medium": self.medium,
             "few": self.few,
             "fingerprint": self.fingerprint,
+            **({"validation": self.validation} if self.validation else {}),
         }
 
     def render(self) -> str:
         width = max(len(name) for name in self.class_names)
-        rows = [f"  {k:>3}  {name:<{width}}  {count:>6}" for k, (name, count) in enumerate(zip(self.class_names, self.class_counts))]
+        val_counts = self.validation["class_counts"] if self.validation else None
+        rows = [f"  {k:>3}  {name:<{width}}  {count:>6}" + (f"  val {val_counts[k]:>5}" if val_counts else "")
+                for k, (name, count) in enumerate(zip(self.class_names, self.class_counts))]
         return "\n".join(
             [
                 f"dataset      {self.dataset} (imbalance factor {self.imbalance_factor:g}, {self.split} split)",
@@ -156,10 +169,22 @@ class DatasetCard:
                 f"shots        many {self.many} / medium {self.medium} / few {self.few} classes "
                 f"(many > 100, medium 20..100, few < 20 training images)",
                 f"fingerprint  {self.fingerprint}",
+                *self.validation_lines(),
                 "per class:",
                 *rows,
             ]
         )
+
+    def validation_lines(self) -> list[str]:
+        if not self.validation:
+            return ["validation   none (data.validation=held-out holds one out of the training images)"]
+        val = self.validation
+        lines = [f"validation   {val['total']} images, {val['kind']} (fingerprint {val['fingerprint'][:19]}…)"]
+        lost = val.get("taken_from_training") or []
+        if any(lost):
+            lost_by_class = ", ".join(f"{self.class_names[k]} {n}" for k, n in enumerate(lost) if n)
+            lines.append(f"             {sum(lost)} of them out of the long-tailed training set, which lost them ({lost_by_class})")
+        return lines
 
 
 DATASETS: Registry[Callable[[DataConfig], Dataset]] = Registry("dataset")

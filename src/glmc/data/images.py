@@ -30,6 +30,7 @@ from glmc.data.batch import BatchSpec
 from glmc.data.datasets import DATASETS, DataConfig, Dataset
 from glmc.data.files import FileTestSet, FileTwoStreamLoader, ImageFiles
 from glmc.data.longtail import exponential_profile, long_tailed_indices
+from glmc.data.validation import stratified_hold_out, validation_card
 from glmc.distributed import SINGLE, Shard
 from glmc.errors import DataError, GlmcError
 
@@ -54,6 +55,7 @@ class ImageFileDataset(Dataset):
     val: ImageFiles | None
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    val_kind: str | None = None  # what `val` is when runs evaluate it (data.validation=held-out), else None
 
     @property
     def train_labels(self) -> np.ndarray:
@@ -66,8 +68,12 @@ class ImageFileDataset(Dataset):
     @property
     def fingerprint(self) -> str:
         """`sha256:<hex>` over the sorted `path<TAB>label` lines of the training set."""
-        lines = sorted(f"{path}\t{label}\n" for path, label in zip(self.train.paths, self.train.labels.tolist()))
-        return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+        return files_fingerprint(self.train)
+
+    def validation_card(self) -> dict | None:
+        if self.val_kind is None:
+            return None
+        return validation_card(self.val_kind, self.val.labels, self.num_classes, files_fingerprint(self.val))
 
     def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
                      resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
@@ -95,6 +101,11 @@ class ImageFileDataset(Dataset):
 
     def test_resize(self, config: DataConfig) -> int:
         return config.resize
+
+
+def files_fingerprint(files: ImageFiles) -> str:
+    lines = sorted(f"{path}\t{label}\n" for path, label in zip(files.paths, files.labels.tolist()))
+    return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
 
 
 def files_digest(files: ImageFiles) -> str:
@@ -217,6 +228,19 @@ def training_subset(files: ImageFiles, num_classes: int, config: DataConfig) -> 
     return files.subset(indices), indices, config.split, float(config.imbalance_factor)
 
 
+def with_validation(config: DataConfig, train: ImageFiles, indices: np.ndarray, val: ImageFiles | None,
+                    own: str) -> tuple[ImageFiles, np.ndarray, ImageFiles | None, str | None]:
+    """The training files and positions, the validation files and what they are, for `config.validation`:
+    with `held-out`, the dataset's own validation set (`own` says which) or a stratified hold-out of the training files."""
+    if config.validation != "held-out":
+        return train, indices, val, None
+    if val is not None:
+        return train, indices, val, own
+    kept, held = stratified_hold_out(train.labels, config.val_fraction)
+    return (train.subset(kept), indices[kept], train.subset(held),
+            f"held out of the training images, stratified ({config.val_fraction:g} of each class)")
+
+
 # ---------------------------------------------------------------- the registered datasets
 
 
@@ -254,7 +278,9 @@ def _image_list_dataset(name: str, defaults: ListDefaults, description: str) -> 
         val = read_image_list(val_list, root, num_classes) if use_val else None
         class_names = class_names_from_folders(train, num_classes)
         subset, indices, split, imbalance = training_subset(train, num_classes, config)
-        return ImageFileDataset(name, split, imbalance, class_names, subset, indices, test, val, IMAGENET_MEAN, IMAGENET_STD)
+        subset, indices, val, val_kind = with_validation(config, subset, indices, val, f"the validation list {val_list}")
+        return ImageFileDataset(name, split, imbalance, class_names, subset, indices, test, val, IMAGENET_MEAN, IMAGENET_STD,
+                                val_kind)
 
     build.__doc__ = description
     return DATASETS.register(name)(build)
@@ -285,4 +311,6 @@ def folder_dataset(config: DataConfig) -> ImageFileDataset:
         _, val_paths, val_labels = scan_class_folders(root / "val", known=class_names)
         val = ImageFiles(str(root), val_paths, val_labels)
     subset, indices, split, imbalance = training_subset(train, len(class_names), config)
-    return ImageFileDataset("folder", split, imbalance, class_names, subset, indices, test, val, IMAGENET_MEAN, IMAGENET_STD)
+    subset, indices, val, val_kind = with_validation(config, subset, indices, val, f"the folder {root / 'val'}")
+    return ImageFileDataset("folder", split, imbalance, class_names, subset, indices, test, val, IMAGENET_MEAN, IMAGENET_STD,
+                            val_kind)

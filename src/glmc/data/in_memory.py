@@ -15,6 +15,7 @@ from glmc.data.batch import BatchSpec
 from glmc.data.datasets import DataConfig, Dataset
 from glmc.data.loader import TwoStreamLoader, evaluation_batches
 from glmc.data.longtail import split_fingerprint
+from glmc.data.validation import balanced_hold_out, validation_card
 from glmc.distributed import SINGLE, Shard
 from glmc.errors import GlmcError
 
@@ -38,10 +39,21 @@ class InMemoryDataset(Dataset):
     test_labels: np.ndarray  # M, int64
     mean: tuple[float, ...]  # per-channel normalisation, on the [0, 1] scale
     std: tuple[float, ...]
+    # the validation set held out of the original training set (data.validation=held-out), or None
+    val_images: np.ndarray | None = None  # V x C x H x W, uint8
+    val_labels: np.ndarray | None = None  # V, int64
+    val_indices: np.ndarray | None = None  # V, positions in the original training set
+    val_taken: tuple[int, ...] | None = None  # per class: how many came out of the long-tailed training set
 
     @property
     def fingerprint(self) -> str:
         return split_fingerprint(self.train_indices)
+
+    def validation_card(self) -> dict | None:
+        if self.val_labels is None:
+            return None
+        return validation_card("class-balanced, from the original training images", self.val_labels,
+                               self.num_classes, split_fingerprint(self.val_indices), self.val_taken, self.val_indices)
 
     def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
                      resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
@@ -52,9 +64,11 @@ class InMemoryDataset(Dataset):
 
     def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
                  part: str = "test") -> "DeviceTestSet":
-        if part == "val":
-            raise GlmcError(f"dataset {self.name} has no validation set; its test set is the only held-out one")
-        images, labels = (self.train_images, self.train_labels) if part == "train" else (self.test_images, self.test_labels)
+        if part == "val" and self.val_images is None:
+            raise GlmcError(f"dataset {self.name} has no validation set here: set data.validation=held-out to hold one "
+                            "out of the training images")
+        images, labels = {"train": (self.train_images, self.train_labels), "val": (self.val_images, self.val_labels),
+                          "test": (self.test_images, self.test_labels)}[part]
         return DeviceTestSet(images, labels, Normalise(self.mean, self.std), batch_size, device, shard)
 
     def content_digest(self) -> dict[str, str]:
@@ -67,6 +81,24 @@ class InMemoryDataset(Dataset):
 
     def test_resize(self, config: DataConfig) -> None:
         return None  # test images are used as they are
+
+
+def long_tailed_in_memory(name: str, config: DataConfig, class_names: list[str], pool: tuple[np.ndarray, np.ndarray],
+                          indices: np.ndarray, test: tuple[np.ndarray, np.ndarray], mean: tuple[float, ...],
+                          std: tuple[float, ...], val_per_class: int) -> InMemoryDataset:
+    """The long-tailed set of `indices` into the original training set `pool` (images, labels), with its
+    validation set held out of `pool` when `config.validation` asks (`val_per_class` per class unless
+    `config.val_per_class` says otherwise)."""
+    pool_images, pool_labels = pool
+    val = {}
+    if config.validation == "held-out":
+        held_out = balanced_hold_out(pool_labels, indices, config.val_per_class or val_per_class, len(class_names))
+        indices = held_out.train_indices
+        val = {"val_images": pool_images[held_out.val_indices], "val_labels": pool_labels[held_out.val_indices],
+               "val_indices": held_out.val_indices, "val_taken": held_out.taken_from_training}
+    return InMemoryDataset(name=name, split=config.split, imbalance_factor=config.imbalance_factor, class_names=class_names,
+                           train_images=pool_images[indices], train_labels=pool_labels[indices], train_indices=indices,
+                           test_images=test[0], test_labels=test[1], mean=mean, std=std, **val)
 
 
 def array_digest(*arrays: np.ndarray) -> str:

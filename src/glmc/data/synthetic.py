@@ -25,11 +25,12 @@ from typing import Callable
 import numpy as np
 
 from glmc.data.datasets import DATASETS, DataConfig
-from glmc.data.in_memory import InMemoryDataset
+from glmc.data.in_memory import InMemoryDataset, long_tailed_in_memory
 from glmc.data.longtail import SPLITS, exponential_profile, long_tailed_indices
 
 N_MAX = 500  # training pool images per class, the head class's count
 TEST_PER_CLASS = 100
+VAL_PER_CLASS = 50  # data.validation=held-out: from the pool images the long-tailed split leaves unused
 IMAGE_SIZE = 32
 SEED = 2023  # root of the train-pool and test streams
 TRAIN_STREAM, TEST_STREAM = 0, 1
@@ -208,16 +209,5 @@ def synthetic_lt(config: DataConfig) -> InMemoryDataset:
     test_images, test_labels = generate_split(TEST_PER_CLASS, TEST_STREAM)
     indices = long_tailed_indices(pool_labels, counts, config.split)
     mean, std = channel_stats(pool_images)
-    return InMemoryDataset(
-        name="synthetic-lt",
-        split=config.split,
-        imbalance_factor=config.imbalance_factor,
-        class_names=names,
-        train_images=pool_images[indices],
-        train_labels=pool_labels[indices],
-        train_indices=indices,
-        test_images=test_images,
-        test_labels=test_labels,
-        mean=mean,
-        std=std,
-    )
+    return long_tailed_in_memory("synthetic-lt", config, names, (pool_images, pool_labels), indices,
+                                 (test_images, test_labels), mean, std, VAL_PER_CLASS)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
+from glmc.methods.base import METHODS, MethodOptions, Needs, SearchRange, StepResult, require
 from glmc.methods.losses import log_prior, logit_adjusted_cross_entropy
 
 
@@ -18,6 +18,7 @@ class LogitAdjustedOptions(MethodOptions):
     # logits + tau * log(prior) (Menon et al. 2021): tau = 1 is Balanced Softmax (Ren et al. 2020),
     # tau = 0 cross-entropy.
     logit_adjust_tau: float = 1.0
+    search_space: ClassVar[dict[str, SearchRange]] = {"method.logit_adjust_tau": SearchRange(0.0, 2.0)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -31,10 +31,26 @@ CUTMIX_LABELS = ("lambda", "area")
 
 
 @dataclass(frozen=True)
+class SearchRange:
+    """Where `glmc tune` looks for one config value: `low` to `high` (on a log scale if `log`), or one of `choices`."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple | None = None
+
+
+# What every method's search space holds: the optimiser's two main values (config keys).
+COMMON_SEARCH_SPACE = {"optim.lr": SearchRange(1e-3, 0.3, log=True), "optim.weight_decay": SearchRange(1e-5, 1e-2, log=True)}
+
+
+@dataclass(frozen=True)
 class MethodOptions:
-    """The options every method has: its name. A method's own `Options` derive from this."""
+    """The options every method has: its name. A method's own `Options` derive from this, and declare in
+    `search_space` where `glmc tune` looks for them (config keys -> `SearchRange`), beside the options."""
 
     name: str = "glmc"
+    search_space: ClassVar[dict[str, SearchRange]] = {}
 
     def __post_init__(self) -> None:
         """Validation of the subclasses' fields; each calls `super().__post_init__()`."""
@@ -79,6 +95,11 @@ def method_options(name: str = "glmc", **values: Any) -> MethodOptions:
         if key not in known:
             raise ConfigError(unknown_option_message(name, key))
     return options_type(name=name, **values)
+
+
+def search_space(name: str) -> dict[str, SearchRange]:
+    """Where `glmc tune` looks by default for method `name`: the common values and the method's own."""
+    return {**COMMON_SEARCH_SPACE, **METHODS.get(name).Options.search_space}
 
 
 def option_names(name: str) -> list[str]:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 from torch import nn
 
 from glmc.data.batch import TwoStreamBatch
-from glmc.methods.base import METHODS, MethodOptions, Needs, StepResult, require
+from glmc.methods.base import METHODS, MethodOptions, Needs, SearchRange, StepResult, require
 from glmc.methods.losses import focal_loss
 
 
@@ -18,6 +18,7 @@ class FocalOptions(MethodOptions):
     # The exponent gamma (Lin et al. 2017). 1.0 is Cao et al.'s CIFAR-LT focal baseline, the one the
     # long-tailed tables quote (Lin et al. use 2.0 for detection); 0 is cross-entropy.
     focal_gamma: float = 1.0
+    search_space: ClassVar[dict[str, SearchRange]] = {"method.focal_gamma": SearchRange(0.0, 3.0)}
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -7,14 +7,14 @@ Learning for Long-tailed Visual Recognitions", CVPR 2023 (arXiv 2305.08661).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from glmc.data.batch import BatchSpec, TwoStreamBatch
-from glmc.methods.base import CUTMIX_LABELS, METHODS, MethodOptions, Needs, StepResult, require
+from glmc.methods.base import CUTMIX_LABELS, METHODS, MethodOptions, Needs, SearchRange, StepResult, require
 from glmc.methods.losses import class_weights, cumulative_alpha, simsiam_loss, soft_cross_entropy
 from glmc.mixing import box_area_fraction, cutmix, cutmix_box, mixed_targets, mixup, sample_lambda
 from glmc.models.output import GLMCOutput
@@ -37,6 +37,13 @@ class GLMCOptions(MethodOptions):
     # Both mixed batches through the encoder as one batch of 2N (faster on a GPU). Not the
     # authors' computation: BatchNorm then normalises over both batches together.
     joint_forward: bool = False
+    # glmc tune: tau, gamma and the re-sampled stream's q around the authors' values (tau 1.0-1.2,
+    # gamma 1-10, q 0-0.2, METHOD.md section 5); beside the learning rate and weight decay every method has.
+    search_space: ClassVar[dict[str, SearchRange]] = {
+        "method.label_weighting": SearchRange(0.0, 2.0),
+        "method.consistency_weight": SearchRange(0.1, 10.0, log=True),
+        "train.resample_weighting": SearchRange(0.0, 1.0),
+    }
 
     def __post_init__(self) -> None:
         super().__post_init__()
