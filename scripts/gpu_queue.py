@@ -20,10 +20,12 @@ When the checkout and gpu/ together are over the device's 64 MiB, `prepare` park
 fp16 weights under results/ (removes them from the working tree; git keeps them): the GPU machine
 skips a finished item on its summary.json and never reads them. `unpack` and `restore` put them back.
 
-The queue is the GPU campaign issue's list, in order, then item 9: the authors' wide ResNet-32 on
-the standard split (does the network or the split make the gap between the CPU run's 79.50 and
-the authors' 88.50?). Every item is skipped when its results
-are already committed under results/, so each session advances it. Training goes through
+The queue (`queue()`) is fitted to a loan of about LOAN_MINUTES of GPU work: the two CIFAR benches
+first, the compiled step where the authors' run would not fit in a loan, the authors' IF100 row
+(skipped once the CPU campaign has committed it), then the rest of the campaign in order, the
+authors' wide ResNet-32 on the standard split among them. Every item is skipped when its results
+are already committed under results/, so each session advances it. A partial run whose checkpoint
+fits the next carry (PARTIAL_CARRY) comes back with `pack` and continues on the next loan. Training goes through
 `glmc reproduce` (tables in src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item
 interrupted within a session resumes from its checkpoint when `start` is called again. What
 comes back is compact: summaries, metrics, configs, tables, logs and fp16 safetensors weights
@@ -46,6 +48,7 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -73,13 +76,25 @@ def device() -> str:
     return "cpu" if SMOKE else "cuda"
 
 
+LOAN_MINUTES = 8.0  # of GPU work one loan gives (15 minutes of device time, start-ups and calls included)
+PARTIAL_CARRY = 16 * 2**20  # room the next carry has for a partial run's checkpoint beside the checkout and gpu/
+
+
 @dataclass(frozen=True)
 class Item:
-    """One step of the campaign: commands run in order; done when every `marks` path exists under RESULTS."""
+    """One step of the campaign: its commands, made when it starts (they may read what earlier items measured), run in
+    order; done when every `marks` path exists under RESULTS, or when another machine finished it (`elsewhere`)."""
 
     name: str
-    commands: list[list[str]]
+    commands: Callable[[], list[list[str]]]
     marks: list[str] = field(default_factory=list)  # relative to RESULTS
+    elsewhere: list[str] = field(default_factory=list)  # relative to results/: any one of them means done
+
+    def done(self) -> bool:
+        if not self.marks and not self.elsewhere:  # an item that decides for itself whether anything is left to do
+            return self.commands() == []
+        return bool(self.marks) and all((RESULTS / mark).exists() for mark in self.marks) or any(
+            (ROOT / "results" / path).exists() for path in self.elsewhere)
 
 
 # the smoke check on a CPU: one epoch of the small ResNet-8 per run, small images for the large-image items
@@ -88,16 +103,45 @@ SMOKE_RUN = [arg for value in SMOKE_SETS for arg in ("--set", value)]
 SMOKE_LARGE = ["train.batch_size=8", "data.image_size=64", "data.resize=72", "model.backbone=resnet10"] if SMOKE else []
 
 
-def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None) -> list[str]:
+def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None, compile_if_faster: str = "") -> list[str]:
+    """`glmc reproduce` of some rows; with `compile_if_faster` (a preset), `--compile` where this loan's benches found
+    that preset's compiled step faster (the same loss: tests/test_bench.py checks it)."""
     extra = SMOKE_RUN
     only = [arg for row in rows for arg in ("--only", row)]
     source = ["--tables", str(ROOT / "scripts" / tables)] if tables else []
+    compiled = ["--compile"] if compile_if_faster and compiled_is_faster(compile_if_faster) else []
     return glmc("reproduce", table, *source, *only, "--seeds", str(seeds), "--output", str(CAMPAIGN / table),
-                "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *extra)
+                "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *compiled, *extra)
+
+
+def bench_result(name: str) -> dict | None:
+    path = RESULTS / "bench" / name
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_minutes(bench: dict, epochs: int = 200) -> float:
+    """The minutes of training steps a run of `epochs` takes at a bench's speed."""
+    return bench["ms_per_step"] * bench["steps_per_epoch"] * epochs / 60000
+
+
+def compiled_is_faster(preset: str) -> bool:
+    plain, compiled = bench_result(f"gpu-{preset}.json"), bench_result(f"gpu-{preset}-compiled.json")
+    return bool(plain and compiled and compiled["ms_per_step"] < plain["ms_per_step"])
+
+
+def compile_bench_if_needed(preset: str) -> list[list[str]]:
+    """The compiled bench of `preset`, only where its plain bench says a 200-epoch run does not fit in one loan."""
+    plain = bench_result(f"gpu-{preset}.json")
+    if plain is None or run_minutes(plain) <= LOAN_MINUTES or bench_result(f"gpu-{preset}-compiled.json"):
+        return []
+    return [bench(preset, f"gpu-{preset}-compiled.json", "train.compile=true")]
 
 
 def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA)) -> list[str]:
-    steps = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", "100", "--warmup", "20"]
+    steps = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", "50", "--warmup", "10"]
     extra = [arg for value in sets for arg in ("--set", value)]
     return ["sh", "-c", " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *steps,
                                       *extra, "--json")) + f" > {RESULTS / 'bench' / name}"]
@@ -113,41 +157,49 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
 
 
 def queue() -> list[Item]:
+    """The campaign fitted to the loans (about LOAN_MINUTES of GPU work each): the two CIFAR benches first (the first
+    GPU figures, and every run's predicted time), then the authors' IF100 row unless the CPU campaign has finished it,
+    then the rest in the campaign issue's order."""
     photos = str(WORK / "photos")
+    authors = "cifar10-lt-if100-authors"
     return [
-        Item("1 bench", [
-            bench("cifar10-lt-if100", "gpu-cifar10-lt-if100.json"),
+        Item("1 bench", lambda: [bench(authors, f"gpu-{authors}.json"), bench("cifar10-lt-if100", "gpu-cifar10-lt-if100.json")],
+             [f"bench/gpu-{authors}.json", "bench/gpu-cifar10-lt-if100.json"]),
+        Item("2 compiled bench, if the authors' run does not fit in a loan", lambda: compile_bench_if_needed(authors)),
+        Item("3 authors IF100 + MaxNorm",
+             lambda: [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm", compile_if_faster=authors)],
+             [mark("glmc-cifar10-lt-authors", authors)],
+             elsewhere=["cifar10-lt/cifar10-lt-if100-authors-cpu/summary.json"]),  # the CPU campaign (issue 25)
+        Item("4 standard IF100: GLMC, CE, Balanced Softmax",
+             lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", "CE IF100", "Balanced Softmax IF100")],
+             [mark("cifar10-lt-standard", preset) for preset in
+              ("cifar10-lt-if100", "cifar10-lt-if100-ce", "cifar10-lt-if100-balanced-softmax")]),
+        Item("5 authors IF50, IF10", lambda: [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10", compile_if_faster=authors)],
+             [mark("glmc-cifar10-lt-authors", "cifar10-lt-if50-authors"), mark("glmc-cifar10-lt-authors", "cifar10-lt-if10-authors")]),
+        Item("6 authors IF100 + SAM",
+             lambda: [reproduce("gpu-campaign", "IF100 authors + SAM", tables="gpu_tables.yaml", compile_if_faster=authors)],
+             [mark("gpu-campaign", authors, {"optim.sam_rho": 0.05})]),
+        Item("7 standard IF100 GLMC, seeds 1 and 2", lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", seeds=3)],
+             [mark("cifar10-lt-standard", "cifar10-lt-if100", seed=seed) for seed in (1, 2)]),
+        Item("8 standard IF100 GLMC in fp32", lambda: [reproduce("gpu-campaign", "GLMC IF100 fp32", tables="gpu_tables.yaml")],
+             [mark("gpu-campaign", "cifar10-lt-if100", {"train.precision": "fp32"})]),
+        Item("9 standard split, the authors' wide ResNet-32 (network or split?)",
+             lambda: [reproduce("gpu-campaign", "GLMC IF100 wide ResNet-32, standard split", tables="gpu_tables.yaml",
+                                compile_if_faster=authors)],
+             [mark("gpu-campaign", "cifar10-lt-if100", {"model.backbone": "resnet32-wide"})]),
+        Item("10 the other benches: standard compiled, ImageNet-LT", lambda: [
             bench("cifar10-lt-if100", "gpu-cifar10-lt-if100-compiled.json", "train.compile=true"),
-            bench("cifar10-lt-if100-authors", "gpu-cifar10-lt-if100-authors.json"),
-            bench("cifar10-lt-if100-authors", "gpu-cifar10-lt-if100-authors-compiled.json", "train.compile=true"),
             [sys.executable, "-c", f"from glmc.bench import write_photo_stand_ins; write_photo_stand_ins({photos!r}, files=512)"],
             bench("imagenet-lt-authors", "gpu-imagenet-lt-authors.json", "data.dataset=folder", "data.workers=12",
                   *SMOKE_LARGE, data_root=photos),
-        ], ["bench/gpu-cifar10-lt-if100.json", "bench/gpu-imagenet-lt-authors.json"]),
-        Item("2 authors IF100 + MaxNorm", [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm")],
-             [mark("glmc-cifar10-lt-authors", "cifar10-lt-if100-authors")]),
-        Item("3 standard IF100: GLMC, CE, Balanced Softmax",
-             [reproduce("cifar10-lt-standard", "GLMC IF100", "CE IF100", "Balanced Softmax IF100")],
-             [mark("cifar10-lt-standard", preset) for preset in
-              ("cifar10-lt-if100", "cifar10-lt-if100-ce", "cifar10-lt-if100-balanced-softmax")]),
-        Item("4 authors IF50, IF10", [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10")],
-             [mark("glmc-cifar10-lt-authors", "cifar10-lt-if50-authors"), mark("glmc-cifar10-lt-authors", "cifar10-lt-if10-authors")]),
-        Item("5 authors IF100 + SAM", [reproduce("gpu-campaign", "IF100 authors + SAM", tables="gpu_tables.yaml")],
-             [mark("gpu-campaign", "cifar10-lt-if100-authors", {"optim.sam_rho": 0.05})]),
-        Item("6 standard IF100 GLMC, seeds 1 and 2", [reproduce("cifar10-lt-standard", "GLMC IF100", seeds=3)],
-             [mark("cifar10-lt-standard", "cifar10-lt-if100", seed=seed) for seed in (1, 2)]),
-        Item("7 standard IF100 GLMC in fp32", [reproduce("gpu-campaign", "GLMC IF100 fp32", tables="gpu_tables.yaml")],
-             [mark("gpu-campaign", "cifar10-lt-if100", {"train.precision": "fp32"})]),
-        Item("8 ImageNet-LT: one-process NCCL torchrun smoke", [
+        ], ["bench/gpu-cifar10-lt-if100-compiled.json", "bench/gpu-imagenet-lt-authors.json"]),
+        Item("11 ImageNet-LT: one-process NCCL torchrun smoke", lambda: [
             ["sh", "-c", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=1 -m glmc train "
                          f"--preset imagenet-lt-authors --set data.dataset=folder --data-root {photos} --device {device()} "
                          f"--max-steps 10 --set data.workers=12 {' '.join('--set ' + v for v in SMOKE_LARGE)} --quiet "
                          f"--output {WORK / 'nccl-smoke'} --resume-if-exists "
                          f"> {LOGS / 'nccl-smoke.log'} 2>&1"],
         ], ["nccl-smoke/summary.json"]),
-        Item("9 standard split, the authors' wide ResNet-32 (network or split?)",
-             [reproduce("gpu-campaign", "GLMC IF100 wide ResNet-32, standard split", tables="gpu_tables.yaml")],
-             [mark("gpu-campaign", "cifar10-lt-if100", {"model.backbone": "resnet32-wide"})]),
     ]
 
 
@@ -193,11 +245,22 @@ CARRIED = {"cifar10_jpeg.npz", "materialize.py", "wheels", "COMMIT"}  # what `pr
 
 def clear_leftovers() -> None:
     """Remove from gpu/ what `start`, `pack` or `unpack` left (a smoke check's data, runs and logs), which would
-    otherwise travel to the GPU machine with the carry."""
+    otherwise travel to the GPU machine with the carry; keep the partial runs a loan brought back (gpu/campaign/), to
+    continue on the next one."""
+    keep = {path for run, _, _ in partial_runs() for path in partial_files(run)}
     for path in sorted(WORK.iterdir()):
-        if path.name not in CARRIED:
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-            print(f"removed {path.relative_to(ROOT)} (not carried)")
+        if path.name in CARRIED:
+            continue
+        if path == CAMPAIGN and keep:
+            for inner in sorted(CAMPAIGN.rglob("*"), reverse=True):  # files first, then the folders they leave empty
+                if inner.is_file() and inner not in keep:
+                    inner.unlink()
+                elif inner.is_dir() and not any(inner.iterdir()):
+                    inner.rmdir()
+            print(f"kept {len(keep)} files of partial runs under {CAMPAIGN.relative_to(ROOT)}, to continue")
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        print(f"removed {path.relative_to(ROOT)} (not carried)")
 
 
 def presets_train_indices(train_labels: np.ndarray) -> np.ndarray:
@@ -270,13 +333,15 @@ def unpack(files_at: str) -> int:
         return 2
     restore_weights()
     joined = WORK / "campaign.tar.gz"
-    WORK.mkdir(exist_ok=True)
+    WORK.mkdir(parents=True, exist_ok=True)
     with open(joined, "wb") as out:
         for part in parts:
             out.write(part.read_bytes())
     with tarfile.open(joined) as archive:
         archive.extractall(ROOT, filter="data")
     print(f"unpacked {len(parts)} parts into {RESULTS}; now write each run's RUN.md from its summary and commit")
+    for run, epoch, epochs in partial_runs():
+        print(f"partial run {run.relative_to(ROOT)}: {epoch} of {epochs} epochs; the next `prepare` carries it to continue")
     return 0
 
 
@@ -336,12 +401,12 @@ def running() -> bool:
 def run() -> int:
     """The queue itself, in order; an item whose results are committed is skipped."""
     for item in queue():
-        if item.marks and all((RESULTS / mark).exists() for mark in item.marks):
+        if item.done():
             print(f"{time.strftime('%H:%M:%S')} skip {item.name}: its results are committed", flush=True)
             continue
         print(f"{time.strftime('%H:%M:%S')} start {item.name}", flush=True)
         started = time.time()
-        for command in item.commands:
+        for command in item.commands():
             with open(LOGS / f"{item.name.split()[0]}.log", "a") as log:
                 log.write(f"$ {' '.join(command)}\n")
                 log.flush()
@@ -400,7 +465,7 @@ def collect(item: Item) -> None:
         (RESULTS / table.parent.name).mkdir(parents=True, exist_ok=True)
         shutil.copy2(table, RESULTS / table.relative_to(CAMPAIGN))
         note_collected(RESULTS / table.relative_to(CAMPAIGN))
-    if item.name.startswith("8") and (WORK / "nccl-smoke" / "summary.json").is_file():
+    if "NCCL" in item.name and (WORK / "nccl-smoke" / "summary.json").is_file():
         (RESULTS / "nccl-smoke").mkdir(parents=True, exist_ok=True)
         shutil.copy2(WORK / "nccl-smoke" / "summary.json", RESULTS / "nccl-smoke" / "summary.json")
 
@@ -411,14 +476,42 @@ def status() -> int:
     if log.is_file():
         print("".join(log.read_text().splitlines(keepends=True)[-12:]), end="")
     for item in queue():
-        done = item.marks and all((RESULTS / mark).exists() for mark in item.marks)
-        print(f"  {'done' if done else 'todo'}  {item.name}")
+        print(f"  {'done' if item.done() else 'todo'}  {item.name}")
+    for run, epoch, epochs in partial_runs():
+        print(f"  partial  {run.relative_to(CAMPAIGN)}: {epoch} of {epochs} epochs, continues from its checkpoint")
     for bench_file in sorted((RESULTS / "bench").glob("gpu-*.json")):
-        bench = json.loads(bench_file.read_text() or "{}")
+        bench = bench_result(bench_file.name) or {}
         if "ms_per_step" in bench:
-            minutes = bench["ms_per_step"] * bench["steps_per_epoch"] * 200 / 60000
-            print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {minutes:.1f} min of steps")
+            print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {run_minutes(bench):.1f} min "
+                  f"of steps ({'fits' if run_minutes(bench) <= LOAN_MINUTES else 'does not fit'} in a loan)")
     return 0
+
+
+def partial_runs() -> list[tuple[Path, int, int]]:
+    """The runs under CAMPAIGN begun and not finished: (folder, epochs done by its last checkpoint, epochs)."""
+    from glmc.checkpoint import load_latest_good
+    from glmc.errors import GlmcError
+    from glmc.rundir import LAST_CHECKPOINT, SUMMARY_FILE
+
+    runs = []
+    for checkpoint in sorted(CAMPAIGN.glob(f"*/*/seed-*/{LAST_CHECKPOINT}")):
+        if (checkpoint.parent / SUMMARY_FILE).exists():
+            continue
+        try:
+            saved = load_latest_good(checkpoint)
+        except GlmcError:
+            continue
+        runs.append((checkpoint.parent, int(saved["state"]["epoch"]), int(saved["config"]["train"]["epochs"])))
+    return runs
+
+
+def partial_files(run: Path) -> list[Path]:
+    """What a partial run needs to continue exactly on the next loan: its records and its last checkpoint."""
+    from glmc.checkpoint import checksum_path
+    from glmc.rundir import LAST_CHECKPOINT, RECORD_FILES
+
+    names = (*RECORD_FILES, LAST_CHECKPOINT, checksum_path(Path(LAST_CHECKPOINT)).name)
+    return [run / name for name in names if (run / name).is_file()]
 
 
 def pack() -> int:
@@ -433,6 +526,17 @@ def pack() -> int:
                 tar.add(ROOT / relative, arcname=relative)
         if LOGS.is_dir():
             tar.add(LOGS, arcname=str((RESULTS / "logs").relative_to(ROOT)))
+        for run, epoch, epochs in partial_runs():  # back to gpu/campaign/ here, carried on the next loan
+            files = partial_files(run)
+            size = sum(path.stat().st_size for path in files)
+            if size > PARTIAL_CARRY:
+                print(f"partial run {run.relative_to(CAMPAIGN)} ({epoch} of {epochs} epochs) stays behind: its checkpoint "
+                      f"and records ({size / 2**20:.0f} MiB) would not fit the next carry beside the checkout and gpu/ "
+                      f"({PARTIAL_CARRY / 2**20:.0f} MiB left); it starts again on the next loan")
+                continue
+            for path in files:
+                tar.add(path, arcname=str(path.relative_to(ROOT)))
+            print(f"partial run {run.relative_to(CAMPAIGN)}: {epoch} of {epochs} epochs, its checkpoint comes back")
     data = archive.read_bytes()
     parts = [data[start : start + PART_BYTES] for start in range(0, len(data), PART_BYTES)]
     if len(parts) > MAX_FILES:

@@ -1,9 +1,12 @@
 """scripts/gpu_queue.py: what travels to the GPU machine: the CIFAR-10 it carries (cut to what the CIFAR-10-LT presets
-train on), a carried folder cleared of leftovers, and a checkout without its committed weights when they would not fit."""
+train on), a carried folder cleared of leftovers, a checkout without its committed weights when they would not fit, and
+the partial runs a loan brings back to continue; the queue fitted to a loan (benches first, the compiled step only
+where a run does not fit, the authors' row skipped when the CPU campaign finished it)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import importlib.util
 import io
 import pickle
@@ -153,3 +156,86 @@ def test_parked_weights_leave_the_carried_checkout_and_come_back_from_git_byte_f
     assert (tmp_path / weights_file).read_bytes() == weights
     assert git(tmp_path, "status", "--porcelain", "--untracked-files=no") == ""
     assert gpu_queue.restore_weights() == []  # nothing parked: nothing to do
+
+
+# ---------------------------------------------------------------- the queue fitted to a loan
+
+
+def write_bench(gpu_queue, name: str, ms_per_step: float) -> None:
+    (gpu_queue.RESULTS / "bench").mkdir(parents=True, exist_ok=True)
+    (gpu_queue.RESULTS / "bench" / name).write_text(json.dumps({"ms_per_step": ms_per_step, "steps_per_epoch": 194,
+                                                                 "images_per_s": 64000 / ms_per_step}))
+
+
+@pytest.fixture
+def sandbox(gpu_queue, tmp_path, monkeypatch):
+    """The script's folders moved under tmp_path."""
+    monkeypatch.setattr(gpu_queue, "ROOT", tmp_path)
+    monkeypatch.setattr(gpu_queue, "WORK", tmp_path / "gpu")
+    monkeypatch.setattr(gpu_queue, "CAMPAIGN", tmp_path / "gpu" / "campaign")
+    monkeypatch.setattr(gpu_queue, "RESULTS", tmp_path / "results" / "gpu-campaign")
+    monkeypatch.setattr(gpu_queue, "LOGS", tmp_path / "gpu" / "logs")
+    monkeypatch.setattr(gpu_queue, "COLLECTED", tmp_path / "gpu" / "collected.txt")
+    return tmp_path
+
+
+def test_the_queue_benches_first_and_skips_the_authors_row_the_cpu_campaign_finished(gpu_queue, sandbox):
+    items = gpu_queue.queue()
+    assert items[0].name == "1 bench" and all("bench" in " ".join(command) for command in items[0].commands())
+    authors = next(item for item in items if item.name.startswith("3 authors IF100"))
+    assert not authors.done()
+    cpu_run = sandbox / "results" / "cifar10-lt" / "cifar10-lt-if100-authors-cpu"
+    cpu_run.mkdir(parents=True)
+    (cpu_run / "summary.json").write_text("{}")
+    assert authors.done()
+
+
+def test_the_compiled_bench_runs_only_when_the_authors_run_does_not_fit_and_compile_is_kept_only_if_faster(gpu_queue,
+                                                                                                         sandbox):
+    item = next(item for item in gpu_queue.queue() if item.name.startswith("2 compiled"))
+    assert item.commands() == []  # no bench yet: nothing to decide
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors.json", 10.0)  # 200 epochs: 6.5 min, fits a loan
+    assert item.commands() == []
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors.json", 20.0)  # 12.9 min: does not fit
+    (command,) = item.commands()
+    assert "train.compile=true" in " ".join(command) and "gpu-cifar10-lt-if100-authors-compiled.json" in " ".join(command)
+    authors_row = next(item for item in gpu_queue.queue() if item.name.startswith("3 authors IF100"))
+    assert "--compile" not in authors_row.commands()[0]
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors-compiled.json", 15.0)
+    assert "--compile" in authors_row.commands()[0]
+    assert item.commands() == []  # measured once
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors-compiled.json", 25.0)  # slower compiled: the plain step
+    assert "--compile" not in authors_row.commands()[0]
+
+
+def test_a_partial_run_that_fits_the_carry_comes_back_and_stays_for_the_next_loan(gpu_queue, sandbox, tmp_path,
+                                                                                 monkeypatch):
+    from glmc.config import build_config
+    from glmc.trainer import train
+
+    small = gpu_queue.CAMPAIGN / "t" / "small" / "seed-0"
+    train(build_config("quickstart", {"train.device": "cpu", "train.epochs": "3", "train.max_steps": "25"}), small, quiet=True)
+    (small / "summary.json").unlink()  # as a run stopped mid-way leaves it
+    big = gpu_queue.CAMPAIGN / "t" / "big" / "seed-0"
+    shutil.copytree(small, big)
+    monkeypatch.setattr(gpu_queue, "PARTIAL_CARRY", (small / "checkpoint_last.pt").stat().st_size * 3)
+    with open(big / "checkpoint_last.pt", "ab") as grown:  # too large to travel; its checksum no longer matches,
+        grown.write(b"\0" * gpu_queue.PARTIAL_CARRY)  # and the .prev copy is the one read
+    assert [(run.parent.name, epoch) for run, epoch, _ in gpu_queue.partial_runs()] == [("big", 1), ("small", 1)]
+    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    assert gpu_queue.pack() == 0
+    back = tmp_path / "back"
+    monkeypatch.setattr(gpu_queue, "ROOT", back)
+    monkeypatch.setattr(gpu_queue, "WORK", back / "gpu")
+    monkeypatch.setattr(gpu_queue, "CAMPAIGN", back / "gpu" / "campaign")
+    monkeypatch.setattr(gpu_queue, "RESULTS", back / "results" / "gpu-campaign")
+    monkeypatch.setattr(gpu_queue, "restore_weights", lambda: [])  # no git here
+    assert gpu_queue.unpack(str(tmp_path / "out")) == 0
+    returned = back / "gpu" / "campaign" / "t" / "small" / "seed-0"
+    assert (returned / "checkpoint_last.pt").read_bytes() == (small / "checkpoint_last.pt").read_bytes()
+    assert not (back / "gpu" / "campaign" / "t" / "big").exists()
+    (back / "gpu" / "COMMIT").write_text("x")
+    gpu_queue.clear_leftovers()  # what `prepare` does before the next loan
+    assert (returned / "checkpoint_last.pt").is_file() and (returned / "config.yaml").is_file()
+    assert [run for run, _, _ in gpu_queue.partial_runs()] == [returned]
+    assert not (back / "gpu" / "campaign.tar.gz").exists()

@@ -398,6 +398,8 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
                         help="glmc bench --json output to predict times from (also read: DIR/bench/*.json)")
     parser.add_argument("--export", action="store_true", help="write fp16 safetensors weights beside every finished run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1; try more on a GPU)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile every run's step (train.compile: the same "
+                        "loss; like --device, not part of the runs' identity)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     parser.set_defaults(run=run_reproduce)
 
@@ -418,7 +420,7 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
         raise GlmcError(unknown_name_message("table", args.table, list(tables)))
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
-    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device)
+    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device, args.compile)
     if args.dry_run:
         print(dry_run(plan, args.bench))
         return 0

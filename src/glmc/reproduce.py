@@ -162,7 +162,7 @@ class Plan:
     rows: tuple[Row, ...]
     seeds: dict[str, tuple[int, ...]]  # row name -> seeds
     extra: dict[str, Any]  # overrides of every row (--set), part of the run folder name
-    machine: dict[str, Any]  # --data-root, --device: not part of the run's identity
+    machine: dict[str, Any]  # --data-root, --device, --compile: not part of the run's identity
 
     def folder(self, row: Row, seed: int) -> Path:
         return self.output / (row.training + extra_suffix(self.extra)) / f"seed-{seed}"
@@ -189,7 +189,8 @@ def extra_suffix(extra: Mapping[str, Any]) -> str:
 
 
 def make_plan(table: Table, output: str | os.PathLike, seeds: int | None = None, only: Sequence[str] = (),
-              extra: Sequence[str] = (), data_root: str | None = None, device: str | None = None) -> Plan:
+              extra: Sequence[str] = (), data_root: str | None = None, device: str | None = None,
+              compile: bool = False) -> Plan:
     rows = table.rows
     if only:
         unknown = [name for name in only if name not in {row.name for row in rows}]
@@ -198,7 +199,8 @@ def make_plan(table: Table, output: str | os.PathLike, seeds: int | None = None,
         rows = tuple(row for row in rows if row.name in only)
     if seeds is not None and seeds < 1:
         raise GlmcError(f"--seeds must be >= 1, got {seeds}")
-    machine = {key: value for key, value in (("data.data_root", data_root), ("train.device", device)) if value}
+    machine = {key: value for key, value in (("data.data_root", data_root), ("train.device", device),
+                                             ("train.compile", compile)) if value}
     return Plan(table, Path(output), rows, {row.name: tuple(range(seeds or row.seeds)) for row in rows},
                 dict(parse_override(text) for text in extra), machine)
 
