@@ -173,7 +173,8 @@ def read_holder(path: Path) -> tuple[Holder, float] | None:
         return Holder(**{key: value for key, value in record.items() if key in HOLDER_FIELDS}), renewed
     except (ValueError, TypeError, AttributeError):
         # not something glmc writes (a file is never seen half-written): a holder no one can check, taken for gone
-        return Holder(host="?", pid=UNREADABLE, since="?", token=f"unreadable {renewed}", command="an unreadable lock file"), renewed
+        unreadable = Holder(host="?", pid=UNREADABLE, since="?", token=f"unreadable {renewed}", command="an unreadable lock file")
+        return unreadable, renewed
 
 
 def place(path: Path, holder: Holder) -> bool:

@@ -23,10 +23,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import typing
 import warnings
 from dataclasses import asdict
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -194,7 +194,7 @@ def take_up_abandoned(study: optuna.Study, output: Path, log: Callable[[str], No
     holder of its run folder's lease), taken up again."""
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         owner = trial.user_attrs.get("glmc_owner")
-        started = trial.datetime_start.replace(tzinfo=timezone.utc).timestamp() if trial.datetime_start else 0.0
+        started = trial.datetime_start.timestamp() if trial.datetime_start else 0.0  # Optuna's naive local time
         if owner is None or lock.in_use(output / TRIALS_DIR / str(folder_number(trial))) is not None:
             continue
         holder = lock.Holder(**{key: value for key, value in owner.items() if key in lock.HOLDER_FIELDS})
@@ -244,7 +244,7 @@ def run_trial(study: optuna.Study, preset: str, overrides: Mapping[str, Any], sp
     def report(record: dict) -> None:
         score = record["val"]["balanced"]
         trial.report(score, step=record["epoch"])
-        trial.set_user_attr("glmc_renewed", datetime.now(timezone.utc).timestamp())  # alive, for take_up_abandoned
+        trial.set_user_attr("glmc_renewed", time.time())  # alive, for take_up_abandoned
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (validation balanced accuracy {score:.2f})")
 
