@@ -140,9 +140,7 @@ class TauNorm:
     def __call__(self, model: nn.Module, restored: Restored) -> dict:
         head = linear_head(model, "tau-norm")
         weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
-        facts, tau = {}, self.params.tau
-        if self.params.fit:
-            tau, facts = fitted_tau(model, restored, self.GRID_END, lambda t: (tau_normalised(weight, t), bias))
+        tau, facts = chosen_tau(self.params, model, restored, self.GRID_END, lambda t: (tau_normalised(weight, t), bias))
         with torch.no_grad():
             head.weight.copy_(tau_normalised(weight, tau))
         return facts
@@ -177,12 +175,19 @@ class LogitAdjustment:
         head = linear_head(model, "logit-adjustment")
         prior = log_prior(restored.checkpoint["class_counts"])  # K
         weight, bias = head.weight.detach().clone(), head.bias.detach().clone()
-        facts, tau = {}, self.params.tau
-        if self.params.fit:
-            tau, facts = fitted_tau(model, restored, self.GRID_END, lambda t: (weight, logit_adjusted_bias(bias, prior, t)))
+        tau, facts = chosen_tau(self.params, model, restored, self.GRID_END,
+                                lambda t: (weight, logit_adjusted_bias(bias, prior, t)))
         with torch.no_grad():
             head.bias.copy_(logit_adjusted_bias(bias, prior, tau))
         return facts
+
+
+def chosen_tau(params: TauNormParams | LogitAdjustmentParams, model: nn.Module, restored: Restored, end: float,
+               head_at: Callable[[float], tuple[Tensor, Tensor]]) -> tuple[float, dict]:
+    """The given tau (nothing to record), or with `params.fit` the one `fitted_tau` chooses and its facts."""
+    if not params.fit:
+        return params.tau, {}
+    return fitted_tau(model, restored, end, head_at)
 
 
 def fitted_tau(model: nn.Module, restored: Restored, end: float, head_at: Callable[[float], tuple[Tensor, Tensor]]) -> tuple[float, dict]:

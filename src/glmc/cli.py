@@ -229,19 +229,27 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run_bench)
 
 
-def run_bench(args: argparse.Namespace) -> int:
-    from glmc.bench import run_bench as bench
-    from glmc.bench import run_input_bench
-    from glmc.config import build_config, parse_override
+def set_overrides(args: argparse.Namespace) -> dict:
+    """The `--set KEY=VALUE` overrides, with `--data-root` (or $GLMC_DATA_ROOT) and `--device` on top: bench and tune."""
+    from glmc.config import parse_override
 
-    if args.steps < 1 or args.warmup < 0:
-        raise GlmcError("--steps must be >= 1 and --warmup >= 0")
     overrides = dict(parse_override(text) for text in args.set)
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if data_root:
         overrides["data.data_root"] = data_root
     if args.device:
         overrides["train.device"] = args.device
+    return overrides
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from glmc.bench import run_bench as bench
+    from glmc.bench import run_input_bench
+    from glmc.config import build_config
+
+    if args.steps < 1 or args.warmup < 0:
+        raise GlmcError("--steps must be >= 1 and --warmup >= 0")
+    overrides = set_overrides(args)
     measure = run_input_bench if args.input_only else bench
     result = measure(args.preset, build_config(args.preset, overrides), args.steps, args.warmup)
     print(json.dumps(result.to_json()) if args.json else result.render())
@@ -449,16 +457,9 @@ def add_tune_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_tune(args: argparse.Namespace) -> int:
-    from glmc.config import parse_override
     from glmc.tune import tune
 
-    overrides = dict(parse_override(text) for text in args.set)
-    data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
-    if data_root:
-        overrides["data.data_root"] = data_root
-    if args.device:
-        overrides["train.device"] = args.device
-    tune(args.preset, args.trials, args.output, space_file=args.space, storage=args.storage, overrides=overrides,
+    tune(args.preset, args.trials, args.output, space_file=args.space, storage=args.storage, overrides=set_overrides(args),
          pruner=args.pruner, sampler_seed=args.sampler_seed, log=lambda message: print(f"glmc: {message}", flush=True))
     print(f"best: {Path(args.output) / 'best.yaml'}  (glmc train --config {Path(args.output) / 'best.yaml'})")
     return 0

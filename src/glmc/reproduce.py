@@ -215,13 +215,20 @@ class RunStatus:
         return {"done": "done", "to do": "to do"}.get(self.state, f"partial: {self.epoch} of {self.epochs} epochs")
 
 
-def run_status(folder: Path, config: Config) -> RunStatus:
+def finished_epochs(folder: Path) -> int | None:
+    """The epochs of the run `folder` holds if it has finished them (its summary says so), else None: no checkpoint read."""
     summary = folder / SUMMARY_FILE
+    if not summary.is_file():
+        return None
+    done = json.loads(summary.read_text())
+    return int(done["epochs"]) if int(done["final"]["epoch"]) >= int(done["epochs"]) else None
+
+
+def run_status(folder: Path, config: Config) -> RunStatus:
     epochs = config.train.epochs
-    if summary.is_file():
-        done = json.loads(summary.read_text())
-        if int(done["final"]["epoch"]) >= int(done["epochs"]):
-            return RunStatus("done", int(done["epochs"]), int(done["epochs"]))
+    done = finished_epochs(folder)
+    if done is not None:
+        return RunStatus("done", done, done)
     run = RunFolder(folder)
     if not run.holds_this_run(config):
         return RunStatus("to do", 0, epochs)
@@ -313,7 +320,7 @@ def train_here(plan: Plan, pending: list[tuple[Path, Row, int]], quiet: bool, pr
     for folder, row, seed in pending:
         config = plan.config(row, seed)
         refusal = lock.in_use(folder)
-        if refusal is None and run_status(folder, config).state != "done":  # another command may have ended it
+        if refusal is None and finished_epochs(folder) is None:  # another command may have ended it
             progress.log(f"training {row.name!r}, seed {seed}: {folder}")
             try:
                 train_run(folder, config, quiet)
@@ -355,7 +362,7 @@ def finish_rows(plan: Plan, progress: Progress) -> list[Path]:
         if row.name in progress.finished_rows:
             continue
         folders = [plan.folder(row, seed) for seed in plan.seeds[row.name]]
-        if not all(run_status(f, plan.config(row, s)).state == "done" for f, s in zip(folders, plan.seeds[row.name])):
+        if not all(finished_epochs(folder) is not None for folder in folders):  # no checkpoint read: this runs often
             continue
         busy = []
         for folder in folders if row.calibration is not None else ():
