@@ -8,6 +8,8 @@ bf16 weights and inputs, and forward and backward under bf16 autocast with fp32 
 TFLOP/s count 2 x MACs (the backward as twice the forward). Prints, never asserts.
 """
 import time, torch
+from glmc.provenance import measured_on
+print(measured_on(), flush=True)
 torch.manual_seed(0)
 def rate(fn, flops, n=5):
     fn(); t=time.perf_counter()

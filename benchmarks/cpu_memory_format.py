@@ -23,6 +23,7 @@ from glmc.config import build_config
 from glmc.engine import step_rng, train_step
 from glmc.models.output import GLMCOutput
 from glmc.precision import autocast
+from glmc.provenance import measured_on
 from glmc.trainer import build_run
 
 
@@ -75,6 +76,7 @@ def main() -> int:
     for _ in range(args.rounds):
         for name, fmt, precision in variants:
             rates[name, precision].append(samples_per_second(args.preset, overrides, fmt, precision, args.steps, args.warmup))
+    print(measured_on())
     print(f"{args.preset}, {torch.get_num_threads()} threads, median of {args.rounds} rounds of {args.steps} steps "
           f"(samples/s; rounds in brackets)")
     for (name, precision), values in rates.items():

@@ -9,8 +9,10 @@ import sys, time, torch
 from torch.profiler import profile, ProfilerActivity
 from glmc.config import build_config
 from glmc.bench import dataset_or_stand_in, endless_batches, timed_step
+from glmc.provenance import measured_on
 from glmc.trainer import build_run
 
+print(measured_on(), flush=True)
 preset = sys.argv[1]; steps = int(sys.argv[2]) if len(sys.argv) > 2 else 3
 sets = dict(a.split("=", 1) for a in sys.argv[3:])
 config = build_config(preset, {"data.data_root": "data/cifar10", "train.device": "cpu", **sets})

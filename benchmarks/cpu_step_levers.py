@@ -15,6 +15,7 @@ from glmc.engine import step_rng, train_step
 from glmc.trainer import build_run
 from glmc.models.output import GLMCOutput
 from glmc.precision import channels_last
+from glmc.provenance import measured_on
 
 class PureBf16(nn.Module):
     def __init__(self, module):
@@ -34,6 +35,7 @@ def time_steps(run, model, steps, warmup):
     return 1000 * (time.perf_counter() - t) / steps
 
 preset, steps, warmup = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+print(measured_on(), flush=True)
 which = sys.argv[4].split(",")
 config = build_config(preset, {"data.data_root": "data/cifar10", "train.device": "cpu"})
 dataset, _ = dataset_or_stand_in(config)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -45,7 +44,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from glmc.config import build_config
 from glmc.engine import step_rng, train_step
 from glmc.precision import resolve_precision
-from glmc.trainer import build_run, git_commit
+from glmc.provenance import git_commit, machine_description
+from glmc.trainer import build_run
 
 BATCH = 64
 
@@ -241,7 +241,7 @@ def main() -> int:
         "data": f"cifar10-lt IF100 {config.data.split} split ({len(dataset.train_labels)} images), {args.data_root}",
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        "machine": machine_description(),
         "git_commit": git_commit(),
         "command": " ".join(["python", Path(sys.argv[0]).as_posix(), *sys.argv[1:]]),
     }

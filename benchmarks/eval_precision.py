@@ -11,14 +11,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
-import platform
 import time
 
 import torch
 
 from glmc.evaluation import evaluate_restored, restore_for_evaluation
-from glmc.trainer import git_commit
+from glmc.provenance import git_commit, machine_description
 
 KEYS = ("top1", "many", "medium", "few", "ece")
 
@@ -48,7 +46,7 @@ def main() -> None:
                   f"{bf16['seconds']:.1f} s ({rows[-1]['speed_up']:.2f}x)", flush=True)
     if args.json:
         print(json.dumps({"rows": rows, "threads": torch.get_num_threads(), "torch": torch.__version__,
-                          "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "git_commit": git_commit()}, indent=1))
+                          "machine": machine_description(), "git_commit": git_commit()}, indent=1))
 
 
 if __name__ == "__main__":

@@ -22,8 +22,10 @@ skips a finished item on its summary.json and never reads them. `unpack` and `re
 
 The queue (`queue()`) is fitted to a loan of about LOAN_MINUTES of GPU work: the two CIFAR benches
 first, the compiled step where the authors' run would not fit in a loan, the authors' IF100 row
-(skipped once the CPU campaign has committed it), then the rest of the campaign in order, the
-authors' wide ResNet-32 on the standard split among them. Every item is skipped when its results
+(skipped once the CPU campaign has committed it), SHARING_JOBS benches at once where two runs
+would not fit in a loan (the rows of several runs then use `glmc reproduce --jobs` if the runs went
+SHARING_GAIN faster together), then the rest of the campaign in order, the authors' wide ResNet-32
+on the standard split among them. Every item is skipped when its results
 are already committed under results/, so each session advances it. A partial run whose checkpoint
 fits the next carry (PARTIAL_CARRY) comes back with `pack` and continues on the next loan. Training goes through
 `glmc reproduce` (tables in src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item
@@ -103,15 +105,18 @@ SMOKE_RUN = [arg for value in SMOKE_SETS for arg in ("--set", value)]
 SMOKE_LARGE = ["train.batch_size=8", "data.image_size=64", "data.resize=72", "model.backbone=resnet10"] if SMOKE else []
 
 
-def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None, compile_if_faster: str = "") -> list[str]:
+def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None, compile_if_faster: str = "",
+              share_if_faster: str = "") -> list[str]:
     """`glmc reproduce` of some rows; with `compile_if_faster` (a preset), `--compile` where this loan's benches found
-    that preset's compiled step faster (the same loss: tests/test_bench.py checks it)."""
+    that preset's compiled step faster (the same loss: tests/test_bench.py checks it); with `share_if_faster` (a
+    preset), `--jobs SHARING_JOBS` where runs of it sharing the GPU were measured faster together (`jobs_for`)."""
     extra = SMOKE_RUN
     only = [arg for row in rows for arg in ("--only", row)]
     source = ["--tables", str(ROOT / "scripts" / tables)] if tables else []
     compiled = ["--compile"] if compile_if_faster and compiled_is_faster(compile_if_faster) else []
+    jobs = ["--jobs", str(jobs_for(share_if_faster))] if share_if_faster else []
     return glmc("reproduce", table, *source, *only, "--seeds", str(seeds), "--output", str(CAMPAIGN / table),
-                "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *compiled, *extra)
+                "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *compiled, *jobs, *extra)
 
 
 def bench_result(name: str) -> dict | None:
@@ -140,11 +145,59 @@ def compile_bench_if_needed(preset: str) -> list[list[str]]:
     return [bench(preset, f"gpu-{preset}-compiled.json", "train.compile=true")]
 
 
-def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA)) -> list[str]:
-    steps = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", "50", "--warmup", "10"]
+def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> list[str]:
+    return ["sh", "-c", bench_line(preset, name, *sets, data_root=data_root, steps=steps)]
+
+
+def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> str:
+    counts = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", str(steps), "--warmup", "10"]
     extra = [arg for value in sets for arg in ("--set", value)]
-    return ["sh", "-c", " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *steps,
-                                      *extra, "--json")) + f" > {RESULTS / 'bench' / name}"]
+    return " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *counts, *extra,
+                         "--json")) + f" > {RESULTS / 'bench' / name}"
+
+
+SHARING_JOBS = 2  # runs sharing the GPU (`glmc reproduce --jobs`), where one launch-bound run leaves it idle
+SHARING_GAIN = 1.1  # what the runs' summed samples/s must reach, against one run alone, for the queue to share
+SHARING_STEPS = 300  # a long timed window, so that the processes' start-up skew is small beside it
+SHARING_OVERLAP = 0.8  # of each process's timed window that the others' must cover for the figures to count
+
+
+def shared_bench_names(preset: str) -> list[str]:
+    return [f"gpu-{preset}-shared-{k}-of-{SHARING_JOBS}.json" for k in range(1, SHARING_JOBS + 1)]
+
+
+def shared_bench_if_needed(preset: str) -> list[list[str]]:
+    """SHARING_JOBS benches of `preset` at once on the GPU (compiled where that was faster alone), only where its plain
+    bench says two 200-epoch runs do not fit in one loan and sharing has not been measured yet."""
+    plain = bench_result(f"gpu-{preset}.json")
+    names = shared_bench_names(preset)
+    if plain is None or 2 * run_minutes(plain) <= LOAN_MINUTES or all(bench_result(name) for name in names):
+        return []
+    sets = ["train.compile=true"] if compiled_is_faster(preset) else []
+    started = " ".join(f"{bench_line(preset, name, *sets, steps=SHARING_STEPS)} & pids=\"$pids $!\";" for name in names)
+    return [["sh", "-c", started + " for pid in $pids; do wait $pid || exit 1; done"]]
+
+
+def windows_overlap(windows: list[tuple[float, float]], share: float = SHARING_OVERLAP) -> bool:
+    """Whether every timed window is covered, for at least `share` of its length, by the span all of them share."""
+    common = min(end for _, end in windows) - max(start for start, _ in windows)
+    return all(end > start and common >= share * (end - start) for start, end in windows)
+
+
+def sharing_gain(preset: str) -> float | None:
+    """The shared benches' summed samples/s over one process alone on the same step (compiled where that was faster);
+    None where not measured, or where the processes' timed windows did not overlap enough to count."""
+    shared = [bench_result(name) for name in shared_bench_names(preset)]
+    alone = bench_result(f"gpu-{preset}-compiled.json" if compiled_is_faster(preset) else f"gpu-{preset}.json")
+    if alone is None or not all(shared) or not windows_overlap([tuple(bench["timed_window"]) for bench in shared]):
+        return None
+    return sum(bench["images_per_s"] for bench in shared) / alone["images_per_s"]
+
+
+def jobs_for(preset: str) -> int:
+    """SHARING_JOBS where runs of `preset` sharing the GPU went at least SHARING_GAIN faster together, else 1."""
+    gain = sharing_gain(preset)
+    return SHARING_JOBS if gain is not None and gain >= SHARING_GAIN else 1
 
 
 def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) -> str:
@@ -159,7 +212,7 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
 def queue() -> list[Item]:
     """The campaign fitted to the loans (about LOAN_MINUTES of GPU work each): the two CIFAR benches first (the first
     GPU figures, and every run's predicted time), then the authors' IF100 row unless the CPU campaign has finished it,
-    then the rest in the campaign issue's order."""
+    then the rest in the campaign issue's order; the rows of several runs share the GPU where that was measured faster."""
     photos = str(WORK / "photos")
     authors = "cifar10-lt-if100-authors"
     return [
@@ -170,30 +223,35 @@ def queue() -> list[Item]:
              lambda: [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm", compile_if_faster=authors)],
              [mark("glmc-cifar10-lt-authors", authors)],
              elsewhere=["cifar10-lt/cifar10-lt-if100-authors-cpu/summary.json"]),  # the CPU campaign (issue 25)
-        Item("4 standard IF100: GLMC, CE, Balanced Softmax",
-             lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", "CE IF100", "Balanced Softmax IF100")],
+        Item("4 shared benches, if two runs do not fit in a loan",
+             lambda: [*shared_bench_if_needed(authors), *shared_bench_if_needed("cifar10-lt-if100")]),
+        Item("5 standard IF100: GLMC, CE, Balanced Softmax",
+             lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", "CE IF100", "Balanced Softmax IF100",
+                                share_if_faster="cifar10-lt-if100")],
              [mark("cifar10-lt-standard", preset) for preset in
               ("cifar10-lt-if100", "cifar10-lt-if100-ce", "cifar10-lt-if100-balanced-softmax")]),
-        Item("5 authors IF50, IF10", lambda: [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10", compile_if_faster=authors)],
+        Item("6 authors IF50, IF10",
+             lambda: [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10", compile_if_faster=authors, share_if_faster=authors)],
              [mark("glmc-cifar10-lt-authors", "cifar10-lt-if50-authors"), mark("glmc-cifar10-lt-authors", "cifar10-lt-if10-authors")]),
-        Item("6 authors IF100 + SAM",
+        Item("7 authors IF100 + SAM",
              lambda: [reproduce("gpu-campaign", "IF100 authors + SAM", tables="gpu_tables.yaml", compile_if_faster=authors)],
              [mark("gpu-campaign", authors, {"optim.sam_rho": 0.05})]),
-        Item("7 standard IF100 GLMC, seeds 1 and 2", lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", seeds=3)],
+        Item("8 standard IF100 GLMC, seeds 1 and 2",
+             lambda: [reproduce("cifar10-lt-standard", "GLMC IF100", seeds=3, share_if_faster="cifar10-lt-if100")],
              [mark("cifar10-lt-standard", "cifar10-lt-if100", seed=seed) for seed in (1, 2)]),
-        Item("8 standard IF100 GLMC in fp32", lambda: [reproduce("gpu-campaign", "GLMC IF100 fp32", tables="gpu_tables.yaml")],
+        Item("9 standard IF100 GLMC in fp32", lambda: [reproduce("gpu-campaign", "GLMC IF100 fp32", tables="gpu_tables.yaml")],
              [mark("gpu-campaign", "cifar10-lt-if100", {"train.precision": "fp32"})]),
-        Item("9 standard split, the authors' wide ResNet-32 (network or split?)",
+        Item("10 standard split, the authors' wide ResNet-32 (network or split?)",
              lambda: [reproduce("gpu-campaign", "GLMC IF100 wide ResNet-32, standard split", tables="gpu_tables.yaml",
                                 compile_if_faster=authors)],
              [mark("gpu-campaign", "cifar10-lt-if100", {"model.backbone": "resnet32-wide"})]),
-        Item("10 the other benches: standard compiled, ImageNet-LT", lambda: [
+        Item("11 the other benches: standard compiled, ImageNet-LT", lambda: [
             bench("cifar10-lt-if100", "gpu-cifar10-lt-if100-compiled.json", "train.compile=true"),
             [sys.executable, "-c", f"from glmc.bench import write_photo_stand_ins; write_photo_stand_ins({photos!r}, files=512)"],
             bench("imagenet-lt-authors", "gpu-imagenet-lt-authors.json", "data.dataset=folder", "data.workers=12",
                   *SMOKE_LARGE, data_root=photos),
         ], ["bench/gpu-cifar10-lt-if100-compiled.json", "bench/gpu-imagenet-lt-authors.json"]),
-        Item("11 ImageNet-LT: one-process NCCL torchrun smoke", lambda: [
+        Item("12 ImageNet-LT: one-process NCCL torchrun smoke", lambda: [
             ["sh", "-c", f"{sys.executable} -m torch.distributed.run --standalone --nproc_per_node=1 -m glmc train "
                          f"--preset imagenet-lt-authors --set data.dataset=folder --data-root {photos} --device {device()} "
                          f"--max-steps 10 --set data.workers=12 {' '.join('--set ' + v for v in SMOKE_LARGE)} --quiet "
@@ -484,6 +542,11 @@ def status() -> int:
         if "ms_per_step" in bench:
             print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {run_minutes(bench):.1f} min "
                   f"of steps ({'fits' if run_minutes(bench) <= LOAN_MINUTES else 'does not fit'} in a loan)")
+    for preset in ("cifar10-lt-if100-authors", "cifar10-lt-if100"):
+        gain = sharing_gain(preset)
+        if gain is not None:
+            print(f"  {SHARING_JOBS} runs of {preset} sharing the GPU: {gain:.2f}x the samples/s of one alone "
+                  f"(the queue runs {jobs_for(preset)} at once)")
     return 0
 
 

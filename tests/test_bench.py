@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ from glmc.config import build_config
 from glmc.engine import step_rng
 from glmc.methods import create_method, method_options
 from glmc.precision import MixedPrecision
+from glmc.provenance import cpu_model
 from glmc.trainer import build_run
 
 
@@ -31,6 +33,9 @@ def test_bench_times_the_real_training_step(capsys, monkeypatch):
     result, _ = bench_json(capsys, "--preset", "quickstart", "--device", "cpu", "--steps", "2", "--warmup", "1")
     assert len(calls) == 1 + 1 + 2  # warm-up, the FLOP count, the timed steps: all through engine.train_step
     assert result["preset"] == "quickstart" and result["device"].startswith("cpu") and result["data"] == "real"
+    assert cpu_model() in result["device"] and cpu_model() in result["machine"]
+    start, end = result["timed_window"]  # wall-clock bounds of the timed steps, for benches run side by side
+    assert time.time() - 600 < start and end - start >= result["ms_per_step"] * result["steps"] / 1000 - 1e-3
     assert all(result["phase_ms"][phase] > 0 for phase in ("data", "forward", "backward", "optimizer"))
 
 

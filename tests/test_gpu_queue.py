@@ -161,10 +161,11 @@ def test_parked_weights_leave_the_carried_checkout_and_come_back_from_git_byte_f
 # ---------------------------------------------------------------- the queue fitted to a loan
 
 
-def write_bench(gpu_queue, name: str, ms_per_step: float) -> None:
+def write_bench(gpu_queue, name: str, ms_per_step: float, window: tuple[float, float] = (0.0, 1.0)) -> None:
     (gpu_queue.RESULTS / "bench").mkdir(parents=True, exist_ok=True)
     (gpu_queue.RESULTS / "bench" / name).write_text(json.dumps({"ms_per_step": ms_per_step, "steps_per_epoch": 194,
-                                                                 "images_per_s": 64000 / ms_per_step}))
+                                                                 "images_per_s": 64000 / ms_per_step,
+                                                                 "timed_window": list(window)}))
 
 
 @pytest.fixture
@@ -206,6 +207,60 @@ def test_the_compiled_bench_runs_only_when_the_authors_run_does_not_fit_and_comp
     assert item.commands() == []  # measured once
     write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors-compiled.json", 25.0)  # slower compiled: the plain step
     assert "--compile" not in authors_row.commands()[0]
+
+
+def test_runs_share_the_gpu_only_where_two_do_not_fit_and_sharing_was_measured_faster_side_by_side(gpu_queue, sandbox):
+    authors = "cifar10-lt-if100-authors"
+    item = next(item for item in gpu_queue.queue() if item.name.startswith("4 shared"))
+    two_runs = next(item for item in gpu_queue.queue() if item.name.startswith("6 authors IF50"))
+    one, two = gpu_queue.shared_bench_names(authors)
+    assert item.commands() == []  # no bench yet: nothing to decide
+    write_bench(gpu_queue, f"gpu-{authors}.json", 5.0)  # 200 epochs: 3.2 min, two of them fit a loan
+    assert item.commands() == []
+    write_bench(gpu_queue, f"gpu-{authors}.json", 10.0)  # 6.5 min: two do not fit
+    (command,) = item.commands()
+    assert " ".join(command).count(" bench ") == 2 and one in command[-1] and two in command[-1]
+    assert "--steps 300" in command[-1] and "train.compile" not in command[-1]
+    assert "--jobs 1" in " ".join(two_runs.commands()[0])
+
+    write_bench(gpu_queue, one, 10 / 0.6, (100.0, 110.0))  # each at 0.6 of one alone, side by side: 1.2x together
+    write_bench(gpu_queue, two, 10 / 0.6, (101.0, 111.0))
+    assert gpu_queue.sharing_gain(authors) == pytest.approx(1.2)
+    assert "--jobs 2" in " ".join(two_runs.commands()[0]) and item.commands() == []  # measured once
+    write_bench(gpu_queue, two, 10 / 0.6, (105.0, 115.0))  # half of each window alone: the figures do not count
+    assert gpu_queue.sharing_gain(authors) is None and "--jobs 1" in " ".join(two_runs.commands()[0])
+    write_bench(gpu_queue, two, 10 / 0.52, (101.0, 111.0))  # 1.12x together: over SHARING_GAIN
+    assert "--jobs 2" in " ".join(two_runs.commands()[0])
+    write_bench(gpu_queue, two, 10 / 0.45, (101.0, 111.0))  # 1.05x: not worth it
+    assert "--jobs 1" in " ".join(two_runs.commands()[0])
+
+    write_bench(gpu_queue, f"gpu-{authors}-compiled.json", 8.0)  # compiled is faster alone: sharing is measured
+    (gpu_queue.RESULTS / "bench" / one).unlink()                 # compiled, and against the compiled step
+    assert "train.compile=true" in item.commands()[0][-1]
+    write_bench(gpu_queue, one, 8 / 0.55, (100.0, 110.0))
+    write_bench(gpu_queue, two, 8 / 0.55, (101.0, 111.0))
+    assert gpu_queue.sharing_gain(authors) == pytest.approx(1.1)
+
+
+def test_the_shared_bench_command_runs_its_benches_at_once_and_fails_if_any_fails(gpu_queue, sandbox, monkeypatch):
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100.json", 10.0)
+    marks = sandbox / "marks"
+    marks.mkdir()
+
+    def fake_bench(preset, name, *sets, steps, **_):  # each waits until both have started: only true concurrency ends
+        return f"touch {marks}/{name}; for i in $(seq 50); do [ $(ls {marks} | wc -l) -ge 2 ] && exit 0; sleep 0.1; done; exit 1"
+    monkeypatch.setattr(gpu_queue, "bench_line", fake_bench)
+    (command,) = gpu_queue.shared_bench_if_needed("cifar10-lt-if100")
+    assert subprocess.run(command, timeout=30).returncode == 0 and len(list(marks.iterdir())) == 2
+    monkeypatch.setattr(gpu_queue, "bench_line", lambda preset, name, *sets, **_: "exit 3" if name.endswith("2-of-2.json") else "true")
+    (command,) = gpu_queue.shared_bench_if_needed("cifar10-lt-if100")
+    assert subprocess.run(command, timeout=30).returncode != 0
+
+
+@pytest.mark.parametrize("windows, overlap", [([(0, 10), (1, 11)], True), ([(0, 10), (5, 15)], False),
+                                              ([(0, 10), (0, 2)], False), ([(3, 3), (3, 3)], False)])
+def test_side_by_side_means_every_timed_window_mostly_shared(gpu_queue, windows, overlap):
+    assert gpu_queue.windows_overlap(windows) is overlap
 
 
 def test_a_partial_run_that_fits_the_carry_comes_back_and_stays_for_the_next_loan(gpu_queue, sandbox, tmp_path,

@@ -16,6 +16,7 @@ from glmc.cli import main
 from glmc.config import OptimConfig, build_config
 from glmc.engine import learning_rate
 from glmc.errors import GlmcError
+from glmc.provenance import cpu_model
 from glmc.rundir import RunFolder
 from glmc.trainer import train
 
@@ -116,6 +117,7 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
     assert second["command"] == f"glmc train --resume {tmp_path / 'split'} --set train.max_steps=none --quiet"
     assert "command" not in first  # train() called from Python: no command line to record
     assert {"started", "ended", "seconds", "host", "device", "git_commit", "version", "precision"} <= set(second)
+    assert cpu_model() in second["device"]  # the CPU model, not only "x86_64": the time a session took means little without it
 
 
 def test_overwrite_starts_the_sessions_afresh(tmp_path):

@@ -10,8 +10,6 @@ achieved FLOP rate (on CUDA also as a fraction of the device's dense bf16 peak).
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import resource
 import sys
 import time
@@ -27,7 +25,8 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
 from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
-from glmc.trainer import Run, build_run, git_commit
+from glmc.provenance import device_name, git_commit, machine_description
+from glmc.trainer import Run, build_run
 
 PHASES = ("data", "forward", "backward", "optimizer")
 
@@ -53,6 +52,7 @@ class BenchResult:
     ms_per_step: float
     phase_ms: dict[str, float]
     peak_memory_mb: float
+    timed_window: tuple[float, float]  # Unix times of the timed steps' start and end: did benches run side by side?
     flops_per_step: float
     achieved_tflops: float
     bf16_peak_fraction: float | None
@@ -87,14 +87,16 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
     flops = count_flops(run, batches)
     reset_peak_memory(run.device)
     totals = dict.fromkeys(PHASES, 0.0)
+    window_start = time.time()
     for _ in range(steps):
         for name, seconds in timed_step(run, batches).items():
             totals[name] += seconds
+    window = (window_start, time.time())
     step_seconds = sum(totals.values()) / steps
     achieved = flops / step_seconds
     return BenchResult(
         preset=preset,
-        device=device_label(run.device),
+        device=device_name(run.device),
         data=source,
         backbone=config.model.backbone,
         method=config.method.name,
@@ -106,12 +108,13 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
         ms_per_step=1000 * step_seconds,
         phase_ms={name: 1000 * total / steps for name, total in totals.items()},
         peak_memory_mb=peak_memory_mb(run.device),
+        timed_window=window,
         flops_per_step=flops,
         achieved_tflops=achieved / 1e12,
         bf16_peak_fraction=bf16_fraction(run.device, achieved),
         threads=torch.get_num_threads(),
         torch=torch.__version__,
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        machine=machine_description(),
         git_commit=git_commit(),
     )
 
@@ -204,12 +207,6 @@ def bf16_fraction(device: torch.device, flops_per_s: float) -> float | None:
     return None if peak is None else flops_per_s / peak
 
 
-def device_label(device: torch.device) -> str:
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"
-
-
 # ---------------------------------------------------------------- the input pipeline of image files
 
 STAND_IN_PHOTO = (500, 375)  # width, height: about the mean ImageNet training image
@@ -288,6 +285,6 @@ def run_input_bench(preset: str, config: Config, steps: int, warmup: int) -> Inp
     return InputBenchResult(
         preset=preset, data=source, image_size=config.data.image_size, workers=config.data.workers, steps=steps,
         batch_size=config.train.batch_size, images_per_s=parallel, images_per_s_per_worker=single,
-        machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}",
+        machine=machine_description(),
         git_commit=git_commit(),
     )

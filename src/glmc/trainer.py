@@ -12,7 +12,6 @@ import dataclasses
 import os
 import platform
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -48,6 +47,7 @@ from glmc.methods.base import Method
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
+from glmc.provenance import device_name, git_commit
 from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, TENSORBOARD_DIR, RunFolder
 from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TensorBoardLog, summary_writer_class
@@ -574,23 +574,3 @@ def make_summary(config: Config, dataset: Dataset, state: RunState, device: torc
         "torch": torch.__version__,
         "config": config.to_dict(),
     }
-
-
-def git_commit() -> str | None:
-    """The commit of the glmc source tree this run used, `-dirty` if it had local changes."""
-    source = Path(glmc.__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=source, capture_output=True, text=True, timeout=10)
-        if commit.returncode != 0:
-            return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=source,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return commit.stdout.strip() + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
