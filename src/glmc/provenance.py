@@ -1,9 +1,9 @@
 """Where a run or a measurement was made, as records name it: the glmc commit, the machine, the device.
 
 A speed figure means little without the processor it was measured on: two 2-core machines that
-both say x86_64 can differ by nearly 2x in one training step, as AMX and AVX-512 bf16 do. So every record that carries a time (a run's
-sessions and summary, `glmc bench`, the benchmarks) names the CPU model and the bf16 instructions
-it has, not only the architecture.
+both say x86_64 can differ by nearly 2x in one training step, as AMX and AVX-512 bf16 do. So every
+record that carries a time (a run's sessions and summary, `glmc bench`, the benchmarks) names the
+CPU model and the bf16 instructions it has, not only the architecture.
 """
 
 from __future__ import annotations
