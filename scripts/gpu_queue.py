@@ -5,16 +5,17 @@ Here, on the development machine, before asking for the GPU:
     python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz, cut to the images CIFAR-10-LT presets use),
                                             #   the wheels the GPU image lacks, the commit
 
-On the GPU machine (the device tool's run, carry ["gpu"]), each a short call:
+On the GPU machine (the device tool's run; the carry of each call as `prepare` printed it), each a short call:
 
     python3 scripts/gpu_queue.py start      # materialise CIFAR-10, start the queue in the background (setsid)
     python3 scripts/gpu_queue.py status     # which item runs, its last lines, what is finished
-    python3 scripts/gpu_queue.py pack       # finished results as at most 8 files of at most 15 MiB under $OUT
+    python3 scripts/gpu_queue.py pack [K]   # stop the queue (its runs save); results and partial runs as parts
+                                            #   of 15 MiB under $OUT, PARTS_PER_CALL a call; `pack 2`... the rest
 
-Back here, with the files the call returned:
+Back here, with the files the calls returned:
 
-    python scripts/gpu_queue.py unpack FILES_AT   # -> results/; commit them (the next session skips them)
-    python scripts/gpu_queue.py restore           # the session brought nothing back: put parked weights back
+    python scripts/gpu_queue.py unpack FILES_AT...  # -> results/; commit them (the next session skips them)
+    python scripts/gpu_queue.py restore             # the session brought nothing back: put parked weights back
 
 When the checkout and gpu/ together are over the device's 64 MiB, `prepare` parks the committed
 fp16 weights under results/ (removes them from the working tree; git keeps them): the GPU machine
@@ -25,13 +26,19 @@ first, the compiled step where the authors' run would not fit in a loan, the aut
 (skipped once the CPU campaign has committed it), SHARING_JOBS benches at once where two runs
 would not fit in a loan (the rows of several runs then use `glmc reproduce --jobs` if the runs went
 SHARING_GAIN faster together), then the rest of the campaign in order, the authors' wide ResNet-32
-on the standard split among them. Every item is skipped when its results
-are already committed under results/, so each session advances it. A partial run whose checkpoint
-fits the next carry (PARTIAL_CARRY) comes back with `pack` and continues on the next loan. Training goes through
-`glmc reproduce` (tables in src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item
-interrupted within a session resumes from its checkpoint when `start` is called again. What
-comes back is compact: summaries, metrics, configs, tables, logs and fp16 safetensors weights
-with their fp32 evaluation (`weights-eval.json`), never optimiser state.
+on the standard split among them. Every item is skipped when its results are already committed under
+results/, so each session advances it. Training goes through `glmc reproduce` (tables in
+src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item interrupted within a session resumes from
+its checkpoint when `start` is called again. What comes back of a finished run is compact: summaries,
+metrics, configs, tables, logs and fp16 safetensors weights with their fp32 evaluation
+(`weights-eval.json`), never optimiser state.
+
+A run a loan does not finish comes back whole with `pack` (its records and last checkpoint, in at most
+MAX_RETURN_CALLS calls of parts), `unpack` puts it in gpu/campaign/, and it continues exactly on the next
+loan. Where the partial runs do not fit one carry beside the rest of gpu/ and the checkout (a wide
+ResNet-32's checkpoint with its optimiser state is 60 MB), `prepare` copies their bytes into parts,
+gpu-more-1/..., that the loan's next calls carry, one each, and `start` waits for all of them, checks
+each file's SHA-256 and puts the runs together. `prepare` prints every call's carry.
 
 `GLMC_QUEUE_SMOKE=1` runs the same queue on the CPU (one-epoch ResNet-8 runs, 4-step benches,
 small images) to check the script itself without a GPU.
@@ -40,10 +47,14 @@ small images) to check the script itself without a GPU.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -66,8 +77,13 @@ NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 WHEELS = ["kornia", "kornia_rs"]  # what the GPU image lacks (device tool's KINDS.md lists the rest as present)
 COLLECTED = WORK / "collected.txt"  # what this machine added under RESULTS: what `pack` brings back
 PART_BYTES = 15 * 2**20
-MAX_FILES = 8
+PARTS_PER_CALL = 4  # 60 MiB: a call brings back at most 8 files and 64 MiB together
+MAX_RETURN_CALLS = 3  # of `pack`: a partial run that would need more stays behind and starts again on the next loan
 CARRY_LIMIT = 64 * 2**20  # what the device tool carries: the checkout and the carried folders together
+CARRY_MARGIN = 2**20
+OVERFLOW = WORK / "overflow.json"  # the partial runs' files that travel in calls of their own, and in which
+OVERFLOW_PREFIX = "gpu-more-"  # ROOT/gpu-more-1/part, ...: git-ignored, each carried by one call
+STOP_SECONDS = 120  # what `pack` waits for the queue's training to save and exit
 
 
 def glmc(*args: str) -> list[str]:
@@ -79,7 +95,6 @@ def device() -> str:
 
 
 LOAN_MINUTES = 8.0  # of GPU work one loan gives (15 minutes of device time, start-ups and calls included)
-PARTIAL_CARRY = 16 * 2**20  # room the next carry has for a partial run's checkpoint beside the checkout and gpu/
 
 
 @dataclass(frozen=True)
@@ -152,8 +167,9 @@ def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps:
 def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> str:
     counts = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", str(steps), "--warmup", "10"]
     extra = [arg for value in sets for arg in ("--set", value)]
+    target = RESULTS / "bench" / name  # written whole or not at all: an item is done when its files exist
     return " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *counts, *extra,
-                         "--json")) + f" > {RESULTS / 'bench' / name}"
+                         "--json")) + f" > {target}.tmp && mv {target}.tmp {target}"
 
 
 SHARING_JOBS = 2  # runs sharing the GPU (`glmc reproduce --jobs`), where one launch-bound run leaves it idle
@@ -268,6 +284,7 @@ def prepare() -> int:
     """gpu/: the CIFAR-10 npz, the wheels, the commit; all the GPU machine needs that is not in the checkout."""
     WORK.mkdir(exist_ok=True)
     restore_weights()  # what an earlier `prepare` parked: the commit below is read from a whole checkout
+    clear_overflow()
     clear_leftovers()
     kept = trim_cifar(NPZ / "cifar10_jpeg.npz", WORK / "cifar10_jpeg.npz")
     print(f"CIFAR-10: the {kept} training images some CIFAR-10-LT preset trains on, and the test set")
@@ -281,12 +298,16 @@ def prepare() -> int:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout
     (WORK / "COMMIT").write_text(commit + ("-dirty" if dirty.strip() else "") + "\n")
-    size = sum(p.stat().st_size for p in WORK.rglob("*") if p.is_file())
-    if size + sum(checkout_files().values()) > CARRY_LIMIT:
+    if tree_bytes(WORK) + sum(checkout_files().values()) > CARRY_LIMIT:
         parked = park_weights()
         print(f"parked {len(parked)} committed weight files ({sum(parked.values()) / 2**20:.1f} MiB): the GPU machine "
               "skips a finished item on its summary.json and never reads them; `unpack` or `restore` puts them back")
     checkout = checkout_files()
+    overflow = []
+    if tree_bytes(WORK) + sum(checkout.values()) > CARRY_LIMIT:
+        overflow = split_overflow(CARRY_LIMIT - sum(checkout.values()) - CARRY_MARGIN)
+    calls = carries(overflow)
+    size = sum(tree_bytes(ROOT / path) for path in calls[0])
     total = size + sum(checkout.values())
     print(f"gpu/ ready: {size / 2**20:.1f} MiB to carry, {total / 2**20:.1f} MiB with the checkout, commit {commit[:12]}")
     if total > CARRY_LIMIT:
@@ -295,7 +316,53 @@ def prepare() -> int:
               "GPU session (a partial run's checkpoint under results/ can resume from runs/, which is ignored); largest: "
               + ", ".join(f"{path} ({bytes_ / 2**20:.1f} MiB)" for path, bytes_ in largest), file=sys.stderr)
         return 1
+    if overflow:
+        print(f"the partial runs' {tree_bytes(CAMPAIGN) / 2**20:.0f} MiB travel in {len(overflow)} more call(s), each "
+              "at once after the one before: a call finds what the last one carried only while the machine is warm")
+    for number, carry in enumerate(calls, 1):
+        print(f"  call {number}: carry {json.dumps(carry)}, command: python3 scripts/gpu_queue.py start")
     return 0
+
+
+def tree_bytes(path: Path) -> int:
+    """The bytes of a file, or of every file under a folder (0 where it does not exist)."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(inner.stat().st_size for inner in path.rglob("*") if inner.is_file())
+
+
+def carries(overflow: list[str]) -> list[list[str]]:
+    """What each of a loan's first calls carries: gpu/ (without its partial runs where `overflow` holds their bytes),
+    then each overflow folder."""
+    if not overflow:
+        return [[str(WORK.relative_to(ROOT))]]
+    first = [str(path.relative_to(ROOT)) for path in sorted(WORK.iterdir()) if path != CAMPAIGN]
+    return [first, *([folder] for folder in overflow)]
+
+
+def split_overflow(budget: int) -> list[str]:
+    """Copy the bytes of the partial runs' files (all under gpu/campaign/), back to back, into parts of at most
+    `budget` bytes, ROOT/gpu-more-K/part, one per call; OVERFLOW (in gpu/) lists the parts and each file with its
+    size and SHA-256, for `rejoin_overflow` there. The files stay here as they are. Returns the parts' folders."""
+    contents = [(path, path.read_bytes()) for path in sorted(CAMPAIGN.rglob("*")) if path.is_file()]
+    data = b"".join(content for _, content in contents)
+    folders = []
+    for number, start in enumerate(range(0, len(data), budget), 1):
+        folder = ROOT / f"{OVERFLOW_PREFIX}{number}"
+        folder.mkdir()
+        (folder / "part").write_bytes(data[start : start + budget])
+        folders.append(folder.name)
+    files = [{"path": str(path.relative_to(WORK)), "size": len(content), "sha256": hashlib.sha256(content).hexdigest()}
+             for path, content in contents]
+    OVERFLOW.write_text(json.dumps({"parts": folders, "files": files}, indent=1) + "\n")
+    return folders
+
+
+def clear_overflow() -> None:
+    """Remove what an earlier `prepare` split off (the partial runs' files themselves stayed in gpu/campaign/)."""
+    OVERFLOW.unlink(missing_ok=True)
+    for folder in sorted(ROOT.glob(f"{OVERFLOW_PREFIX}*")):
+        shutil.rmtree(folder)
 
 
 CARRIED = {"cifar10_jpeg.npz", "materialize.py", "wheels", "COMMIT"}  # what `prepare` puts in gpu/
@@ -383,21 +450,36 @@ def restore_weights() -> list[str]:
     return missing
 
 
-def unpack(files_at: str) -> int:
-    """The parts `pack` wrote, joined and extracted into the checkout (results/...)."""
-    parts = sorted(Path(files_at).rglob("campaign.tar.gz.part*"))
+def unpack(folders: list[str]) -> int:
+    """The parts `pack` wrote (the folders its calls returned), joined and extracted into the checkout: results/...,
+    and gpu/campaign/ for the partial runs, each replacing the copy that went out."""
+    parts, total = returned_parts(folders)
     if not parts:
-        print(f"no campaign.tar.gz.part* under {files_at}", file=sys.stderr)
+        print(f"no campaign.tar.gz.part* under {', '.join(folders)}", file=sys.stderr)
+        return 2
+    missing = sorted(set(range(1, total + 1)) - set(parts))
+    if missing:
+        calls = sorted({(number - 1) // PARTS_PER_CALL + 1 for number in missing})
+        print(f"parts {', '.join(map(str, missing))} of {total} are missing: they come back with "
+              + ", ".join(f"`pack {call}`" for call in calls), file=sys.stderr)
         return 2
     restore_weights()
     joined = WORK / "campaign.tar.gz"
     WORK.mkdir(parents=True, exist_ok=True)
     with open(joined, "wb") as out:
-        for part in parts:
-            out.write(part.read_bytes())
+        for number in range(1, total + 1):
+            out.write(parts[number].read_bytes())
     with tarfile.open(joined) as archive:
+        returned_runs = {Path(member.name).parent for member in archive.getmembers()
+                         if Path(member.name).is_relative_to(CAMPAIGN.relative_to(ROOT))}
+        for run in returned_runs:  # the copy that went out: files it had and the new one lacks must not stay beside it
+            shutil.rmtree(ROOT / run, ignore_errors=True)
         archive.extractall(ROOT, filter="data")
-    print(f"unpacked {len(parts)} parts into {RESULTS}; now write each run's RUN.md from its summary and commit")
+    print(f"unpacked {total} parts into {RESULTS}; now write each run's RUN.md from its summary and commit")
+    for run in sorted(CAMPAIGN.glob("*/*/seed-*")):
+        if (RESULTS / run.relative_to(CAMPAIGN) / "summary.json").is_file():  # collect()'s layout
+            shutil.rmtree(run)
+            print(f"partial run {run.relative_to(ROOT)} went out and came back finished: removed, it is not carried again")
     for run, epoch, epochs in partial_runs():
         print(f"partial run {run.relative_to(ROOT)}: {epoch} of {epochs} epochs; the next `prepare` carries it to continue")
     return 0
@@ -407,7 +489,18 @@ def unpack(files_at: str) -> int:
 
 
 def start() -> int:
-    """Put CIFAR-10 in place, then run the queue in a new process session (it outlives this command)."""
+    """Put CIFAR-10 in place, then run the queue in a new process session (it outlives this command). Where the
+    partial runs travel in calls of their own, wait for all of them, then put the partial runs together."""
+    if not (WORK / "COMMIT").is_file():
+        print(f"{WORK.relative_to(ROOT)}/ is not on this machine (a fresh one?): call `start` with the carry of call 1 "
+              "that `prepare` printed", file=sys.stderr)
+        return 2
+    if OVERFLOW.is_file():
+        missing = overflow_to_come()
+        if missing:
+            print(f"waiting for {', '.join(missing)}: call `start` again at once, carrying {json.dumps(missing[:1])}")
+            return 0
+        rejoin_overflow()
     LOGS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "bench").mkdir(parents=True, exist_ok=True)
     if not (DATA / "cifar-10-batches-py").is_dir():
@@ -428,6 +521,33 @@ def start() -> int:
     return 0
 
 
+def overflow_to_come() -> list[str]:
+    """The folders of parts (`split_overflow`) that no call has carried to this machine yet."""
+    return [folder for folder in json.loads(OVERFLOW.read_text())["parts"] if not (ROOT / folder / "part").is_file()]
+
+
+def rejoin_overflow() -> None:
+    """The partial runs' files from the parts the calls carried (see `split_overflow`), each checked against its
+    SHA-256; the parts are removed."""
+    manifest = json.loads(OVERFLOW.read_text())
+    data = b"".join((ROOT / folder / "part").read_bytes() for folder in manifest["parts"])
+    if len(data) != sum(entry["size"] for entry in manifest["files"]):
+        raise SystemExit(f"{', '.join(manifest['parts'])} hold {len(data)} bytes, not what {OVERFLOW.name} lists: "
+                         "carry them again")
+    offset = 0
+    for entry in manifest["files"]:
+        content, offset = data[offset : offset + entry["size"]], offset + entry["size"]
+        if hashlib.sha256(content).hexdigest() != entry["sha256"]:
+            raise SystemExit(f"{entry['path']} does not match its SHA-256 in {OVERFLOW.name}: carry the parts again")
+        target = WORK / entry["path"]
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(content)
+    for folder in manifest["parts"]:
+        shutil.rmtree(ROOT / folder)
+    OVERFLOW.unlink()
+    print(f"put together {len(manifest['files'])} files of partial runs from {', '.join(manifest['parts'])}")
+
+
 def materialise(script: Path, data: Path) -> None:
     """The shared script's pickles from the trimmed npz beside it; the training images `trim_cifar` emptied are black."""
     spec = importlib.util.spec_from_file_location("materialize", script)
@@ -446,14 +566,40 @@ def materialise(script: Path, data: Path) -> None:
 
 
 def running() -> bool:
+    """Whether the queue, or anything it started, still runs (it leads a process group of its own)."""
     pid_file = WORK / "queue.pid"
-    if not pid_file.is_file():
-        return False
     try:
-        os.kill(int(pid_file.read_text()), 0)
-        return True
+        return group_alive(int(pid_file.read_text()))
     except (OSError, ValueError):
         return False
+
+
+def group_alive(group: int) -> bool:
+    """Whether a process of process group `group` is still running; a zombie (exited, not yet reaped) is not."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            state, _, pgrp = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # it exited while being read
+        if state != "Z" and int(pgrp) == group:
+            return True
+    return False
+
+
+def stop_queue() -> None:
+    """SIGTERM the queue and all it started, and wait for them to exit: training saves its checkpoint at the next
+    step, so the partial runs `pack` brings back are whole and as far as the loan took them. `start` continues."""
+    if not running():
+        return
+    group = int((WORK / "queue.pid").read_text())
+    os.killpg(group, signal.SIGTERM)
+    deadline = time.time() + STOP_SECONDS
+    while group_alive(group):
+        if time.time() > deadline:
+            print(f"the queue still runs {STOP_SECONDS} s after SIGTERM; packing what is there", file=sys.stderr)
+            return
+        time.sleep(0.2)
+    print("stopped the queue (its runs saved their checkpoints); `start` continues it")
 
 
 def run() -> int:
@@ -577,52 +723,92 @@ def partial_files(run: Path) -> list[Path]:
     return [run / name for name in names if (run / name).is_file()]
 
 
-def pack() -> int:
-    """What this machine added under results/gpu-campaign, plus the logs, as a tar.gz cut into parts for $OUT."""
+def pack(call: int = 1) -> int:
+    """Call 1 stops the queue and writes what this machine added under results/gpu-campaign, the logs and the partial
+    runs as one tar.gz; each call puts the next PARTS_PER_CALL parts of it under $OUT (what one call brings back)."""
     out = Path(os.environ.get("OUT", WORK / "out"))
     out.mkdir(parents=True, exist_ok=True)
     archive = WORK / "campaign.tar.gz"
+    if call == 1:
+        stop_queue()
+        write_archive(archive)
+    elif not archive.is_file():
+        print("no archive here yet: `pack` (call 1) writes it", file=sys.stderr)
+        return 2
+    data = archive.read_bytes()
+    parts = [data[start : start + PART_BYTES] for start in range(0, len(data), PART_BYTES)]
+    calls = math.ceil(len(parts) / PARTS_PER_CALL)
+    if not 1 <= call <= calls:
+        print(f"the archive comes back in {calls} call(s): there is no call {call}", file=sys.stderr)
+        return 2
+    numbers = range((call - 1) * PARTS_PER_CALL + 1, min(call * PARTS_PER_CALL, len(parts)) + 1)
+    for number in numbers:
+        (out / part_name(number, len(parts))).write_bytes(parts[number - 1])
+    print(f"packed parts {numbers[0]}-{numbers[-1]} of {len(parts)} ({len(data) / 2**20:.1f} MiB in all) under {out}")
+    if call < calls:
+        following = f"`pack {call + 1}`" if call + 1 == calls else f"`pack {call + 1}` to `pack {calls}`, a call each"
+        print(f"the rest comes back with {following}; `unpack` takes all the calls' folders")
+    return 0
+
+
+def write_archive(archive: Path) -> None:
+    """The tar.gz of `pack`: the results and logs, then each partial run while the whole stays within
+    MAX_RETURN_CALLS calls of parts (a partial run left out starts again on the next loan)."""
     added = sorted(set(COLLECTED.read_text().split())) if COLLECTED.is_file() else []
+    room = MAX_RETURN_CALLS * PARTS_PER_CALL * PART_BYTES
     with tarfile.open(archive, "w:gz") as tar:
         for relative in added:
             if (ROOT / relative).is_file():
                 tar.add(ROOT / relative, arcname=relative)
+                room -= (ROOT / relative).stat().st_size
         if LOGS.is_dir():
             tar.add(LOGS, arcname=str((RESULTS / "logs").relative_to(ROOT)))
+            room -= tree_bytes(LOGS)
         for run, epoch, epochs in partial_runs():  # back to gpu/campaign/ here, carried on the next loan
             files = partial_files(run)
             size = sum(path.stat().st_size for path in files)
-            if size > PARTIAL_CARRY:
+            if size > room:
                 print(f"partial run {run.relative_to(CAMPAIGN)} ({epoch} of {epochs} epochs) stays behind: its checkpoint "
-                      f"and records ({size / 2**20:.0f} MiB) would not fit the next carry beside the checkout and gpu/ "
-                      f"({PARTIAL_CARRY / 2**20:.0f} MiB left); it starts again on the next loan")
+                      f"and records ({size / 2**20:.0f} MiB) would make more than {MAX_RETURN_CALLS} calls of parts; it "
+                      "starts again on the next loan")
                 continue
             for path in files:
                 tar.add(path, arcname=str(path.relative_to(ROOT)))
+            room -= size
             print(f"partial run {run.relative_to(CAMPAIGN)}: {epoch} of {epochs} epochs, its checkpoint comes back")
-    data = archive.read_bytes()
-    parts = [data[start : start + PART_BYTES] for start in range(0, len(data), PART_BYTES)]
-    if len(parts) > MAX_FILES:
-        print(f"{len(data) / 2**20:.0f} MiB is more than {MAX_FILES} parts: commit some results, then pack again",
-              file=sys.stderr)
-        return 2
-    for index, part in enumerate(parts):
-        (out / f"campaign.tar.gz.part{index:02d}").write_bytes(part)
-    print(f"packed {len(data) / 2**20:.1f} MiB in {len(parts)} parts under {out}")
-    return 0
+
+
+def part_name(number: int, total: int) -> str:
+    return f"campaign.tar.gz.part{number:02d}-of-{total:02d}"
+
+
+def returned_parts(folders: list[str]) -> tuple[dict[int, Path], int]:
+    """The parts under `folders` (one per `pack` call) by number, and how many the archive has."""
+    parts, totals = {}, set()
+    for path in (path for folder in folders for path in Path(folder).rglob("campaign.tar.gz.part*")):
+        match = re.fullmatch(r"campaign\.tar\.gz\.part(\d+)-of-(\d+)", path.name)
+        if match:
+            parts[int(match[1])] = path
+            totals.add(int(match[2]))
+    if len(totals) > 1:
+        raise SystemExit(f"the parts under {', '.join(folders)} come from different archives (of {sorted(totals)} parts)")
+    return parts, totals.pop() if totals else 0
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["prepare", "start", "run", "status", "pack", "unpack", "restore"])
-    parser.add_argument("files_at", nargs="?", help="unpack: the folder the device tool returned the parts in")
+    parser.add_argument("where", nargs="*", help="unpack: the folders the `pack` calls' files came back in; "
+                                                  "pack: which call of it (default 1, the one that writes the archive)")
     args = parser.parse_args()
     if args.command == "unpack":
-        return unpack(args.files_at or ".")
+        return unpack(args.where or ["."])
+    if args.command == "pack":
+        return pack(int(args.where[0]) if args.where else 1)
     if args.command == "restore":
         restore_weights()
         return 0
-    return {"prepare": prepare, "start": start, "run": run, "status": status, "pack": pack}[args.command]()
+    return {"prepare": prepare, "start": start, "run": run, "status": status}[args.command]()
 
 
 if __name__ == "__main__":

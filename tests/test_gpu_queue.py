@@ -9,10 +9,12 @@ import dataclasses
 import json
 import importlib.util
 import io
+import math
 import pickle
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -171,12 +173,7 @@ def write_bench(gpu_queue, name: str, ms_per_step: float, window: tuple[float, f
 @pytest.fixture
 def sandbox(gpu_queue, tmp_path, monkeypatch):
     """The script's folders moved under tmp_path."""
-    monkeypatch.setattr(gpu_queue, "ROOT", tmp_path)
-    monkeypatch.setattr(gpu_queue, "WORK", tmp_path / "gpu")
-    monkeypatch.setattr(gpu_queue, "CAMPAIGN", tmp_path / "gpu" / "campaign")
-    monkeypatch.setattr(gpu_queue, "RESULTS", tmp_path / "results" / "gpu-campaign")
-    monkeypatch.setattr(gpu_queue, "LOGS", tmp_path / "gpu" / "logs")
-    monkeypatch.setattr(gpu_queue, "COLLECTED", tmp_path / "gpu" / "collected.txt")
+    machine(gpu_queue, monkeypatch, tmp_path)
     return tmp_path
 
 
@@ -263,34 +260,143 @@ def test_side_by_side_means_every_timed_window_mostly_shared(gpu_queue, windows,
     assert gpu_queue.windows_overlap(windows) is overlap
 
 
-def test_a_partial_run_that_fits_the_carry_comes_back_and_stays_for_the_next_loan(gpu_queue, sandbox, tmp_path,
-                                                                                 monkeypatch):
+def machine(gpu_queue, monkeypatch, root: Path) -> None:
+    """The script's folders moved to `root`: the other machine, or this one again."""
+    monkeypatch.setattr(gpu_queue, "ROOT", root)
+    monkeypatch.setattr(gpu_queue, "WORK", root / "gpu")
+    monkeypatch.setattr(gpu_queue, "CAMPAIGN", root / "gpu" / "campaign")
+    monkeypatch.setattr(gpu_queue, "RESULTS", root / "results" / "gpu-campaign")
+    monkeypatch.setattr(gpu_queue, "LOGS", root / "gpu" / "logs")
+    monkeypatch.setattr(gpu_queue, "COLLECTED", root / "gpu" / "collected.txt")
+    monkeypatch.setattr(gpu_queue, "OVERFLOW", root / "gpu" / "overflow.json")
+
+
+def test_partial_runs_come_back_over_several_calls_and_replace_the_copy_that_went_out(gpu_queue, sandbox, tmp_path,
+                                                                                      monkeypatch, capsys):
     from glmc.config import build_config
     from glmc.trainer import train
 
+    gpu = tmp_path / "gpu-machine"
+    machine(gpu_queue, monkeypatch, gpu)
     small = gpu_queue.CAMPAIGN / "t" / "small" / "seed-0"
     train(build_config("quickstart", {"train.device": "cpu", "train.epochs": "3", "train.max_steps": "25"}), small, quiet=True)
     (small / "summary.json").unlink()  # as a run stopped mid-way leaves it
     big = gpu_queue.CAMPAIGN / "t" / "big" / "seed-0"
     shutil.copytree(small, big)
-    monkeypatch.setattr(gpu_queue, "PARTIAL_CARRY", (small / "checkpoint_last.pt").stat().st_size * 3)
-    with open(big / "checkpoint_last.pt", "ab") as grown:  # too large to travel; its checksum no longer matches,
-        grown.write(b"\0" * gpu_queue.PARTIAL_CARRY)  # and the .prev copy is the one read
+    checkpoint = (small / "checkpoint_last.pt").stat().st_size
+    monkeypatch.setattr(gpu_queue, "PART_BYTES", checkpoint // 6)  # the small run alone takes several calls' parts
+    monkeypatch.setattr(gpu_queue, "PARTS_PER_CALL", 2)
+    monkeypatch.setattr(gpu_queue, "MAX_RETURN_CALLS", 5)  # room for 1.67 checkpoints: the small run, not the big one
+    with open(big / "checkpoint_last.pt", "ab") as grown:  # its checksum no longer matches: the .prev copy is read
+        grown.write(b"\0" * checkpoint)
     assert [(run.parent.name, epoch) for run, epoch, _ in gpu_queue.partial_runs()] == [("big", 1), ("small", 1)]
-    monkeypatch.setenv("OUT", str(tmp_path / "out"))
+    finished = gpu_queue.RESULTS / "t" / "done" / "seed-0"  # a run that went out partial and the loan finished
+    finished.mkdir(parents=True)
+    (finished / "summary.json").write_text("{}")
+    gpu_queue.note_collected(finished)
+
+    monkeypatch.setenv("OUT", str(tmp_path / "out1"))
     assert gpu_queue.pack() == 0
-    back = tmp_path / "back"
-    monkeypatch.setattr(gpu_queue, "ROOT", back)
-    monkeypatch.setattr(gpu_queue, "WORK", back / "gpu")
-    monkeypatch.setattr(gpu_queue, "CAMPAIGN", back / "gpu" / "campaign")
-    monkeypatch.setattr(gpu_queue, "RESULTS", back / "results" / "gpu-campaign")
+    parts = math.ceil((gpu_queue.WORK / "campaign.tar.gz").stat().st_size / gpu_queue.PART_BYTES)
+    calls = math.ceil(parts / 2)
+    assert calls >= 2
+    outs = [tmp_path / f"out{call}" for call in range(1, calls + 1)]
+    for call, out in enumerate(outs[1:], 2):
+        monkeypatch.setenv("OUT", str(out))
+        assert gpu_queue.pack(call) == 0
+    assert gpu_queue.pack(calls + 1) == 2
+    assert [len(list(out.iterdir())) for out in outs] == [2] * (calls - 1) + [parts - 2 * (calls - 1)]
+    printed = capsys.readouterr()
+    assert "big/seed-0 (1 of 3 epochs) stays behind" in printed.out and "small/seed-0: 1 of 3 epochs" in printed.out
+    assert "the rest comes back with `pack 2`" in printed.out and f"no call {calls + 1}" in printed.err
+
+    here = tmp_path / "here"
+    machine(gpu_queue, monkeypatch, here)
     monkeypatch.setattr(gpu_queue, "restore_weights", lambda: [])  # no git here
-    assert gpu_queue.unpack(str(tmp_path / "out")) == 0
-    returned = back / "gpu" / "campaign" / "t" / "small" / "seed-0"
-    assert (returned / "checkpoint_last.pt").read_bytes() == (small / "checkpoint_last.pt").read_bytes()
-    assert not (back / "gpu" / "campaign" / "t" / "big").exists()
-    (back / "gpu" / "COMMIT").write_text("x")
+    went_out = here / "gpu" / "campaign" / "t" / "small" / "seed-0"
+    went_out.mkdir(parents=True)
+    (went_out / "checkpoint_last.pt.prev").write_text("an older piece")  # the copy that went out, left behind here
+    (here / "gpu" / "campaign" / "t" / "done" / "seed-0").mkdir(parents=True)
+    (here / "gpu" / "campaign" / "t" / "done" / "seed-0" / "checkpoint_last.pt").write_text("went out partial")
+    assert gpu_queue.unpack([str(outs[0])]) == 2
+    assert "come back with `pack 2`" in capsys.readouterr().err
+    assert gpu_queue.unpack([str(out) for out in outs]) == 0
+    assert (went_out / "checkpoint_last.pt").read_bytes() == (small / "checkpoint_last.pt").read_bytes()
+    assert not (went_out / "checkpoint_last.pt.prev").exists()
+    assert not (here / "gpu" / "campaign" / "t" / "big").exists()
+    assert (here / "results" / "gpu-campaign" / "t" / "done" / "seed-0" / "summary.json").is_file()
+    assert not (here / "gpu" / "campaign" / "t" / "done" / "seed-0").exists()  # finished there: not carried again
+    (here / "gpu" / "COMMIT").write_text("x")
     gpu_queue.clear_leftovers()  # what `prepare` does before the next loan
-    assert (returned / "checkpoint_last.pt").is_file() and (returned / "config.yaml").is_file()
-    assert [run for run, _, _ in gpu_queue.partial_runs()] == [returned]
-    assert not (back / "gpu" / "campaign.tar.gz").exists()
+    assert (went_out / "checkpoint_last.pt").is_file() and (went_out / "config.yaml").is_file()
+    assert [run for run, _, _ in gpu_queue.partial_runs()] == [went_out]
+    assert not (here / "gpu" / "campaign.tar.gz").exists()
+
+
+def copy_path(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target) if source.is_dir() else shutil.copy2(source, target)
+
+
+def test_partial_runs_too_large_for_one_carry_travel_in_parts_that_start_checks_and_puts_together(gpu_queue, tmp_path,
+                                                                                                monkeypatch, capsys):
+    here, there = tmp_path / "here", tmp_path / "there"
+    machine(gpu_queue, monkeypatch, here)
+    rng = np.random.default_rng(0)
+    files = {"gpu/COMMIT": b"abc\n", "gpu/cifar10_jpeg.npz": b"npz", "gpu/wheels/kornia.whl": b"whl",
+             "gpu/campaign/t/wide/seed-0/checkpoint_last.pt": rng.bytes(250_000),
+             "gpu/campaign/t/wide/seed-0/checkpoint_last.pt.sha256": b"0" * 64,
+             "gpu/campaign/t/wide/seed-0/config.yaml": b"model: wide\n"}
+    for name, content in files.items():
+        (here / name).parent.mkdir(parents=True, exist_ok=True)
+        (here / name).write_bytes(content)
+
+    folders = gpu_queue.split_overflow(100_000)
+    assert folders == ["gpu-more-1", "gpu-more-2", "gpu-more-3"]
+    assert all((here / folder / "part").stat().st_size <= 100_000 for folder in folders)
+    calls = gpu_queue.carries(folders)
+    assert calls[0] == ["gpu/COMMIT", "gpu/cifar10_jpeg.npz", "gpu/overflow.json", "gpu/wheels"]  # not gpu/campaign
+    assert calls[1:] == [[folder] for folder in folders]
+    assert (here / "gpu/campaign/t/wide/seed-0/checkpoint_last.pt").is_file()  # the runs stay here as they are
+
+    machine(gpu_queue, monkeypatch, there)
+    assert gpu_queue.start() == 2  # a fresh machine that got the overflow first has no gpu/
+    assert "is not on this machine" in capsys.readouterr().err
+    for number, carry in enumerate(calls):  # each call adds its carry to what the earlier ones left there
+        for path in carry:
+            copy_path(here / path, there / path)
+        if number < len(calls) - 1:
+            assert gpu_queue.start() == 0 and not gpu_queue.LOGS.exists()  # the queue waits for every part
+            assert f"waiting for {', '.join(folders[number:])}" in capsys.readouterr().out
+    good = (there / "gpu-more-2" / "part").read_bytes()
+    (there / "gpu-more-2" / "part").write_bytes(good[:-1] + bytes([good[-1] ^ 1]))
+    with pytest.raises(SystemExit, match="SHA-256"):
+        gpu_queue.rejoin_overflow()
+    (there / "gpu-more-2" / "part").write_bytes(good)
+    gpu_queue.rejoin_overflow()
+    for name, content in files.items():
+        assert (there / name).read_bytes() == content
+    assert not any(there.glob("gpu-more-*")) and not gpu_queue.OVERFLOW.exists()
+
+    machine(gpu_queue, monkeypatch, here)  # the next `prepare` starts from the runs here, never from old parts
+    gpu_queue.clear_overflow()
+    assert not any(here.glob("gpu-more-*")) and not gpu_queue.OVERFLOW.exists()
+    assert (here / "gpu/campaign/t/wide/seed-0/checkpoint_last.pt").read_bytes() == files[
+        "gpu/campaign/t/wide/seed-0/checkpoint_last.pt"]
+
+
+def test_pack_stops_the_queue_and_waits_for_what_it_started_to_save(gpu_queue, sandbox, tmp_path):
+    saved = tmp_path / "saved"
+    trainer = ("import signal, sys, time\n"
+               "def save(*_):\n"
+               f"    time.sleep(0.5); open({str(saved)!r}, 'w').write('checkpoint'); sys.exit(143)\n"
+               "signal.signal(signal.SIGTERM, save)\n"
+               "time.sleep(60)\n")
+    queue = subprocess.Popen([sys.executable, "-c", trainer], start_new_session=True)  # leads its own group, as `start`'s
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "queue.pid").write_text(str(queue.pid))
+    time.sleep(0.5)  # its handler is in place
+    assert gpu_queue.running()
+    gpu_queue.stop_queue()
+    assert saved.read_text() == "checkpoint" and not gpu_queue.running()  # waited: a zombie does not count as running
+    assert queue.wait(timeout=5) == 143
