@@ -122,13 +122,15 @@ SMOKE_LARGE = ["train.batch_size=8", "data.image_size=64", "data.resize=72", "mo
 
 def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None, compile_if_faster: str = "",
               share_if_faster: str = "") -> list[str]:
-    """`glmc reproduce` of some rows; with `compile_if_faster` (a preset), `--compile` where this loan's benches found
-    that preset's compiled step faster (the same loss: tests/test_bench.py checks it); with `share_if_faster` (a
-    preset), `--jobs SHARING_JOBS` where runs of it sharing the GPU were measured faster together (`jobs_for`)."""
+    """`glmc reproduce` of some rows; with `compile_if_faster` (a preset), `--compile --compile-mode MODE` where this
+    loan's benches found that preset's step compiled in MODE the fastest (the same loss: tests/test_bench.py checks
+    it); with `share_if_faster` (a preset), `--jobs SHARING_JOBS` where runs of it sharing the GPU were measured faster
+    together (`jobs_for`)."""
     extra = SMOKE_RUN
     only = [arg for row in rows for arg in ("--only", row)]
     source = ["--tables", str(ROOT / "scripts" / tables)] if tables else []
-    compiled = ["--compile"] if compile_if_faster and compiled_is_faster(compile_if_faster) else []
+    mode = fastest_compile(compile_if_faster) if compile_if_faster else None
+    compiled = ["--compile", "--compile-mode", mode] if mode else []
     jobs = ["--jobs", str(jobs_for(share_if_faster))] if share_if_faster else []
     return glmc("reproduce", table, *source, *only, "--seeds", str(seeds), "--output", str(CAMPAIGN / table),
                 "--data-root", str(DATA), "--device", device(), "--export", "--quiet", *compiled, *jobs, *extra)
@@ -147,21 +149,52 @@ def run_minutes(bench: dict, epochs: int = 200) -> float:
     return bench["ms_per_step"] * bench["steps_per_epoch"] * epochs / 60000
 
 
-def compiled_is_faster(preset: str) -> bool:
-    plain, compiled = bench_result(f"gpu-{preset}.json"), bench_result(f"gpu-{preset}-compiled.json")
-    return bool(plain and compiled and compiled["ms_per_step"] < plain["ms_per_step"])
+# torch.compile's modes the queue benches where a run does not fit in a loan, by the name of their bench: inductor's
+# kernels, and those replayed as CUDA graphs (what removes a launch-bound step's per-kernel host cost)
+COMPILE_BENCHES = {"default": "compiled", "reduce-overhead": "cudagraphs"}
+
+
+def compile_bench_name(preset: str, mode: str) -> str:
+    return f"gpu-{preset}-{COMPILE_BENCHES[mode]}.json"
+
+
+def bench_ms(name: str) -> float | None:
+    """A bench's ms per step; None where it was not run, or ran and failed (`bench(..., may_fail=True)`)."""
+    result = bench_result(name)
+    return result.get("ms_per_step") if result else None
+
+
+def fastest_compile(preset: str) -> str | None:
+    """The torch.compile mode whose bench of `preset` beat the plain step and every other mode benched; None where
+    none did, or none was measured."""
+    plain = bench_ms(f"gpu-{preset}.json")
+    timed = {mode: bench_ms(compile_bench_name(preset, mode)) for mode in COMPILE_BENCHES}
+    faster = {mode: ms for mode, ms in timed.items() if ms is not None and plain is not None and ms < plain}
+    return min(faster, key=faster.get) if faster else None
+
+
+def compile_sets(mode: str | None) -> list[str]:
+    return ["train.compile=true", f"train.compile_mode={mode}"] if mode else []
 
 
 def compile_bench_if_needed(preset: str) -> list[list[str]]:
-    """The compiled bench of `preset`, only where its plain bench says a 200-epoch run does not fit in one loan."""
+    """The compiled benches of `preset` not yet run, one per COMPILE_BENCHES mode, only where its plain bench says a
+    200-epoch run does not fit in one loan. A mode that fails (CUDA graphs can) is recorded as failed, not used."""
     plain = bench_result(f"gpu-{preset}.json")
-    if plain is None or run_minutes(plain) <= LOAN_MINUTES or bench_result(f"gpu-{preset}-compiled.json"):
+    if plain is None or run_minutes(plain) <= LOAN_MINUTES:
         return []
-    return [bench(preset, f"gpu-{preset}-compiled.json", "train.compile=true")]
+    return [bench(preset, compile_bench_name(preset, mode), *compile_sets(mode), may_fail=True)
+            for mode in COMPILE_BENCHES if bench_result(compile_bench_name(preset, mode)) is None]
 
 
-def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> list[str]:
-    return ["sh", "-c", bench_line(preset, name, *sets, data_root=data_root, steps=steps)]
+def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50, may_fail: bool = False
+          ) -> list[str]:
+    """The shell command of one bench; with `may_fail`, a failing bench writes {"failed": true} and the queue goes
+    on."""
+    line = bench_line(preset, name, *sets, data_root=data_root, steps=steps)
+    failed = json.dumps({"preset": preset, "sets": list(sets), "failed": True})
+    target = RESULTS / "bench" / name
+    return ["sh", "-c", f"{line} || {{ rm -f {target}.tmp; echo '{failed}' > {target}; }}" if may_fail else line]
 
 
 def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> str:
@@ -189,7 +222,7 @@ def shared_bench_if_needed(preset: str) -> list[list[str]]:
     names = shared_bench_names(preset)
     if plain is None or 2 * run_minutes(plain) <= LOAN_MINUTES or all(bench_result(name) for name in names):
         return []
-    sets = ["train.compile=true"] if compiled_is_faster(preset) else []
+    sets = compile_sets(fastest_compile(preset))
     started = " ".join(f"{bench_line(preset, name, *sets, steps=SHARING_STEPS)} & pids=\"$pids $!\";" for name in names)
     return [["sh", "-c", started + " for pid in $pids; do wait $pid || exit 1; done"]]
 
@@ -204,7 +237,8 @@ def sharing_gain(preset: str) -> float | None:
     """The shared benches' summed samples/s over one process alone on the same step (compiled where that was faster);
     None where not measured, or where the processes' timed windows did not overlap enough to count."""
     shared = [bench_result(name) for name in shared_bench_names(preset)]
-    alone = bench_result(f"gpu-{preset}-compiled.json" if compiled_is_faster(preset) else f"gpu-{preset}.json")
+    mode = fastest_compile(preset)
+    alone = bench_result(compile_bench_name(preset, mode) if mode else f"gpu-{preset}.json")
     if alone is None or not all(shared) or not windows_overlap([tuple(bench["timed_window"]) for bench in shared]):
         return None
     return sum(bench["images_per_s"] for bench in shared) / alone["images_per_s"]
@@ -234,7 +268,8 @@ def queue() -> list[Item]:
     return [
         Item("1 bench", lambda: [bench(authors, f"gpu-{authors}.json"), bench("cifar10-lt-if100", "gpu-cifar10-lt-if100.json")],
              [f"bench/gpu-{authors}.json", "bench/gpu-cifar10-lt-if100.json"]),
-        Item("2 compiled bench, if the authors' run does not fit in a loan", lambda: compile_bench_if_needed(authors)),
+        Item("2 compiled benches, if the authors' run does not fit in a loan",
+             lambda: compile_bench_if_needed(authors)),
         Item("3 authors IF100 + MaxNorm",
              lambda: [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm", compile_if_faster=authors)],
              [mark("glmc-cifar10-lt-authors", authors)],
@@ -639,8 +674,10 @@ def compact_files() -> tuple[str, ...]:
 def note_collected(*paths: Path) -> None:
     with open(COLLECTED, "a") as listing:
         for path in paths:
-            for file in ([path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())):
-                listing.write(f"{file.relative_to(ROOT)}\n")
+            files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+            for file in files:
+                if file.suffix != ".tmp":  # a bench's output before it is whole
+                    listing.write(f"{file.relative_to(ROOT)}\n")
 
 
 def collect(item: Item) -> None:
@@ -688,6 +725,8 @@ def status() -> int:
         if "ms_per_step" in bench:
             print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {run_minutes(bench):.1f} min "
                   f"of steps ({'fits' if run_minutes(bench) <= LOAN_MINUTES else 'does not fit'} in a loan)")
+        elif bench.get("failed"):
+            print(f"  {bench_file.name}: failed (its item's log under {LOGS.relative_to(ROOT)}/), so not used")
     for preset in ("cifar10-lt-if100-authors", "cifar10-lt-if100"):
         gain = sharing_gain(preset)
         if gain is not None:

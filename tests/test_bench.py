@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -15,6 +16,8 @@ from glmc.engine import step_rng
 from glmc.methods import create_method, method_options
 from glmc.precision import MixedPrecision
 from glmc.provenance import cpu_model
+from glmc.reproduce import load_tables, make_plan
+from glmc.rundir import RunFolder
 from glmc.trainer import build_run
 
 
@@ -112,6 +115,24 @@ def test_compiled_step_gives_the_plain_loss():
     method = create_method(run.config.method, run.dataset.class_counts, 30)
     torch.testing.assert_close(one_step_loss(run, method, run.step_model), one_step_loss(run, method, uncompiled),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_the_compile_mode_reaches_torch_compile_and_leaves_the_run_the_same_run(monkeypatch, tmp_path):
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: modes.append(mode) or module)
+    overrides = {"train.device": "cpu", "train.compile": "true"}
+    build_run(build_config("quickstart", {**overrides, "train.compile_mode": "reduce-overhead"}))
+    build_run(build_config("quickstart", overrides))
+    assert modes == ["reduce-overhead", "default"]
+    plan = make_plan(load_tables()["quickstart"], tmp_path, compile="reduce-overhead")  # glmc reproduce --compile MODE
+    compiled = plan.config(plan.rows[0], 0)
+    assert plan.machine == {"train.compile": True, "train.compile_mode": "reduce-overhead"}
+    assert compiled.train.compile_mode == "reduce-overhead"
+    folder = RunFolder(tmp_path / "run")  # a run begun plain continues compiled, in any mode: the same step
+    folder.path.mkdir()
+    folder.write_config(dataclasses.replace(compiled, train=dataclasses.replace(compiled.train, compile=False,
+                                                                                 compile_mode="default")))
+    folder.require_same_run(compiled)
 
 
 def test_input_only_bench_times_the_image_file_workers(tmp_path, capsys):

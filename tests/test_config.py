@@ -111,6 +111,7 @@ def test_unknown_key_names_close_matches():
         ("data.dataset", "cifar10", "unknown dataset 'cifar10'"),
         ("train.device", "tpu", "train.device must be"),
         ("optim.schedule", "step", "unknown schedule 'step'"),
+        ("train.compile_mode", "reduce_overhead", "unknown compile mode 'reduce_overhead'; did you mean 'reduce-"),
     ],
 )
 def test_values_no_run_could_use_are_refused(key, value, message):

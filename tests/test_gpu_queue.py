@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from glmc.config import build_config, load_presets
@@ -188,22 +189,47 @@ def test_the_queue_benches_first_and_skips_the_authors_row_the_cpu_campaign_fini
     assert authors.done()
 
 
-def test_the_compiled_bench_runs_only_when_the_authors_run_does_not_fit_and_compile_is_kept_only_if_faster(gpu_queue,
-                                                                                                         sandbox):
+def compile_flag(command: list[str]) -> str | None:
+    assert ("--compile" in command) == ("--compile-mode" in command)
+    return command[command.index("--compile-mode") + 1] if "--compile-mode" in command else None
+
+
+def test_the_compiled_benches_run_only_when_the_authors_run_does_not_fit_and_the_fastest_mode_is_kept(gpu_queue,
+                                                                                                      sandbox):
+    authors = "cifar10-lt-if100-authors"
     item = next(item for item in gpu_queue.queue() if item.name.startswith("2 compiled"))
     assert item.commands() == []  # no bench yet: nothing to decide
-    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors.json", 10.0)  # 200 epochs: 6.5 min, fits a loan
+    write_bench(gpu_queue, f"gpu-{authors}.json", 10.0)  # 200 epochs: 6.5 min, fits a loan
     assert item.commands() == []
-    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors.json", 20.0)  # 12.9 min: does not fit
-    (command,) = item.commands()
-    assert "train.compile=true" in " ".join(command) and "gpu-cifar10-lt-if100-authors-compiled.json" in " ".join(command)
+    write_bench(gpu_queue, f"gpu-{authors}.json", 20.0)  # 12.9 min: does not fit
+    inductor, cudagraphs = (command[-1] for command in item.commands())
+    assert "train.compile=true" in inductor and "train.compile_mode=default" in inductor
+    assert f"gpu-{authors}-compiled.json" in inductor
+    assert "train.compile_mode=reduce-overhead" in cudagraphs and f"gpu-{authors}-cudagraphs.json" in cudagraphs
     authors_row = next(item for item in gpu_queue.queue() if item.name.startswith("3 authors IF100"))
-    assert "--compile" not in authors_row.commands()[0]
-    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors-compiled.json", 15.0)
-    assert "--compile" in authors_row.commands()[0]
-    assert item.commands() == []  # measured once
-    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors-compiled.json", 25.0)  # slower compiled: the plain step
-    assert "--compile" not in authors_row.commands()[0]
+    assert compile_flag(authors_row.commands()[0]) is None
+    write_bench(gpu_queue, f"gpu-{authors}-compiled.json", 15.0)
+    assert compile_flag(authors_row.commands()[0]) == "default"
+    assert len(item.commands()) == 1  # what is left to measure: the CUDA graphs
+    write_bench(gpu_queue, f"gpu-{authors}-cudagraphs.json", 6.0)
+    assert compile_flag(authors_row.commands()[0]) == "reduce-overhead" and item.commands() == []
+    (gpu_queue.RESULTS / "bench" / f"gpu-{authors}-cudagraphs.json").write_text('{"failed": true}')  # it failed
+    assert compile_flag(authors_row.commands()[0]) == "default" and item.commands() == []  # measured: not again
+    write_bench(gpu_queue, f"gpu-{authors}-compiled.json", 25.0)  # slower compiled: the plain step
+    assert compile_flag(authors_row.commands()[0]) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine where a CUDA bench fails")
+def test_a_compiled_bench_that_fails_is_recorded_as_failed_and_the_queue_goes_on(gpu_queue, sandbox, capsys):
+    authors = "cifar10-lt-if100-authors"
+    write_bench(gpu_queue, f"gpu-{authors}.json", 20.0)
+    (command, _) = gpu_queue.compile_bench_if_needed(authors)
+    assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0  # glmc bench on CUDA, here none
+    assert gpu_queue.bench_result(f"gpu-{authors}-compiled.json")["failed"] is True
+    assert gpu_queue.bench_ms(f"gpu-{authors}-compiled.json") is None and gpu_queue.fastest_compile(authors) is None
+    assert not list((gpu_queue.RESULTS / "bench").glob("*.tmp"))
+    gpu_queue.status()
+    assert f"gpu-{authors}-compiled.json: failed" in capsys.readouterr().out
 
 
 def test_runs_share_the_gpu_only_where_two_do_not_fit_and_sharing_was_measured_faster_side_by_side(gpu_queue, sandbox):

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+from glmc.config import COMPILE_MODES
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
 from glmc.data.longtail import SPLITS
 from glmc.data.validation import VALIDATIONS
@@ -408,6 +409,8 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, as separate processes (default 1; try more on a GPU)")
     parser.add_argument("--compile", action="store_true", help="torch.compile every run's step (train.compile: the same "
                         "loss; like --device, not part of the runs' identity)")
+    parser.add_argument("--compile-mode", choices=COMPILE_MODES, help="with --compile: torch.compile's mode (default: "
+                        "default; reduce-overhead replays CUDA graphs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
     parser.set_defaults(run=run_reproduce)
 
@@ -428,7 +431,11 @@ def run_reproduce(args: argparse.Namespace) -> int:
 
         raise GlmcError(unknown_name_message("table", args.table, list(tables)))
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
-    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device, args.compile)
+    if args.compile_mode and not args.compile:
+        raise GlmcError("--compile-mode is the mode of --compile: give both")
+    compile_mode = (args.compile_mode or "default") if args.compile else None
+    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device,
+                     compile_mode)
     if args.dry_run:
         print(dry_run(plan, args.bench))
         return 0

@@ -39,6 +39,8 @@ from glmc.shots import SHOT_BOUNDS
 
 SCHEDULES = ("cosine", "warmup-cosine")
 NONFINITE_POLICIES = ("stop", "skip")
+# torch.compile's modes; "reduce-overhead" replays CUDA graphs, the lever for a launch-bound GPU step
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -86,6 +88,7 @@ class TrainConfig:
     # however long an epoch is; checked at the loop's sync points (every 25 steps)
     checkpoint_minutes: float | None = 10.0
     compile: bool = False  # torch.compile the training forward/backward (first steps compile: minutes on a CPU)
+    compile_mode: str = "default"  # with compile: torch.compile's mode (COMPILE_MODES)
     # The training forward: "fp32", "bf16" (autocast; weights, optimiser state and losses stay fp32) or
     # "auto": bf16 where the device has it natively (CUDA, CPUs with AVX-512 BF16 or AMX), else fp32.
     precision: str = "auto"
@@ -282,6 +285,8 @@ def validate(config: Config) -> None:
         raise ConfigError(unknown_name_message("shot bounds", config.train.shot_bounds, sorted(SHOT_BOUNDS)))
     if config.train.nonfinite not in NONFINITE_POLICIES:
         raise ConfigError(unknown_name_message("non-finite policy", config.train.nonfinite, list(NONFINITE_POLICIES)))
+    if config.train.compile_mode not in COMPILE_MODES:
+        raise ConfigError(unknown_name_message("compile mode", config.train.compile_mode, list(COMPILE_MODES)))
     if config.data.unreadable not in UNREADABLE_POLICIES:
         raise ConfigError(unknown_name_message("unreadable-image policy", config.data.unreadable, list(UNREADABLE_POLICIES)))
     check_precision(config.train.precision, "train.precision")

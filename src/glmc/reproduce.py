@@ -190,7 +190,9 @@ def extra_suffix(extra: Mapping[str, Any]) -> str:
 
 def make_plan(table: Table, output: str | os.PathLike, seeds: int | None = None, only: Sequence[str] = (),
               extra: Sequence[str] = (), data_root: str | None = None, device: str | None = None,
-              compile: bool = False) -> Plan:
+              compile: str | None = None) -> Plan:
+    """The rows of `table` to train into `output`; `compile`, a torch.compile mode (COMPILE_MODES) or None, goes with
+    `data_root` and `device` into every run's machine keys, which are not part of its identity."""
     rows = table.rows
     if only:
         unknown = [name for name in only if name not in {row.name for row in rows}]
@@ -199,8 +201,9 @@ def make_plan(table: Table, output: str | os.PathLike, seeds: int | None = None,
         rows = tuple(row for row in rows if row.name in only)
     if seeds is not None and seeds < 1:
         raise GlmcError(f"--seeds must be >= 1, got {seeds}")
-    machine = {key: value for key, value in (("data.data_root", data_root), ("train.device", device),
-                                             ("train.compile", compile)) if value}
+    compiled = {"train.compile": True, "train.compile_mode": compile} if compile else {}
+    located = {key: value for key, value in (("data.data_root", data_root), ("train.device", device)) if value}
+    machine = located | compiled
     return Plan(table, Path(output), rows, {row.name: tuple(range(seeds or row.seeds)) for row in rows},
                 dict(parse_override(text) for text in extra), machine)
 

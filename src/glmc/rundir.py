@@ -45,8 +45,9 @@ BEST_ON_VALIDATION_LABEL = "best epoch, selected on the validation set"  # runs 
 # The run's records: every file but the checkpoints, small enough to commit with a result.
 RECORD_FILES = (CONFIG_FILE, CLASSES_FILE, METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE)
 # What may differ between the machines (or restarts) a run is continued on: where and how it reads its data, and
-# torch.compile, which computes the same step (tests/test_bench.py).
-MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device", "train.compile")
+# torch.compile, which computes the same step (tests/test_bench.py) in every mode.
+MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device", "train.compile",
+                "train.compile_mode")
 
 
 class RunFolder:

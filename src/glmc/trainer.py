@@ -229,7 +229,7 @@ def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: tor
     wrapped = MixedPrecision(wrapped, precision, device)
     if shard.world > 1:
         wrapped = torch.nn.parallel.DistributedDataParallel(wrapped, device_ids=[device.index] if device.type == "cuda" else None)
-    return torch.compile(wrapped) if config.train.compile else wrapped
+    return torch.compile(wrapped, mode=config.train.compile_mode) if config.train.compile else wrapped
 
 
 def finished(state: RunState, config: Config) -> bool:
