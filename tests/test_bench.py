@@ -62,6 +62,30 @@ def test_bench_headline_leaves_out_the_split_synchronisations_where_the_device_q
     assert end - start == pytest.approx(3 * result["ms_per_step"] / 1000, abs=0.02)
 
 
+class Compiled(torch.nn.Module):
+    """What torch.compile returns, without compiling: the module it wraps kept as `_orig_mod`; counts its calls."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self._orig_mod = module
+        self.calls = 0
+
+    def forward(self, *args, **kwargs):
+        self.calls += 1
+        return self._orig_mod(*args, **kwargs)
+
+
+def test_bench_counts_a_compiled_steps_flops_on_the_model_as_written(capsys, monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda module, mode=None: compiled.append(Compiled(module)) or compiled[-1])
+    args = ["--preset", "quickstart", "--device", "cpu", "--warmup", "0", "--set", "train.compile=true"]
+    one, _ = bench_json(capsys, *args, "--steps", "1")
+    two, _ = bench_json(capsys, *args, "--steps", "2")
+    assert compiled[1].calls == 2 * compiled[0].calls > 0  # the timed steps go through it, the FLOP count does not
+    plain, _ = bench_json(capsys, *args[:-2], "--steps", "1")
+    assert one["flops_per_step"] == two["flops_per_step"] == plain["flops_per_step"]
+
+
 def test_bench_counts_sams_second_pass(capsys):
     args = ["--preset", "quickstart", "--device", "cpu", "--steps", "1", "--warmup", "0"]
     plain, _ = bench_json(capsys, *args)

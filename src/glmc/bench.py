@@ -9,7 +9,8 @@ achieved FLOP rate (on CUDA also as a fraction of the device's dense bf16 peak).
 The split needs the device synchronised as each phase ends, which the training loop never
 does. On a device that queues work (CUDA) those waits stall a launch-bound step, so there the
 headline figures come from a second window of as many steps run as the training loop runs
-them, synchronised only at its two ends; on the CPU, where nothing is queued, one window serves both.
+them, synchronised only at its two ends; on the CPU, where nothing is queued, one window
+serves both.
 """
 
 from __future__ import annotations
@@ -203,10 +204,13 @@ def timed_step(run: Run, batches) -> dict[str, float]:
 
 
 def count_flops(run: Run, batches) -> float:
-    """FLOPs of one training step: its forward and backward passes (SAM's second pass included)."""
+    """FLOPs of one training step: its forward and backward passes (SAM's second pass included). Counted on the
+    model as written, which computes what its compiled form does, so that the counting never meets compiled
+    kernels or CUDA graphs."""
     epoch, step, batch = next(batches)
+    model = getattr(run.step_model, "_orig_mod", run.step_model)  # torch.compile's wrapper keeps the original there
     with FlopCounterMode(display=False) as counter:
-        train_step(run.step_model, run.method, run.optimizer, batch, epoch, step_rng(run.config.train.seed, epoch, step))
+        train_step(model, run.method, run.optimizer, batch, epoch, step_rng(run.config.train.seed, epoch, step))
     return float(counter.get_total_flops())
 
 
