@@ -17,6 +17,10 @@ Back here, with the files the calls returned:
     python scripts/gpu_queue.py unpack FILES_AT...  # -> results/; commit them (the next session skips them)
     python scripts/gpu_queue.py restore             # the session brought nothing back: put parked weights back
 
+On the GPU machine everything the queue makes stays under the git-ignored gpu/ (results in gpu/results/, FRESH,
+which `pack` brings back as results/gpu-campaign/): the device keeps ignored paths between calls, while the
+checkout's own files there are a copy of this one's.
+
 When the checkout and gpu/ together are over the device's 64 MiB, `prepare` parks the committed
 fp16 weights under results/ (removes them from the working tree; git keeps them): the GPU machine
 skips a finished item on its summary.json and never reads them. `unpack` and `restore` put them back.
@@ -73,9 +77,12 @@ CAMPAIGN = WORK / "campaign"  # reproduce outputs, one folder per table
 LOGS = WORK / "logs"
 SMOKE = os.environ.get("GLMC_QUEUE_SMOKE") == "1"
 RESULTS = (WORK / "smoke-results") if SMOKE else (ROOT / "results" / "gpu-campaign")  # a smoke check commits nothing
+# What the GPU machine adds to RESULTS in a loan, under the git-ignored gpu/: the device keeps ignored paths between
+# calls, while the checkout's own files there are a copy of this one's. `pack` brings FRESH back as RESULTS.
+FRESH = RESULTS if SMOKE else WORK / "results"
 NPZ = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 WHEELS = ["kornia", "kornia_rs"]  # what the GPU image lacks (device tool's KINDS.md lists the rest as present)
-COLLECTED = WORK / "collected.txt"  # what this machine added under RESULTS: what `pack` brings back
+COLLECTED = WORK / "collected.txt"  # what this machine added under FRESH: what `pack` brings back
 PART_BYTES = 15 * 2**20
 PARTS_PER_CALL = 4  # 60 MiB: a call brings back at most 8 files and 64 MiB together
 MAX_RETURN_CALLS = 3  # of `pack`: a partial run that would need more stays behind and starts again on the next loan
@@ -100,18 +107,25 @@ LOAN_MINUTES = 8.0  # of GPU work one loan gives (15 minutes of device time, sta
 @dataclass(frozen=True)
 class Item:
     """One step of the campaign: its commands, made when it starts (they may read what earlier items measured), run in
-    order; done when every `marks` path exists under RESULTS, or when another machine finished it (`elsewhere`)."""
+    order; done when every `marks` path exists under RESULTS (or FRESH), or when another machine finished it
+    (`elsewhere`)."""
 
     name: str
     commands: Callable[[], list[list[str]]]
-    marks: list[str] = field(default_factory=list)  # relative to RESULTS
+    marks: list[str] = field(default_factory=list)  # relative to RESULTS and FRESH
     elsewhere: list[str] = field(default_factory=list)  # relative to results/: any one of them means done
 
     def done(self) -> bool:
         if not self.marks and not self.elsewhere:  # an item that decides for itself whether anything is left to do
             return self.commands() == []
-        return bool(self.marks) and all((RESULTS / mark).exists() for mark in self.marks) or any(
+        return bool(self.marks) and all(result_path(mark).exists() for mark in self.marks) or any(
             (ROOT / "results" / path).exists() for path in self.elsewhere)
+
+
+def result_path(relative: str) -> Path:
+    """A result as this loan made it (FRESH), else as committed (RESULTS)."""
+    fresh = FRESH / relative
+    return fresh if fresh.exists() else RESULTS / relative
 
 
 # the smoke check on a CPU: one epoch of the small ResNet-8 per run, small images for the large-image items
@@ -137,9 +151,8 @@ def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None,
 
 
 def bench_result(name: str) -> dict | None:
-    path = RESULTS / "bench" / name
     try:
-        return json.loads(path.read_text())
+        return json.loads(result_path(f"bench/{name}").read_text())
     except (OSError, ValueError):
         return None
 
@@ -193,14 +206,14 @@ def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps:
     on."""
     line = bench_line(preset, name, *sets, data_root=data_root, steps=steps)
     failed = json.dumps({"preset": preset, "sets": list(sets), "failed": True})
-    target = RESULTS / "bench" / name
+    target = FRESH / "bench" / name
     return ["sh", "-c", f"{line} || {{ rm -f {target}.tmp; echo '{failed}' > {target}; }}" if may_fail else line]
 
 
 def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> str:
     counts = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", str(steps), "--warmup", "10"]
     extra = [arg for value in sets for arg in ("--set", value)]
-    target = RESULTS / "bench" / name  # written whole or not at all: an item is done when its files exist
+    target = FRESH / "bench" / name  # written whole or not at all: an item is done when its files exist
     return " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *counts, *extra,
                          "--json")) + f" > {target}.tmp && mv {target}.tmp {target}"
 
@@ -251,7 +264,7 @@ def jobs_for(preset: str) -> int:
 
 
 def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) -> str:
-    """Where a finished run's summary lands under RESULTS (the run folder `glmc reproduce` names)."""
+    """Where a finished run's summary lands under FRESH, then RESULTS (the run folder `glmc reproduce` names)."""
     from glmc.config import parse_override
     from glmc.reproduce import Row, extra_suffix
 
@@ -537,7 +550,7 @@ def start() -> int:
             return 0
         rejoin_overflow()
     LOGS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "bench").mkdir(parents=True, exist_ok=True)
+    (FRESH / "bench").mkdir(parents=True, exist_ok=True)
     if not (DATA / "cifar-10-batches-py").is_dir():
         materialise(WORK / "materialize.py", DATA)
     if running():
@@ -654,7 +667,7 @@ def run() -> int:
                 print(f"{time.strftime('%H:%M:%S')} FAILED {item.name} ({done.returncode}): {' '.join(command)}", flush=True)
                 return done.returncode
         collect(item)
-        note_collected(RESULTS / "bench", RESULTS / "nccl-smoke")
+        note_collected(FRESH / "bench", FRESH / "nccl-smoke")
         print(f"{time.strftime('%H:%M:%S')} done {item.name} in {time.time() - started:.0f} s", flush=True)
     print(f"{time.strftime('%H:%M:%S')} queue finished", flush=True)
     return 0
@@ -681,13 +694,13 @@ def note_collected(*paths: Path) -> None:
 
 
 def collect(item: Item) -> None:
-    """Copy the compact part of every finished run (and the tables) from CAMPAIGN to RESULTS; evaluate the
+    """Copy the compact part of every finished run (and the tables) from CAMPAIGN to FRESH; evaluate the
     fp16 weights in fp32 and record that top-1 beside them (`weights-eval.json`), which a test re-checks on a CPU."""
     from glmc.weights import COMPACT_SUFFIX, evaluation_path, write_evaluation  # installed by `start` on the GPU machine
 
     for summary in sorted(CAMPAIGN.glob("*/*/seed-*/summary.json")):
         run = summary.parent
-        target = RESULTS / run.relative_to(CAMPAIGN)
+        target = FRESH / run.relative_to(CAMPAIGN)
         target.mkdir(parents=True, exist_ok=True)
         for name in compact_files():
             if (run / name).is_file():
@@ -703,12 +716,12 @@ def collect(item: Item) -> None:
                                                          "item": item.name}) + "\n")
         note_collected(target)
     for table in sorted(CAMPAIGN.glob("*/table.*")):
-        (RESULTS / table.parent.name).mkdir(parents=True, exist_ok=True)
-        shutil.copy2(table, RESULTS / table.relative_to(CAMPAIGN))
-        note_collected(RESULTS / table.relative_to(CAMPAIGN))
+        (FRESH / table.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy2(table, FRESH / table.relative_to(CAMPAIGN))
+        note_collected(FRESH / table.relative_to(CAMPAIGN))
     if "NCCL" in item.name and (WORK / "nccl-smoke" / "summary.json").is_file():
-        (RESULTS / "nccl-smoke").mkdir(parents=True, exist_ok=True)
-        shutil.copy2(WORK / "nccl-smoke" / "summary.json", RESULTS / "nccl-smoke" / "summary.json")
+        (FRESH / "nccl-smoke").mkdir(parents=True, exist_ok=True)
+        shutil.copy2(WORK / "nccl-smoke" / "summary.json", FRESH / "nccl-smoke" / "summary.json")
 
 
 def status() -> int:
@@ -720,13 +733,14 @@ def status() -> int:
         print(f"  {'done' if item.done() else 'todo'}  {item.name}")
     for run, epoch, epochs in partial_runs():
         print(f"  partial  {run.relative_to(CAMPAIGN)}: {epoch} of {epochs} epochs, continues from its checkpoint")
-    for bench_file in sorted((RESULTS / "bench").glob("gpu-*.json")):
-        bench = bench_result(bench_file.name) or {}
+    benches = {path.name for folder in (RESULTS, FRESH) for path in (folder / "bench").glob("gpu-*.json")}
+    for name in sorted(benches):
+        bench = bench_result(name) or {}
         if "ms_per_step" in bench:
-            print(f"  {bench_file.name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {run_minutes(bench):.1f} min "
+            print(f"  {name}: {bench['images_per_s']:.0f} samples/s, a 200-epoch run {run_minutes(bench):.1f} min "
                   f"of steps ({'fits' if run_minutes(bench) <= LOAN_MINUTES else 'does not fit'} in a loan)")
         elif bench.get("failed"):
-            print(f"  {bench_file.name}: failed (its item's log under {LOGS.relative_to(ROOT)}/), so not used")
+            print(f"  {name}: failed (its item's log under {LOGS.relative_to(ROOT)}/), so not used")
     for preset in ("cifar10-lt-if100-authors", "cifar10-lt-if100"):
         gain = sharing_gain(preset)
         if gain is not None:
@@ -798,7 +812,7 @@ def write_archive(archive: Path) -> None:
     with tarfile.open(archive, "w:gz") as tar:
         for relative in added:
             if (ROOT / relative).is_file():
-                tar.add(ROOT / relative, arcname=relative)
+                tar.add(ROOT / relative, arcname=returned_name(ROOT / relative))
                 room -= (ROOT / relative).stat().st_size
         if LOGS.is_dir():
             tar.add(LOGS, arcname=str((RESULTS / "logs").relative_to(ROOT)))
@@ -815,6 +829,12 @@ def write_archive(archive: Path) -> None:
                 tar.add(path, arcname=str(path.relative_to(ROOT)))
             room -= size
             print(f"partial run {run.relative_to(CAMPAIGN)}: {epoch} of {epochs} epochs, its checkpoint comes back")
+
+
+def returned_name(path: Path) -> str:
+    """Where a file this machine made lands in the checkout back here: FRESH's under RESULTS."""
+    home = RESULTS / path.relative_to(FRESH) if path.is_relative_to(FRESH) else path
+    return str(home.relative_to(ROOT))
 
 
 def part_name(number: int, total: int) -> str:

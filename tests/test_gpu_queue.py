@@ -194,6 +194,24 @@ def compile_flag(command: list[str]) -> str | None:
     return command[command.index("--compile-mode") + 1] if "--compile-mode" in command else None
 
 
+def test_what_a_loan_makes_is_written_where_git_ignores_it_and_a_result_counts_made_or_committed(gpu_queue):
+    # The device copies the checkout afresh for every call and keeps only ignored paths between calls: a result
+    # written among the checkout's own files could be gone by the call that packs it.
+    made = gpu_queue.FRESH / "bench" / "gpu-x.json"
+    ignored = subprocess.run(["git", "check-ignore", "-q", str(made.relative_to(ROOT))], cwd=ROOT)
+    assert ignored.returncode == 0 and gpu_queue.returned_name(made) == "results/gpu-campaign/bench/gpu-x.json"
+    assert gpu_queue.bench("p", "gpu-x.json")[-1].endswith(f"{made}.tmp && mv {made}.tmp {made}")
+
+
+def test_an_item_is_done_by_results_made_this_loan_or_committed(gpu_queue, sandbox):
+    item = gpu_queue.queue()[0]
+    assert item.name == "1 bench" and not item.done()
+    write_bench(gpu_queue, "gpu-cifar10-lt-if100-authors.json", 10.0)  # committed (RESULTS)
+    (gpu_queue.FRESH / "bench").mkdir(parents=True)
+    (gpu_queue.FRESH / "bench" / "gpu-cifar10-lt-if100.json").write_text('{"ms_per_step": 5.0}')  # made this loan
+    assert item.done() and gpu_queue.bench_ms("gpu-cifar10-lt-if100.json") == 5.0
+
+
 def test_the_compiled_benches_run_only_when_the_authors_run_does_not_fit_and_the_fastest_mode_is_kept(gpu_queue,
                                                                                                       sandbox):
     authors = "cifar10-lt-if100-authors"
@@ -223,11 +241,12 @@ def test_the_compiled_benches_run_only_when_the_authors_run_does_not_fit_and_the
 def test_a_compiled_bench_that_fails_is_recorded_as_failed_and_the_queue_goes_on(gpu_queue, sandbox, capsys):
     authors = "cifar10-lt-if100-authors"
     write_bench(gpu_queue, f"gpu-{authors}.json", 20.0)
+    (gpu_queue.FRESH / "bench").mkdir(parents=True)  # as `start` makes it
     (command, _) = gpu_queue.compile_bench_if_needed(authors)
     assert subprocess.run(command, capture_output=True, timeout=120).returncode == 0  # glmc bench on CUDA, here none
     assert gpu_queue.bench_result(f"gpu-{authors}-compiled.json")["failed"] is True
     assert gpu_queue.bench_ms(f"gpu-{authors}-compiled.json") is None and gpu_queue.fastest_compile(authors) is None
-    assert not list((gpu_queue.RESULTS / "bench").glob("*.tmp"))
+    assert not list((gpu_queue.FRESH / "bench").glob("*.tmp"))
     gpu_queue.status()
     assert f"gpu-{authors}-compiled.json: failed" in capsys.readouterr().out
 
@@ -292,6 +311,7 @@ def machine(gpu_queue, monkeypatch, root: Path) -> None:
     monkeypatch.setattr(gpu_queue, "WORK", root / "gpu")
     monkeypatch.setattr(gpu_queue, "CAMPAIGN", root / "gpu" / "campaign")
     monkeypatch.setattr(gpu_queue, "RESULTS", root / "results" / "gpu-campaign")
+    monkeypatch.setattr(gpu_queue, "FRESH", root / "gpu" / "results")
     monkeypatch.setattr(gpu_queue, "LOGS", root / "gpu" / "logs")
     monkeypatch.setattr(gpu_queue, "COLLECTED", root / "gpu" / "collected.txt")
     monkeypatch.setattr(gpu_queue, "OVERFLOW", root / "gpu" / "overflow.json")
@@ -316,7 +336,7 @@ def test_partial_runs_come_back_over_several_calls_and_replace_the_copy_that_wen
     with open(big / "checkpoint_last.pt", "ab") as grown:  # its checksum no longer matches: the .prev copy is read
         grown.write(b"\0" * checkpoint)
     assert [(run.parent.name, epoch) for run, epoch, _ in gpu_queue.partial_runs()] == [("big", 1), ("small", 1)]
-    finished = gpu_queue.RESULTS / "t" / "done" / "seed-0"  # a run that went out partial and the loan finished
+    finished = gpu_queue.FRESH / "t" / "done" / "seed-0"  # a run that went out partial and the loan finished
     finished.mkdir(parents=True)
     (finished / "summary.json").write_text("{}")
     gpu_queue.note_collected(finished)
