@@ -5,8 +5,10 @@ Here, on the development machine, before asking for the GPU:
     python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz, cut to the images CIFAR-10-LT presets use),
                                             #   the wheels the GPU image lacks, the commit
 
-On the GPU machine (the device tool's run; the carry of each call as `prepare` printed it), each a short call:
+On the GPU machine (the device tool's run; each call's carry as `prepare` printed it):
 
+    python3 scripts/gpu_queue.py loan       # the three below in one call (timeout_s 600): start, the queue's
+                                            #   LOAN_CALL_QUEUE_MINUTES, status, pack
     python3 scripts/gpu_queue.py start      # materialise CIFAR-10, start the queue in the background (setsid)
     python3 scripts/gpu_queue.py status     # which item runs, its last lines, what is finished
     python3 scripts/gpu_queue.py pack [K]   # stop the queue (its runs save); results and partial runs as parts
@@ -102,6 +104,10 @@ def device() -> str:
 
 
 LOAN_MINUTES = 8.0  # of GPU work one loan gives (15 minutes of device time, start-ups and calls included)
+# What `loan` lets the queue work before it packs: its call (at most 10 minutes) also starts the queue (materialising
+# CIFAR-10, installing the wheels), stops it (its runs save) and packs, so about two minutes are kept for those.
+LOAN_CALL_QUEUE_MINUTES = 7.5
+POLL_SECONDS = 5.0  # how often `loan` looks whether the queue has ended
 
 
 @dataclass(frozen=True)
@@ -368,7 +374,9 @@ def prepare() -> int:
         print(f"the partial runs' {tree_bytes(CAMPAIGN) / 2**20:.0f} MiB travel in {len(overflow)} more call(s), each "
               "at once after the one before: a call finds what the last one carried only while the machine is warm")
     for number, carry in enumerate(calls, 1):
-        print(f"  call {number}: carry {json.dumps(carry)}, command: python3 scripts/gpu_queue.py start")
+        command = "loan" if number == len(calls) else "start"
+        print(f"  call {number}: carry {json.dumps(carry)}, timeout_s 600, command: python3 scripts/gpu_queue.py {command}")
+    print("  then, where `pack` says the rest comes back with `pack 2`...: one call each, carrying nothing")
     return 0
 
 
@@ -572,6 +580,18 @@ def start() -> int:
 def overflow_to_come() -> list[str]:
     """The folders of parts (`split_overflow`) that no call has carried to this machine yet."""
     return [folder for folder in json.loads(OVERFLOW.read_text())["parts"] if not (ROOT / folder / "part").is_file()]
+
+
+def loan(minutes: float = LOAN_CALL_QUEUE_MINUTES) -> int:
+    """A loan's work in one call: `start`, the queue's work for `minutes` (or until it ends), `status`, `pack`."""
+    started = start()
+    if started != 0 or OVERFLOW.is_file():  # refused, or still waiting for parts: no queue runs yet
+        return started
+    deadline = time.time() + 60 * minutes
+    while running() and time.time() < deadline:
+        time.sleep(POLL_SECONDS)
+    status()
+    return pack()
 
 
 def rejoin_overflow() -> None:
@@ -856,9 +876,10 @@ def returned_parts(folders: list[str]) -> tuple[dict[int, Path], int]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["prepare", "start", "run", "status", "pack", "unpack", "restore"])
+    parser.add_argument("command", choices=["prepare", "start", "loan", "run", "status", "pack", "unpack", "restore"])
     parser.add_argument("where", nargs="*", help="unpack: the folders the `pack` calls' files came back in; "
-                                                  "pack: which call of it (default 1, the one that writes the archive)")
+                                                  "pack: which call of it (default 1, the one that writes the archive); "
+                                                  f"loan: the queue's minutes (default {LOAN_CALL_QUEUE_MINUTES})")
     args = parser.parse_args()
     if args.command == "unpack":
         return unpack(args.where or ["."])
@@ -867,6 +888,8 @@ def main() -> int:
     if args.command == "restore":
         restore_weights()
         return 0
+    if args.command == "loan":
+        return loan(float(args.where[0]) if args.where else LOAN_CALL_QUEUE_MINUTES)
     return {"prepare": prepare, "start": start, "run": run, "status": status}[args.command]()
 
 

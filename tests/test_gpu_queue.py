@@ -431,6 +431,26 @@ def test_partial_runs_too_large_for_one_carry_travel_in_parts_that_start_checks_
         "gpu/campaign/t/wide/seed-0/checkpoint_last.pt"]
 
 
+def test_a_loan_starts_the_queue_lets_it_work_and_packs_unless_parts_are_still_to_come(gpu_queue, sandbox,
+                                                                                       monkeypatch):
+    calls = []
+    monkeypatch.setattr(gpu_queue, "POLL_SECONDS", 0.05)
+    monkeypatch.setattr(gpu_queue, "start", lambda: calls.append("start") or 0)
+    monkeypatch.setattr(gpu_queue, "status", lambda: calls.append("status") or 0)
+    monkeypatch.setattr(gpu_queue, "pack", lambda call=1: calls.append(f"pack {call}") or 0)
+    monkeypatch.setattr(gpu_queue, "running", lambda: calls.count("start") and time.time() < finished_at)
+    finished_at = time.time() + 0.3  # the queue ends before the loan's minutes are up: pack at once
+    assert gpu_queue.loan(minutes=1) == 0 and calls == ["start", "status", "pack 1"]
+    assert time.time() - finished_at < 1  # waited for the queue, not for the minutes
+    calls.clear()
+    finished_at = time.time() + 60  # the minutes are up first
+    assert gpu_queue.loan(minutes=0.01) == 0 and calls == ["start", "status", "pack 1"] and time.time() < finished_at
+    calls.clear()
+    gpu_queue.WORK.mkdir(parents=True)
+    gpu_queue.OVERFLOW.write_text('{"parts": ["gpu-more-1"], "files": []}')  # start waits for a part: nothing to pack
+    assert gpu_queue.loan(minutes=1) == 0 and calls == ["start"]
+
+
 def test_pack_stops_the_queue_and_waits_for_what_it_started_to_save(gpu_queue, sandbox, tmp_path):
     saved = tmp_path / "saved"
     trainer = ("import signal, sys, time\n"
