@@ -232,6 +232,7 @@ def test_after_kill_9_the_next_command_takes_the_folder_over(tmp_path):
     assert epochs_recorded(run) == [2, 4] and not (run / LOCK_FILE).exists()
 
 
+@pytest.mark.slow  # over 20 s on 2 CPU cores (pytest --durations, 2026-12-01)
 def test_two_reproduce_commands_share_a_table_and_train_each_run_once(tmp_path):
     tables = tmp_path / "tables.yaml"
     tables.write_text("""

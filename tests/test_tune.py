@@ -81,6 +81,7 @@ def test_the_same_command_continues_the_study(study_dir, capsys):
     assert "the study there differs in overrides (it tunes quickstart with {'train.epochs': '2'})" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 20 s on 2 CPU cores (pytest --durations, 2026-12-01)
 def test_two_processes_share_one_study_in_a_journal_file(tmp_path):
     output = tmp_path / "shared"  # as on a cluster: one folder on a shared file system, the study a file in it
     journal = output / "study.log"
@@ -98,6 +99,7 @@ def test_two_processes_share_one_study_in_a_journal_file(tmp_path):
     assert not (output / "study.db").exists()
 
 
+@pytest.mark.slow  # over 20 s on 2 CPU cores (pytest --durations, 2026-12-01)
 def test_a_killed_trial_is_taken_up_again_from_its_checkpoint(tmp_path):
     output = tmp_path / "study"
     process = subprocess.Popen(tune_command(output, "--trials", "2", "--set", "train.epochs=6"), stdout=subprocess.PIPE,
