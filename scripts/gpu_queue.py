@@ -206,8 +206,8 @@ def compile_bench_if_needed(preset: str) -> list[list[str]]:
             for mode in COMPILE_BENCHES if bench_result(compile_bench_name(preset, mode)) is None]
 
 
-def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50, may_fail: bool = False
-          ) -> list[str]:
+def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50,
+          may_fail: bool = False) -> list[str]:
     """The shell command of one bench; with `may_fail`, a failing bench writes {"failed": true} and the queue goes
     on."""
     line = bench_line(preset, name, *sets, data_root=data_root, steps=steps)
@@ -375,7 +375,8 @@ def prepare() -> int:
               "at once after the one before: a call finds what the last one carried only while the machine is warm")
     for number, carry in enumerate(calls, 1):
         command = "loan" if number == len(calls) else "start"
-        print(f"  call {number}: carry {json.dumps(carry)}, timeout_s 600, command: python3 scripts/gpu_queue.py {command}")
+        print(f"  call {number}: carry {json.dumps(carry)}, timeout_s 600, "
+              f"command: python3 scripts/gpu_queue.py {command}")
     print("  then, where `pack` says the rest comes back with `pack 2`...: one call each, carrying nothing")
     return 0
 
@@ -797,8 +798,9 @@ def partial_files(run: Path) -> list[Path]:
 
 
 def pack(call: int = 1) -> int:
-    """Call 1 stops the queue and writes what this machine added under results/gpu-campaign, the logs and the partial
-    runs as one tar.gz; each call puts the next PARTS_PER_CALL parts of it under $OUT (what one call brings back)."""
+    """Call 1 stops the queue and writes what this machine made (FRESH, as results/gpu-campaign), the logs and the
+    partial runs as one tar.gz; each call puts the next PARTS_PER_CALL parts of it under $OUT (what one call brings
+    back)."""
     out = Path(os.environ.get("OUT", WORK / "out"))
     out.mkdir(parents=True, exist_ok=True)
     archive = WORK / "campaign.tar.gz"
