@@ -212,14 +212,19 @@ def bench(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps:
     on."""
     line = bench_line(preset, name, *sets, data_root=data_root, steps=steps)
     failed = json.dumps({"preset": preset, "sets": list(sets), "failed": True})
-    target = FRESH / "bench" / name
+    target = bench_target(name)
     return ["sh", "-c", f"{line} || {{ rm -f {target}.tmp; echo '{failed}' > {target}; }}" if may_fail else line]
+
+
+def bench_target(name: str) -> Path:
+    """Where the bench `name` writes its JSON on the machine that runs the queue."""
+    return FRESH / "bench" / name
 
 
 def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), steps: int = 50) -> str:
     counts = ["--steps", "4", "--warmup", "1"] if SMOKE else ["--steps", str(steps), "--warmup", "10"]
     extra = [arg for value in sets for arg in ("--set", value)]
-    target = FRESH / "bench" / name  # written whole or not at all: an item is done when its files exist
+    target = bench_target(name)  # written whole or not at all: an item is done when its files exist
     return " ".join(glmc("bench", "--preset", preset, "--data-root", data_root, "--device", device(), *counts, *extra,
                          "--json")) + f" > {target}.tmp && mv {target}.tmp {target}"
 
@@ -634,13 +639,18 @@ def materialise(script: Path, data: Path) -> None:
     module.main(str(data))
 
 
-def running() -> bool:
-    """Whether the queue, or anything it started, still runs (it leads a process group of its own)."""
-    pid_file = WORK / "queue.pid"
+def queue_group() -> int | None:
+    """The process group the queue leads (`start` wrote its pid); None where no queue was started here."""
     try:
-        return group_alive(int(pid_file.read_text()))
+        return int((WORK / "queue.pid").read_text())
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def running() -> bool:
+    """Whether the queue, or anything it started, still runs."""
+    group = queue_group()
+    return group is not None and group_alive(group)
 
 
 def group_alive(group: int) -> bool:
@@ -658,9 +668,9 @@ def group_alive(group: int) -> bool:
 def stop_queue() -> None:
     """SIGTERM the queue and all it started, and wait for them to exit: training saves its checkpoint at the next
     step, so the partial runs `pack` brings back are whole and as far as the loan took them. `start` continues."""
-    if not running():
+    group = queue_group()
+    if group is None or not group_alive(group):
         return
-    group = int((WORK / "queue.pid").read_text())
     os.killpg(group, signal.SIGTERM)
     deadline = time.time() + STOP_SECONDS
     while group_alive(group):
@@ -835,13 +845,13 @@ def write_archive(archive: Path) -> None:
         for relative in added:
             if (ROOT / relative).is_file():
                 tar.add(ROOT / relative, arcname=returned_name(ROOT / relative))
-                room -= (ROOT / relative).stat().st_size
+                room -= tree_bytes(ROOT / relative)
         if LOGS.is_dir():
             tar.add(LOGS, arcname=str((RESULTS / "logs").relative_to(ROOT)))
             room -= tree_bytes(LOGS)
         for run, epoch, epochs in partial_runs():  # back to gpu/campaign/ here, carried on the next loan
             files = partial_files(run)
-            size = sum(path.stat().st_size for path in files)
+            size = sum(map(tree_bytes, files))
             if size > room:
                 print(f"partial run {run.relative_to(CAMPAIGN)} ({epoch} of {epochs} epochs) stays behind: its checkpoint "
                       f"and records ({size / 2**20:.0f} MiB) would make more than {MAX_RETURN_CALLS} calls of parts; it "
