@@ -152,6 +152,56 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_last.pt", "checkpoint_last.pt.sha256"]
 
 
+def saved_weight(path: Path) -> float:
+    return load_checkpoint(path)["model"]["w"].item()
+
+
+def test_replacing_a_checkpoint_never_leaves_its_name_missing(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(1)}}, keep_previous=True)
+    real_replace, seen = os.replace, []
+
+    def replace_and_look(source, target):
+        real_replace(source, target)
+        seen.append(path.is_file())
+
+    monkeypatch.setattr(checkpoint_module.os, "replace", replace_and_look)
+    save_checkpoint(path, {"model": {"w": torch.ones(1)}}, keep_previous=True)
+    monkeypatch.undo()
+    assert len(seen) >= 3 and all(seen)  # .prev, its checksum, the new file, the new checksum
+    assert saved_weight(path) == 1.0 and saved_weight(checkpoint_module.previous_path(path)) == 0.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_last.pt", "checkpoint_last.pt.prev", "checkpoint_last.pt.prev.sha256", "checkpoint_last.pt.sha256"]
+
+
+def test_without_hard_links_the_previous_checkpoint_is_moved_aside(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(1)}}, keep_previous=True)
+
+    def no_hard_links(source, target):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint_module.os, "link", no_hard_links)
+    save_checkpoint(path, {"model": {"w": torch.ones(1)}}, keep_previous=True)
+    monkeypatch.undo()
+    assert saved_weight(path) == 1.0 and saved_weight(checkpoint_module.previous_path(path)) == 0.0
+    assert len(list(tmp_path.iterdir())) == 4  # no link or temporary file left behind
+
+
+def test_a_checkpoint_removed_while_it_is_read_is_one_clear_error(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint_last.pt"
+    save_checkpoint(path, {"model": {"w": torch.zeros(1)}})
+    real_read = Path.read_bytes
+
+    def removed_first(self):
+        self.unlink()
+        return real_read(self)
+
+    monkeypatch.setattr(Path, "read_bytes", removed_first)
+    with pytest.raises(GlmcError, match="checkpoint not found: .*checkpoint_last.pt"):
+        load_checkpoint(path)
+
+
 class NanAtStepThree(CrossEntropy):
     """Cross-entropy whose fourth step's loss is NaN (a stand-in for a diverging run)."""
 

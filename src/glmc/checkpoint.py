@@ -8,7 +8,9 @@ optimiser; the run folder (glmc.rundir) names the files.
 Writing never leaves a half-written file under the checkpoint's name: the bytes go to a
 temporary file that is flushed to disk and then renamed. With `keep_previous`, the file it
 replaces stays as `<name>.prev`, so a checkpoint damaged later (a truncated copy, a flipped
-bit: the SHA-256 in `<name>.sha256` tells) still leaves a good one to resume from.
+bit: the SHA-256 in `<name>.sha256` tells) still leaves a good one to resume from. The
+`.prev` is a hard link made before the new file takes the name, so the name never goes
+missing, even for a moment, to a reader or a crash.
 """
 
 from __future__ import annotations
@@ -53,19 +55,43 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, keep_previous: bool 
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
+    written: list[Path] = []
     try:
-        temporary = write_durably(path, data)
+        written.append(write_durably(path, data))
+        written.append(write_durably(checksum_path(path), hashlib.sha256(data).hexdigest().encode()))
         if keep_previous and path.exists():
-            os.replace(path, previous_path(path))
-            if checksum_path(path).exists():
-                os.replace(checksum_path(path), checksum_path(previous_path(path)))
-        os.replace(temporary, path)
-        os.replace(write_durably(checksum_path(path), hashlib.sha256(data).hexdigest().encode()), checksum_path(path))
+            keep_as_previous(path)
+        # Back to back, so that the checkpoint and its checksum disagree for as short a time as can be.
+        os.replace(written[0], path)
+        os.replace(written[1], checksum_path(path))
         sync_folder(path.parent)
     except OSError as error:
+        for temporary in written:
+            temporary.unlink(missing_ok=True)
         if error.errno == errno.ENOSPC:
             raise GlmcError(f"disk full while saving {path}; the previous checkpoint is kept") from None
         raise GlmcError(f"cannot save {path}: {error.strerror or error}") from None
+
+
+def keep_as_previous(path: Path) -> None:
+    """Make `<name>.prev` and its checksum the checkpoint now at `path`, which stays in place
+    meanwhile: a reader, or a resume after a crash, never finds `path` missing."""
+    for current, previous in ((path, previous_path(path)), (checksum_path(path), checksum_path(previous_path(path)))):
+        if current.exists():
+            link_or_move(current, previous)
+
+
+def link_or_move(source: Path, target: Path) -> None:
+    """Replace `target` by a hard link to `source`, atomically; where the file system has no hard
+    links (FAT, some network shares), move `source` there instead."""
+    link = target.with_name(f".{target.name}.{os.getpid()}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(source, link)
+    except OSError:
+        os.replace(source, target)
+        return
+    os.replace(link, target)
 
 
 def write_durably(path: Path, data: bytes) -> Path:
@@ -116,7 +142,10 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
         raise GlmcError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         return load_weights(path)
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:  # gone between the check and the read (moved aside where there are no hard links)
+        raise GlmcError(f"checkpoint not found: {path}") from None
     if checksum_path(path).is_file():
         expected = checksum_path(path).read_text().strip()
         if hashlib.sha256(data).hexdigest() != expected:
