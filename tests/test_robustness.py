@@ -92,6 +92,7 @@ def test_sigkill_at_random_moments_then_resume_ends_like_an_uninterrupted_run(un
     assert sessions[3]["outcome"] == "finished" and sessions[3]["reached"]["global_step"] == 120
     resumed_from = [s["from"]["global_step"] for s in sessions[1:]]
     assert all(step >= target for step, target in zip(resumed_from, kill_after))  # killed once the checkpoint passed it
+    assert not [p.name for p in run.iterdir() if p.name.endswith((".tmp", ".link"))]  # a save killed midway leaves none
 
 
 @pytest.mark.slow
@@ -200,6 +201,23 @@ def test_a_checkpoint_removed_while_it_is_read_is_one_clear_error(tmp_path, monk
     monkeypatch.setattr(Path, "read_bytes", removed_first)
     with pytest.raises(GlmcError, match="checkpoint not found: .*checkpoint_last.pt"):
         load_checkpoint(path)
+
+
+def test_resuming_removes_the_temporary_files_of_a_save_that_was_killed(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    save_checkpoint(run / "checkpoint_last.pt", {"model": {"w": torch.zeros(1)}})
+    leftovers = [".checkpoint_last.pt.k3j9x.tmp", ".checkpoint_last.pt.sha256.a1b2.tmp",
+                 ".checkpoint_last.pt.prev.4242.link", ".metrics.jsonl.zz81.tmp"]
+    others = [".lock.json.7.tmp", ".my-notes.tmp", "checkpoint_last.pt.tmp"]  # not a glmc save's, or another writer's
+    for name in leftovers + others:
+        (run / name).write_bytes(b"x" * 1_000_000)
+    folder = RunFolder(run)
+    assert folder.prepare(True, False, None) is True
+    folder.release()
+    assert sorted(p.name for p in run.iterdir()) == sorted(["checkpoint_last.pt", "checkpoint_last.pt.sha256", *others])
+    assert f"removed 4 temporary file(s) (4.0 MB) that an interrupted save left in {run}" in capsys.readouterr().err
+    assert saved_weight(run / "checkpoint_last.pt") == 0.0
 
 
 class NanAtStepThree(CrossEntropy):

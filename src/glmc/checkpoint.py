@@ -108,6 +108,14 @@ def write_durably(path: Path, data: bytes) -> Path:
     return Path(temporary)
 
 
+def leftover_temporaries(path: Path) -> list[Path]:
+    """The temporary files beside `path` that a save of it (or of its checksum, or `.prev`) killed
+    before its rename left behind. Remove them only while holding the folder's lease: then no save
+    of these files can be under way."""
+    return sorted(leftover for pattern in (f".{path.name}.*.tmp", f".{path.name}.*.link")
+                  for leftover in path.parent.glob(pattern))
+
+
 def write_text_atomically(path: Path, text: str) -> None:
     """Replace `path` by `text` so that a reader sees the old or the new file, never a mix; a full
     disk or an unwritable folder is one GlmcError, and the old file stays."""
