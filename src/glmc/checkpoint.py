@@ -36,6 +36,8 @@ if TYPE_CHECKING:
     from glmc.data.datasets import Dataset
 
 FORMAT = "glmc-checkpoint/1"
+# A save's files in the making: `.<name>.<random>.tmp` (write_durably), `.<name>.<pid>.link` (link_or_move).
+TEMPORARY_SUFFIX, LINK_SUFFIX = ".tmp", ".link"
 
 
 class CorruptCheckpoint(GlmcError):
@@ -84,7 +86,7 @@ def keep_as_previous(path: Path) -> None:
 def link_or_move(source: Path, target: Path) -> None:
     """Replace `target` by a hard link to `source`, atomically; where the file system has no hard
     links (FAT, some network shares), move `source` there instead."""
-    link = target.with_name(f".{target.name}.{os.getpid()}.link")
+    link = target.with_name(f"{temporary_prefix(target)}{os.getpid()}{LINK_SUFFIX}")
     link.unlink(missing_ok=True)
     try:
         os.link(source, link)
@@ -96,7 +98,7 @@ def link_or_move(source: Path, target: Path) -> None:
 
 def write_durably(path: Path, data: bytes) -> Path:
     """Write `data` to a new temporary file beside `path`, on disk when this returns."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -112,8 +114,12 @@ def leftover_temporaries(path: Path) -> list[Path]:
     """The temporary files beside `path` that a save of it (or of its checksum, or `.prev`) killed
     before its rename left behind. Remove them only while holding the folder's lease: then no save
     of these files can be under way."""
-    return sorted(leftover for pattern in (f".{path.name}.*.tmp", f".{path.name}.*.link")
-                  for leftover in path.parent.glob(pattern))
+    return sorted(leftover for suffix in (TEMPORARY_SUFFIX, LINK_SUFFIX)
+                  for leftover in path.parent.glob(f"{temporary_prefix(path)}*{suffix}"))
+
+
+def temporary_prefix(path: Path) -> str:
+    return f".{path.name}."
 
 
 def write_text_atomically(path: Path, text: str) -> None:
