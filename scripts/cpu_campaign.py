@@ -1,0 +1,317 @@
+"""The CPU campaign (issue 25): the authors' IF100 run, advanced a piece at a time on the dev VM.
+
+    python scripts/cpu_campaign.py restore   # what the run needs, rebuilt where the VM came back without it
+    python scripts/cpu_campaign.py start     # the next piece, in the background (its own session)
+    python scripts/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
+    python scripts/cpu_campaign.py status    # running or not, how far, the last evaluation
+
+The live run folder (runs/cifar10-lt-if100-authors-cpu), the worktree of the commit the run was
+started from (scratch/campaign-<commit>) and the data (data/cifar10) are all git-ignored, so a
+dev VM that comes back without its ignored folders has none of them. `restore` rebuilds each one
+that is missing and touches none that is there: the run folder from the last fallback commit that
+the committed RUN.md names (records and checkpoint from the same commit, the checkpoint's SHA-256
+checked before the folder is put in place), the worktree at the commit the run's own
+sessions.jsonl names, the data with the shared materialiser.
+
+`start` runs `glmc train --resume` from that worktree (PYTHONPATH), so the code under the run
+never changes while other work lands. Every piece's start (the CPU model and whether it has bf16
+natively, which decides the run's `auto` precision) and end (exit code) go to runs/campaign.log,
+its output to runs/campaign.log.out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NAME = "cifar10-lt-if100-authors-cpu"
+RECORD = Path("results") / "cifar10-lt" / NAME  # committed: RUN.md names the fallback commits
+SHARED_MATERIALIZER = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "materialize.py"
+CHECKPOINT = "checkpoint_last.pt"
+PAUSE_TIMEOUT_S = 900  # a SIGTERM during an evaluation waits for it (about 3 minutes here)
+
+
+class CampaignError(Exception):
+    """A one-line reason the command cannot go on; exit status 2."""
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """Where everything lives, relative to one checkout (tests use a scratch repository)."""
+
+    root: Path
+
+    @property
+    def run(self) -> Path:
+        return self.root / "runs" / NAME
+
+    @property
+    def record(self) -> Path:
+        return self.root / RECORD
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "cifar10"
+
+    @property
+    def log(self) -> Path:
+        return self.root / "runs" / "campaign.log"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "runs" / "campaign.pid"
+
+    def worktree(self, commit: str) -> Path:
+        return self.root / "scratch" / f"campaign-{commit[:7]}"
+
+
+def git(root: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise CampaignError(f"git {' '.join(args)}: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else 'failed'}")
+    return done.stdout
+
+
+def last_fallback(run_md: Path) -> str:
+    """The commit of the last row of RUN.md's table of fallback checkpoints."""
+    if not run_md.is_file():
+        raise CampaignError(f"{run_md} is missing: no fallback to restore the run from")
+    commits = re.findall(r"^\| commit ([0-9a-f]{7,40}) \|", run_md.read_text(), flags=re.MULTILINE)
+    if not commits:
+        raise CampaignError(f"{run_md} names no fallback commit (a row '| commit <sha> | ...' of its fallback table)")
+    return commits[-1]
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_fallback(campaign: Campaign, commit: str) -> None:
+    """The run folder as `commit` holds it, put in place only once its checkpoint matches its SHA-256."""
+    campaign.run.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=campaign.run.parent, prefix=f".{NAME}-") as scratch:
+        archive = Path(scratch) / "fallback.tar"
+        with archive.open("wb") as out:
+            done = subprocess.run(["git", "-C", str(campaign.root), "archive", commit, RECORD.as_posix()], stdout=out,
+                                  stderr=subprocess.PIPE, text=True)
+        if done.returncode != 0:
+            raise CampaignError(f"git archive {commit} {RECORD}: {done.stderr.strip()}")
+        with tarfile.open(archive) as tar:
+            tar.extractall(scratch, filter="data")
+        folder = Path(scratch) / RECORD
+        checkpoint = folder / CHECKPOINT
+        if not checkpoint.is_file():
+            raise CampaignError(f"commit {commit} holds no {RECORD / CHECKPOINT}")
+        expected = (folder / f"{CHECKPOINT}.sha256").read_text().split()[0]
+        if sha256(checkpoint) != expected:
+            raise CampaignError(f"{RECORD / CHECKPOINT} of commit {commit} does not match its SHA-256; nothing restored")
+        folder.rename(campaign.run)
+
+
+def run_commit(campaign: Campaign) -> str:
+    """The glmc commit the run's pieces have all run (sessions.jsonl)."""
+    sessions = read_sessions(campaign.run)
+    commits = {session["git_commit"] for session in sessions if session.get("git_commit")}
+    if len(commits) != 1:
+        raise CampaignError(f"{campaign.run / 'sessions.jsonl'} names {len(commits)} glmc commits; expected exactly one")
+    return commits.pop()
+
+
+def read_sessions(run: Path) -> list[dict]:
+    path = run / "sessions.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def restore(campaign: Campaign, materializer: Path = SHARED_MATERIALIZER) -> list[str]:
+    """Rebuild what is missing; what each step did, one line each."""
+    done = []
+    if (campaign.run / CHECKPOINT).is_file():
+        done.append(f"{campaign.run}: live, kept ({position(campaign.run)})")
+    elif campaign.run.exists():
+        raise CampaignError(f"{campaign.run} exists without {CHECKPOINT}: move it away to restore the fallback")
+    else:
+        commit = last_fallback(campaign.record / "RUN.md")
+        extract_fallback(campaign, commit)
+        done.append(f"{campaign.run}: restored from commit {commit}, SHA-256 checked ({position(campaign.run)})")
+    commit = run_commit(campaign)
+    worktree = campaign.worktree(commit)
+    if (worktree / "src" / "glmc").is_dir():
+        done.append(f"{worktree}: kept")
+    else:
+        git(campaign.root, "worktree", "prune")
+        git(campaign.root, "worktree", "add", "--detach", str(worktree), commit)
+        done.append(f"{worktree}: added at {commit[:12]}")
+    if (campaign.data / "cifar-10-batches-py").is_dir():
+        done.append(f"{campaign.data}: kept")
+    elif not materializer.is_file():
+        raise CampaignError(f"{materializer} is missing: materialise CIFAR-10 into {campaign.data} by hand")
+    else:
+        subprocess.run([sys.executable, str(materializer), str(campaign.data)], check=True, capture_output=True)
+        done.append(f"{campaign.data}: materialised")
+    return done
+
+
+def position(run: Path) -> str:
+    sessions = read_sessions(run)
+    reached = next((s["reached"] for s in reversed(sessions) if "reached" in s), None)
+    if reached is None:
+        return "not started"
+    return f"{reached['epoch']} epochs + {reached['step']} steps ({reached['global_step']:,} steps)"  # epochs done
+
+
+def cpu_description() -> str:
+    """The CPU model, family and model numbers and its bf16 features (what the run's `auto` precision follows)."""
+    fields, flags = {}, set()
+    cpuinfo = Path("/proc/cpuinfo")
+    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "flags":
+            flags = set(value.split())
+        elif key in ("model name", "cpu family", "model"):
+            fields.setdefault(key, value)
+        if key == "flags":
+            break
+    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"}) or ["no native bf16"]
+    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
+            f"{fields.get('model', '?')}; {', '.join(bf16)}), {os.cpu_count()} CPUs")
+
+
+def running_pid(campaign: Campaign) -> int | None:
+    """The pid of the running piece's supervisor, or None (a stale pid file is removed)."""
+    try:
+        pid = int(campaign.pid_file.read_text())
+        os.kill(pid, 0)
+        # a pid reused by an unrelated process would not be running this script
+        if "cpu_campaign" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            raise ProcessLookupError
+        return pid
+    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+        campaign.pid_file.unlink(missing_ok=True)
+        return None
+
+
+def start(campaign: Campaign) -> int:
+    if (pid := running_pid(campaign)) is not None:
+        raise CampaignError(f"a piece is already running (pid {pid}); pause it first")
+    if not (campaign.run / CHECKPOINT).is_file():
+        raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python scripts/cpu_campaign.py restore` first")
+    if (campaign.run / "summary.json").is_file():
+        raise CampaignError(f"{campaign.run} has finished (summary.json): nothing to resume")
+    worktree = campaign.worktree(run_commit(campaign))
+    if not (worktree / "src" / "glmc").is_dir():
+        raise CampaignError(f"{worktree} is missing: run `python scripts/cpu_campaign.py restore` first")
+    with (campaign.root / "runs" / "campaign.log.out").open("ab") as out:
+        piece = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--root", str(campaign.root), "_piece"],
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    campaign.pid_file.write_text(f"{piece.pid}\n")
+    return piece.pid
+
+
+def log(campaign: Campaign, line: str) -> None:
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    with campaign.log.open("a") as file:
+        file.write(f"{stamp} {line}\n")
+
+
+def train_command(campaign: Campaign) -> list[str]:
+    return [sys.executable, "-m", "glmc", "train", "--resume", str(campaign.run)]
+
+
+def piece(campaign: Campaign) -> int:
+    """One piece, in the foreground of its own session: the training, its start and end in the log."""
+    worktree = campaign.worktree(run_commit(campaign))
+    signal.signal(signal.SIGTERM, lambda *_: None)  # `pause` signals the whole group: the training saves, this waits
+    log(campaign, f"start at {position(campaign.run)} on {cpu_description()}, glmc from {worktree}")
+    environment = {**os.environ, "PYTHONPATH": str(worktree / "src")}
+    code = subprocess.run(train_command(campaign), cwd=campaign.root, env=environment).returncode
+    log(campaign, f"end rc={code} at {position(campaign.run)}")
+    campaign.pid_file.unlink(missing_ok=True)
+    return code
+
+
+def pause(campaign: Campaign, timeout_s: float = PAUSE_TIMEOUT_S) -> bool:
+    """SIGTERM the running piece and wait for it to save and exit; False when none was running."""
+    pid = running_pid(campaign)
+    if pid is None:
+        return False
+    os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while alive(pid):
+        if time.monotonic() > deadline:
+            raise CampaignError(f"pid {pid} still runs {timeout_s:.0f} s after SIGTERM; look at runs/campaign.log.out")
+        time.sleep(1)
+    return True
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a finished child of this process (the tests start pieces from here) is a zombie until reaped
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def status(campaign: Campaign) -> list[str]:
+    lines = [f"run: {campaign.run}: {position(campaign.run) if campaign.run.is_dir() else 'missing (restore it)'}"]
+    pid = running_pid(campaign)
+    lines.append(f"piece: running (pid {pid})" if pid else "piece: not running")
+    if (campaign.run / CHECKPOINT).is_file():
+        saved = datetime.fromtimestamp((campaign.run / CHECKPOINT).stat().st_mtime, timezone.utc)
+        lines.append(f"last checkpoint: {saved:%Y-%m-%dT%H:%M:%SZ}")
+    evaluations = [json.loads(line) for line in (campaign.run / "metrics.jsonl").read_text().splitlines()
+                   if '"top1"' in line] if (campaign.run / "metrics.jsonl").is_file() else []
+    if evaluations:
+        last = evaluations[-1]
+        lines.append(f"last evaluation: epoch {last.get('epoch')}: top-1 {last['top1']:.2f}")
+    if campaign.log.is_file():
+        lines += [f"log: {line}" for line in campaign.log.read_text().splitlines()[-2:]]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
+    parser.add_argument("command", choices=["restore", "start", "pause", "status", "_piece"])
+    args = parser.parse_args(argv)
+    campaign = Campaign(args.root.resolve())
+    try:
+        if args.command == "restore":
+            print("\n".join(restore(campaign)))
+        elif args.command == "start":
+            print(f"piece started (pid {start(campaign)}); its output goes to runs/campaign.log.out")
+        elif args.command == "pause":
+            print("paused: " + position(campaign.run) if pause(campaign) else "no piece was running")
+        elif args.command == "status":
+            print("\n".join(status(campaign)))
+        else:
+            return piece(campaign)
+    except CampaignError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

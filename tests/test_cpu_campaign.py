@@ -1,0 +1,179 @@
+"""scripts/cpu_campaign.py: the CPU campaign rebuilt from its fallback commit, and its pieces started and paused."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def campaign_script():
+    spec = importlib.util.spec_from_file_location("cpu_campaign", ROOT / "scripts" / "cpu_campaign.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["cpu_campaign"] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules["cpu_campaign"]
+
+
+def git(root: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=root, capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def fallback_table(*commits: str) -> str:
+    rows = "".join(f"| commit {commit} | somewhere | 1 MB |\n" for commit in commits)
+    return f"# the run\n\n## Fallback checkpoints\n\n| commit | reached | size |\n|---|---|---|\n{rows}"
+
+
+def write_materializer(path: Path) -> Path:
+    path.write_text("import pathlib, sys\n(pathlib.Path(sys.argv[1]) / 'cifar-10-batches-py').mkdir(parents=True)\n")
+    return path
+
+
+@pytest.fixture
+def repository(campaign_script, tmp_path):
+    """A checkout as the campaign leaves it: the code commit the run started from, two fallback commits whose
+    checkpoints the next commit removed again, RUN.md naming both; nothing git-ignored present."""
+    root = tmp_path / "checkout"
+    (root / "src" / "glmc").mkdir(parents=True)
+    (root / "src" / "glmc" / "__init__.py").write_text("")
+    git(root, "init", "-q")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "code")
+    code = git(root, "rev-parse", "HEAD")
+    record = root / campaign_script.RECORD
+    record.mkdir(parents=True)
+    checkpoints, commits = [], []
+    for epoch in (44, 80):
+        checkpoint = np.random.default_rng(epoch).integers(0, 256, 30_000, dtype=np.uint8).tobytes()
+        (record / "checkpoint_last.pt").write_bytes(checkpoint)
+        (record / "checkpoint_last.pt.sha256").write_text(f"{campaign_script.hashlib.sha256(checkpoint).hexdigest()}  checkpoint_last.pt\n")
+        session = {"session": 1, "git_commit": code, "reached": {"epoch": epoch, "step": 3, "global_step": epoch * 194 + 3}}
+        (record / "sessions.jsonl").write_text(json.dumps(session) + "\n")
+        (record / "RUN.md").write_text(fallback_table(*commits))
+        git(root, "add", ".")
+        git(root, "commit", "-q", "-m", f"fallback at epoch {epoch}")
+        commits.append(git(root, "rev-parse", "HEAD")[:12])
+        checkpoints.append(checkpoint)
+        (record / "checkpoint_last.pt").unlink()
+        (record / "checkpoint_last.pt.sha256").unlink()
+        (record / "RUN.md").write_text(fallback_table(*commits))
+        git(root, "add", "-A")
+        git(root, "commit", "-q", "-m", "fallback out of the tree")
+    return root, code, checkpoints
+
+
+def test_restore_rebuilds_the_run_from_the_last_fallback_the_worktree_and_the_data_and_then_keeps_them(
+        campaign_script, repository, tmp_path):
+    root, code, checkpoints = repository
+    campaign = campaign_script.Campaign(root)
+    materializer = write_materializer(tmp_path / "materialize.py")
+
+    done = campaign_script.restore(campaign, materializer)
+    assert (campaign.run / "checkpoint_last.pt").read_bytes() == checkpoints[-1]  # the last fallback, not the first
+    assert "80 epochs + 3 steps" in done[0]
+    assert (campaign.worktree(code) / "src" / "glmc" / "__init__.py").is_file()
+    assert git(campaign.worktree(code), "rev-parse", "HEAD") == code
+    assert (campaign.data / "cifar-10-batches-py").is_dir()
+
+    (campaign.run / "checkpoint_last.pt").write_bytes(b"the live run went further")
+    again = campaign_script.restore(campaign, materializer)
+    assert (campaign.run / "checkpoint_last.pt").read_bytes() == b"the live run went further"
+    assert [line.split(": ")[-1].split(" ")[0] for line in again] == ["live,", "kept", "kept"]
+
+
+def test_a_fallback_whose_checkpoint_does_not_match_its_checksum_is_refused_and_nothing_is_put_in_place(
+        campaign_script, repository, capsys):
+    root, _, _ = repository
+    record = root / campaign_script.RECORD
+    (record / "checkpoint_last.pt").write_bytes(b"damaged")
+    (record / "checkpoint_last.pt.sha256").write_text("0" * 64 + "  checkpoint_last.pt\n")
+    git(root, "add", ".")
+    git(root, "commit", "-q", "-m", "a damaged fallback")
+    (record / "RUN.md").write_text(fallback_table(git(root, "rev-parse", "HEAD")))
+    assert campaign_script.main(["--root", str(root), "restore"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "does not match its SHA-256; nothing restored" in error
+    assert not (root / "runs" / campaign_script.NAME).exists()
+    assert list((root / "runs").iterdir()) == []  # the extraction's scratch folder is gone too
+
+
+def test_restore_says_what_is_wrong_when_the_record_names_no_fallback(campaign_script, repository, capsys):
+    root, _, _ = repository
+    (root / campaign_script.RECORD / "RUN.md").write_text("# the run\n\nno table yet\n")
+    assert campaign_script.main(["--root", str(root), "restore"]) == 2
+    assert "names no fallback commit" in capsys.readouterr().err
+
+
+def stopped_run(run: Path) -> str:
+    """A real run stopped before its end (checkpoint, no summary), recorded as run by this checkout's HEAD."""
+    from glmc.config import build_config
+    from glmc.trainer import train
+
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "500",
+                                 "train.batch_size": "128", "train.device": "cpu", "train.max_steps": "2"})
+    train(config, run, quiet=True)
+    (run / "summary.json").unlink()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    saved["train"]["max_steps"] = None  # as the real run: nothing stops it but SIGTERM (or 500 epochs)
+    (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    return json.loads((run / "sessions.jsonl").read_text().splitlines()[0])["git_commit"]
+
+
+def wait_for(condition, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.5)
+
+
+def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_pauses_with_its_checkpoint_saved(
+        campaign_script, tmp_path):
+    campaign = campaign_script.Campaign(tmp_path)
+    commit = stopped_run(campaign.run)
+    if not commit:
+        pytest.skip("not a git checkout: the piece runs the commit the run records")
+    campaign.worktree(commit).parent.mkdir(parents=True)
+    campaign.worktree(commit).symlink_to(ROOT)  # the run's commit is this checkout's HEAD
+    before = campaign_script.read_sessions(campaign.run)
+
+    pid = campaign_script.start(campaign)
+    with pytest.raises(campaign_script.CampaignError, match="already running"):
+        campaign_script.start(campaign)
+    wait_for(lambda: len(campaign_script.read_sessions(campaign.run)) > len(before))  # the training has begun
+    time.sleep(2)
+    assert campaign_script.pause(campaign)
+
+    sessions = campaign_script.read_sessions(campaign.run)
+    assert sessions[-1]["outcome"] == "SIGTERM" and sessions[-1]["reached"]["global_step"] > 2
+    start_line, end_line = campaign.log.read_text().splitlines()
+    assert "start at 0 epochs + 2 steps" in start_line and "CPUs" in start_line and "family" in start_line
+    assert end_line.endswith(f"end rc=143 at {campaign_script.position(campaign.run)}")
+    assert campaign_script.running_pid(campaign) is None and not campaign.pid_file.exists()
+    assert "piece: not running" in campaign_script.status(campaign)
+    assert campaign_script.pause(campaign) is False  # nothing to pause
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_start_refuses_a_missing_or_finished_run_with_the_command_that_fixes_it(campaign_script, tmp_path, tiny_run,
+                                                                                capsys):
+    assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2
+    assert "run `python scripts/cpu_campaign.py restore` first" in capsys.readouterr().err
+    campaign = campaign_script.Campaign(tmp_path)
+    campaign.run.parent.mkdir(parents=True)
+    campaign.run.symlink_to(tiny_run)
+    assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2
+    assert "has finished (summary.json)" in capsys.readouterr().err
