@@ -22,11 +22,11 @@ its output to runs/campaign.log.out.
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -72,8 +72,9 @@ class Campaign:
         return self.root / "runs" / "campaign.log"
 
     @property
-    def pid_file(self) -> Path:
-        return self.root / "runs" / "campaign.pid"
+    def lock_file(self) -> Path:
+        """Held (flock) by the running piece, and holding its pid."""
+        return self.root / "runs" / "campaign.lock"
 
     def worktree(self, commit: str) -> Path:
         return self.root / "scratch" / f"campaign-{commit[:7]}"
@@ -196,22 +197,20 @@ def cpu_description() -> str:
 
 
 def running_pid(campaign: Campaign) -> int | None:
-    """The pid of the running piece's supervisor, or None (a stale pid file is removed)."""
-    try:
-        pid = int(campaign.pid_file.read_text())
-        os.kill(pid, 0)
-        # a pid reused by an unrelated process would not be running this script
-        if "cpu_campaign" not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
-            raise ProcessLookupError
-        return pid
-    except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
-        campaign.pid_file.unlink(missing_ok=True)
+    """The pid of the running piece's supervisor, or None. A piece holds runs/campaign.lock (flock) for as
+    long as it runs, so a crashed one never looks alive and a reused pid is never mistaken for one."""
+    if not campaign.lock_file.is_file():
         return None
+    with campaign.lock_file.open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return int(campaign.lock_file.read_text().strip() or 0) or None
+        fcntl.flock(lock, fcntl.LOCK_UN)
+    return None
 
 
 def start(campaign: Campaign) -> int:
-    if (pid := running_pid(campaign)) is not None:
-        raise CampaignError(f"a piece is already running (pid {pid}); pause it first")
     if not (campaign.run / CHECKPOINT).is_file():
         raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python scripts/cpu_campaign.py restore` first")
     if (campaign.run / "summary.json").is_file():
@@ -219,10 +218,16 @@ def start(campaign: Campaign) -> int:
     worktree = campaign.worktree(run_commit(campaign))
     if not (worktree / "src" / "glmc").is_dir():
         raise CampaignError(f"{worktree} is missing: run `python scripts/cpu_campaign.py restore` first")
-    with (campaign.root / "runs" / "campaign.log.out").open("ab") as out:
+    with campaign.lock_file.open("a+") as lock, (campaign.root / "runs" / "campaign.log.out").open("ab") as out:
+        try:  # taken here and handed to the piece, which holds it until it exits: two starts cannot both pass
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CampaignError(f"a piece is already running (pid {running_pid(campaign)}); pause it first") from None
         piece = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--root", str(campaign.root), "_piece"],
-                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    campaign.pid_file.write_text(f"{piece.pid}\n")
+                                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                 pass_fds=(lock.fileno(),))
+        lock.truncate(0)
+        lock.write(f"{piece.pid}\n")
     return piece.pid
 
 
@@ -244,7 +249,6 @@ def piece(campaign: Campaign) -> int:
     environment = {**os.environ, "PYTHONPATH": str(worktree / "src")}
     code = subprocess.run(train_command(campaign), cwd=campaign.root, env=environment).returncode
     log(campaign, f"end rc={code} at {position(campaign.run)}")
-    campaign.pid_file.unlink(missing_ok=True)
     return code
 
 
@@ -255,22 +259,11 @@ def pause(campaign: Campaign, timeout_s: float = PAUSE_TIMEOUT_S) -> bool:
         return False
     os.killpg(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
-    while alive(pid):
+    while running_pid(campaign) is not None:  # the lock goes with the piece's exit
         if time.monotonic() > deadline:
             raise CampaignError(f"pid {pid} still runs {timeout_s:.0f} s after SIGTERM; look at runs/campaign.log.out")
         time.sleep(1)
     return True
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a finished child of this process (the tests start pieces from here) is a zombie until reaped
-        return os.waitpid(pid, os.WNOHANG) == (0, 0)
-    except ChildProcessError:
-        return True
 
 
 def status(campaign: Campaign) -> list[str]:
