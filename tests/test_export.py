@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 
 import numpy as np
@@ -88,3 +90,21 @@ def test_without_the_extra_the_message_says_how_to_install_it(tiny_run, tmp_path
     monkeypatch.setitem(sys.modules, "safetensors", None)  # import fails as when the package is absent
     with pytest.raises(GlmcError, match=r'pip install "glmc\[export\]"'):
         export_weights(tiny_run / "checkpoint_last.pt", tmp_path / "w.safetensors")
+
+
+@pytest.mark.parametrize("fmt, name", [("safetensors", "weights.safetensors"), ("onnx", "model.onnx")])
+def test_an_export_that_fails_midway_leaves_the_earlier_file_whole_and_no_partial_one(tiny_run, tmp_path, monkeypatch,
+                                                                                       capsys, fmt, name):
+    output = tmp_path / name
+    assert main(["export", str(tiny_run / "checkpoint_last.pt"), "--format", fmt, "--output", str(output)]) == 0
+    earlier = output.read_bytes()
+
+    def full_disk(descriptor):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)  # the new file's bytes never reach the disk
+    dtype = ["--dtype", "fp16"] if fmt == "safetensors" else []  # another file than the earlier one, where it can be
+    assert main(["export", str(tiny_run / "checkpoint_last.pt"), "--format", fmt, "--output", str(output), *dtype]) == 2
+    assert "disk full while writing" in capsys.readouterr().err
+    assert output.read_bytes() == earlier
+    assert sorted(path.name for path in tmp_path.iterdir()) == [name]  # its temporary removed

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glmc.checkpoint import save_checkpoint, warn
+from glmc.files import write_text_atomically
 from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.batch import BatchSpec, TrainingBatches
 from glmc.engine import learning_rate, set_learning_rate
@@ -488,7 +489,7 @@ def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration,
     payload["kind"] = f"{restored.checkpoint.get('kind', 'checkpoint')}, calibrated with {name}"
     payload["calibrations"] = [*restored.checkpoint.get("calibrations", []), record]
     save_checkpoint(output, payload)
-    report.write_text(json.dumps(record, indent=2) + "\n")
+    write_text_atomically(report, json.dumps(record, indent=2) + "\n")
     return record
 
 

@@ -21,7 +21,6 @@ import io
 import os
 import pickle
 import sys
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -29,6 +28,7 @@ import torch
 from torch import nn
 
 from glmc.errors import GlmcError
+from glmc.files import link_or_move, sync_folder, write_durably
 from glmc.weights import load_weights
 
 if TYPE_CHECKING:
@@ -36,8 +36,6 @@ if TYPE_CHECKING:
     from glmc.data.datasets import Dataset
 
 FORMAT = "glmc-checkpoint/1"
-# A save's files in the making: `.<name>.<random>.tmp` (write_durably), `.<name>.<pid>.link` (link_or_move).
-TEMPORARY_SUFFIX, LINK_SUFFIX = ".tmp", ".link"
 
 
 class CorruptCheckpoint(GlmcError):
@@ -81,72 +79,6 @@ def keep_as_previous(path: Path) -> None:
     for current, previous in ((path, previous_path(path)), (checksum_path(path), checksum_path(previous_path(path)))):
         if current.exists():
             link_or_move(current, previous)
-
-
-def link_or_move(source: Path, target: Path) -> None:
-    """Replace `target` by a hard link to `source`, atomically; where the file system has no hard
-    links (FAT, some network shares), move `source` there instead."""
-    link = target.with_name(f"{temporary_prefix(target)}{os.getpid()}{LINK_SUFFIX}")
-    link.unlink(missing_ok=True)
-    try:
-        os.link(source, link)
-    except OSError:
-        os.replace(source, target)
-        return
-    os.replace(link, target)
-
-
-def write_durably(path: Path, data: bytes) -> Path:
-    """Write `data` to a new temporary file beside `path`, on disk when this returns."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=temporary_prefix(path), suffix=TEMPORARY_SUFFIX)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return Path(temporary)
-
-
-def leftover_temporaries(path: Path) -> list[Path]:
-    """The temporary files beside `path` that a save of it (or of its checksum, or `.prev`) killed
-    before its rename left behind. Remove them only while holding the folder's lease: then no save
-    of these files can be under way."""
-    return sorted(leftover for suffix in (TEMPORARY_SUFFIX, LINK_SUFFIX)
-                  for leftover in path.parent.glob(f"{temporary_prefix(path)}*{suffix}"))
-
-
-def temporary_prefix(path: Path) -> str:
-    return f".{path.name}."
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Replace `path` by `text` so that a reader sees the old or the new file, never a mix; a full
-    disk or an unwritable folder is one GlmcError, and the old file stays."""
-    try:
-        os.replace(write_durably(path, text.encode()), path)
-    except OSError as error:
-        raise GlmcError(f"{disk_problem(error)} while writing {path}; the previous version is kept") from None
-
-
-def disk_problem(error: OSError) -> str:
-    return "disk full" if error.errno == errno.ENOSPC else f"cannot write ({error.strerror or error})"
-
-
-def sync_folder(folder: Path) -> None:
-    # The renames themselves are durable only once the folder's entry is flushed.
-    try:
-        handle = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(handle)
-    except OSError:
-        pass
-    finally:
-        os.close(handle)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -13,6 +13,7 @@ Both need the optional extra: `pip install "glmc[export]"`.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import warnings
@@ -24,6 +25,7 @@ from torch import Tensor, nn
 from glmc.checkpoint import load_checkpoint
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_model
+from glmc.files import write_bytes_atomically
 from glmc.models import use_heads
 from glmc.weights import require, save_weights
 
@@ -58,16 +60,14 @@ def export_onnx(checkpoint_path: str | os.PathLike, output: str | os.PathLike, d
     height, width = checkpoint["image_size"]
     output = Path(output)
     example = torch.zeros(1, 3, height, width)
-    try:
-        with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
-            warnings.simplefilter("ignore")
-            # dynamo=False: the TorchScript exporter, which needs no onnxscript; a plain CNN exports the same either way
-            torch.onnx.export(PredictionPath(model).eval(), (example,), str(output), input_names=["images"],
-                              output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-                              opset_version=17, dynamo=False)
-    except OSError as error:
-        raise GlmcError(f"cannot write {output}: {error.strerror or error}") from None
-    exported = onnx.load(str(output))
+    graph = io.BytesIO()  # built in memory, written once complete: a killed export leaves any earlier file whole
+    with warnings.catch_warnings():  # the TorchScript exporter's deprecation and constant-folding notes
+        warnings.simplefilter("ignore")
+        # dynamo=False: the TorchScript exporter, which needs no onnxscript; a plain CNN exports the same either way
+        torch.onnx.export(PredictionPath(model).eval(), (example,), graph, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                          opset_version=17, dynamo=False)
+    exported = onnx.load_model_from_string(graph.getvalue())
     preprocessing = {"input": "N x 3 x H x W float32, RGB on the [0, 1] scale, then (x - mean) / std per channel",
                      "mean": checkpoint["mean"], "std": checkpoint["std"], "image_size": [height, width],
                      "test_resize": checkpoint.get("test_resize"),
@@ -77,7 +77,7 @@ def export_onnx(checkpoint_path: str | os.PathLike, output: str | os.PathLike, d
                        "glmc_backbone": checkpoint["backbone"], "glmc_fingerprint": checkpoint["fingerprint"]}.items():
         entry = exported.metadata_props.add()
         entry.key, entry.value = key, json.dumps(value)
-    onnx.save(exported, str(output))
+    write_bytes_atomically(output, exported.SerializeToString())
     return output
 
 

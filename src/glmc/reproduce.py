@@ -30,11 +30,12 @@ import yaml
 
 from glmc import lock
 from glmc.calibration import CALIBRATIONS, calibrate_checkpoint, calibration_params, default_output, metrics_path
-from glmc.checkpoint import load_latest_good, write_text_atomically
+from glmc.checkpoint import load_latest_good
 from glmc.compare import mean_of
 from glmc.config import Config, build_config, parse_override
 from glmc.errors import ConfigError, GlmcError
 from glmc.export import export_weights
+from glmc.files import write_text_atomically
 from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run, writing_into
 from glmc.trainer import train
 from glmc.weights import compact_path

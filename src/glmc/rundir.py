@@ -27,8 +27,8 @@ from typing import Iterator, Mapping
 import yaml
 
 from glmc import lock
-from glmc.checkpoint import (checksum_path, disk_problem, leftover_temporaries, previous_path, save_checkpoint, warn,
-                             write_text_atomically)
+from glmc.checkpoint import checksum_path, previous_path, save_checkpoint, warn
+from glmc.files import disk_problem, leftover_temporaries, write_text_atomically
 from glmc.config import Config, dump_config, flatten, stored_config
 from glmc.errors import GlmcError
 

@@ -21,6 +21,7 @@ from typing import Mapping
 import torch
 
 from glmc.errors import GlmcError
+from glmc.files import write_bytes_atomically
 
 FORMAT = "glmc-weights/1"
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -42,7 +43,7 @@ def require(module: str):
 def save_weights(checkpoint: Mapping, output: str | os.PathLike, dtype: str = "fp16", source: str = "") -> Path:
     """`checkpoint`'s model weights in `dtype`, with its facts in the metadata, as a safetensors file."""
     require("safetensors")
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     if dtype not in DTYPES:
         raise GlmcError(f"--dtype must be one of {', '.join(DTYPES)}, got {dtype}")
@@ -51,10 +52,7 @@ def save_weights(checkpoint: Mapping, output: str | os.PathLike, dtype: str = "f
     metadata = {"format": FORMAT, "dtype": dtype, "source": source,
                 **{key: json.dumps(checkpoint[key]) for key in METADATA_KEYS if key in checkpoint}}
     output = Path(output)
-    try:
-        save_file(tensors, str(output), metadata=metadata)
-    except OSError as error:
-        raise GlmcError(f"cannot write {output}: {error.strerror or error}") from None
+    write_bytes_atomically(output, save(tensors, metadata=metadata))  # a killed export leaves any earlier file whole
     return output
 
 
