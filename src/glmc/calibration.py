@@ -32,12 +32,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glmc.checkpoint import save_checkpoint, warn
-from glmc.files import write_text_atomically
 from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.batch import BatchSpec, TrainingBatches
 from glmc.engine import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
+from glmc.files import write_text_atomically
 from glmc.metrics import format_percent, format_shots
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import prediction_head
