@@ -267,7 +267,8 @@ def pause(campaign: Campaign, timeout_s: float = PAUSE_TIMEOUT_S) -> bool:
 
 
 def status(campaign: Campaign) -> list[str]:
-    lines = [f"run: {campaign.run}: {position(campaign.run) if campaign.run.is_dir() else 'missing (restore it)'}"]
+    reached = f"{position(campaign.run)} at the last piece's end" if campaign.run.is_dir() else "missing (restore it)"
+    lines = [f"run: {campaign.run}: {reached}"]
     pid = running_pid(campaign)
     lines.append(f"piece: running (pid {pid})" if pid else "piece: not running")
     if (campaign.run / CHECKPOINT).is_file():

@@ -50,6 +50,11 @@ def previous_path(path: Path) -> Path:
     return path.with_name(path.name + ".prev")
 
 
+def saved_files(path: Path) -> tuple[Path, ...]:
+    """Every file a save of `path` can leave: the file, its checksum, and both kept as `.prev`."""
+    return path, checksum_path(path), previous_path(path), checksum_path(previous_path(path))
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict, keep_previous: bool = False) -> None:
     path = Path(path)
     buffer = io.BytesIO()
@@ -76,7 +81,8 @@ def save_checkpoint(path: str | os.PathLike, payload: dict, keep_previous: bool 
 def keep_as_previous(path: Path) -> None:
     """Make `<name>.prev` and its checksum the checkpoint now at `path`, which stays in place
     meanwhile: a reader, or a resume after a crash, never finds `path` missing."""
-    for current, previous in ((path, previous_path(path)), (checksum_path(path), checksum_path(previous_path(path)))):
+    current_file, current_checksum, previous_file, previous_checksum = saved_files(path)
+    for current, previous in ((current_file, previous_file), (current_checksum, previous_checksum)):
         if current.exists():
             link_or_move(current, previous)
 

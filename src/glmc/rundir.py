@@ -27,7 +27,7 @@ from typing import Iterator, Mapping
 import yaml
 
 from glmc import lock
-from glmc.checkpoint import checksum_path, previous_path, save_checkpoint, warn
+from glmc.checkpoint import previous_path, save_checkpoint, saved_files, warn
 from glmc.files import disk_problem, leftover_temporaries, write_text_atomically
 from glmc.config import Config, dump_config, flatten, stored_config
 from glmc.errors import GlmcError
@@ -112,8 +112,7 @@ class RunFolder:
         self.remove_leftovers()
         if overwrite and not resume:
             for name in (METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
-                for path in (self.path / name, checksum_path(self.path / name), previous_path(self.path / name),
-                             checksum_path(previous_path(self.path / name))):
+                for path in saved_files(self.path / name):
                     path.unlink(missing_ok=True)
         return resume
 
