@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -36,6 +35,9 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+
+from glmc.files import file_sha256
+from glmc.machine import cpu_bf16, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
 NAME = "cifar10-lt-if100-authors-cpu"
@@ -97,14 +99,6 @@ def last_fallback(run_md: Path) -> str:
     return commits[-1]
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def extract_fallback(campaign: Campaign, commit: str) -> None:
     """The run folder as `commit` holds it, put in place only once its checkpoint matches its SHA-256."""
     campaign.run.parent.mkdir(parents=True, exist_ok=True)
@@ -122,7 +116,7 @@ def extract_fallback(campaign: Campaign, commit: str) -> None:
         if not checkpoint.is_file():
             raise CampaignError(f"commit {commit} holds no {RECORD / CHECKPOINT}")
         expected = (folder / f"{CHECKPOINT}.sha256").read_text().split()[0]
-        if sha256(checkpoint) != expected:
+        if file_sha256(checkpoint) != expected:
             raise CampaignError(f"{RECORD / CHECKPOINT} of commit {commit} does not match its SHA-256; nothing restored")
         folder.rename(campaign.run)
 
@@ -179,21 +173,9 @@ def position(run: Path) -> str:
 
 
 def cpu_description() -> str:
-    """The CPU model, family and model numbers and its bf16 features (what the run's `auto` precision follows)."""
-    fields, flags = {}, set()
-    cpuinfo = Path("/proc/cpuinfo")
-    for line in cpuinfo.read_text().splitlines() if cpuinfo.is_file() else []:
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "flags":
-            flags = set(value.split())
-        elif key in ("model name", "cpu family", "model"):
-            fields.setdefault(key, value)
-        if key == "flags":
-            break
-    bf16 = sorted(flags & {"avx512_bf16", "amx_bf16"}) or ["no native bf16"]
-    return (f"{fields.get('model name', 'unknown CPU')} (family {fields.get('cpu family', '?')} model "
-            f"{fields.get('model', '?')}; {', '.join(bf16)}), {os.cpu_count()} CPUs")
+    """The machine, with its bf16 instructions or the lack of them said outright: the run's `auto` precision
+    follows them (bf16 where native, else fp32)."""
+    return machine_description() + ("" if cpu_bf16() else ", no native bf16")
 
 
 def running_pid(campaign: Campaign) -> int | None:

@@ -13,9 +13,9 @@ from conftest import write_image_tree
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.engine import step_rng
+from glmc.machine import cpu_model
 from glmc.methods import create_method, method_options
 from glmc.precision import MixedPrecision
-from glmc.provenance import cpu_model
 from glmc.reproduce import load_tables, make_plan
 from glmc.rundir import RunFolder
 from glmc.trainer import build_run

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -59,7 +60,7 @@ def repository(campaign_script, tmp_path):
     for epoch in (44, 80):
         checkpoint = np.random.default_rng(epoch).integers(0, 256, 30_000, dtype=np.uint8).tobytes()
         (record / "checkpoint_last.pt").write_bytes(checkpoint)
-        (record / "checkpoint_last.pt.sha256").write_text(f"{campaign_script.hashlib.sha256(checkpoint).hexdigest()}  checkpoint_last.pt\n")
+        (record / "checkpoint_last.pt.sha256").write_text(f"{hashlib.sha256(checkpoint).hexdigest()}  checkpoint_last.pt\n")
         session = {"session": 1, "git_commit": code, "reached": {"epoch": epoch, "step": 3, "global_step": epoch * 194 + 3}}
         (record / "sessions.jsonl").write_text(json.dumps(session) + "\n")
         (record / "RUN.md").write_text(fallback_table(*commits))

@@ -16,7 +16,7 @@ from glmc.cli import main
 from glmc.config import OptimConfig, build_config
 from glmc.engine import learning_rate
 from glmc.errors import GlmcError
-from glmc.provenance import cpu_model
+from glmc.machine import cpu_model
 from glmc.rundir import RunFolder
 from glmc.trainer import train
 

@@ -31,7 +31,8 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
 from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
-from glmc.provenance import device_name, git_commit, machine_description
+from glmc.machine import machine_description
+from glmc.provenance import device_name, git_commit
 from glmc.trainer import Run, build_run
 
 PHASES = ("data", "forward", "backward", "optimizer")

@@ -8,6 +8,7 @@ hidden temporary; a run folder removes its own under its lease (`leftover_tempor
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -87,3 +88,12 @@ def sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(handle)
+
+
+def file_sha256(path: Path) -> str:
+    """The file's SHA-256 as hex, read a megabyte at a time (checkpoints of the wide network are 60 MB)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

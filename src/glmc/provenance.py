@@ -1,24 +1,18 @@
-"""Where a run or a measurement was made, as records name it: the glmc commit, the machine, the device.
+"""Where a run or a measurement was made, as records name it: the glmc commit, the device, the torch.
 
-A speed figure means little without the processor it was measured on: two 2-core machines that
-both say x86_64 can differ by nearly 2x in one training step, as AMX and AVX-512 bf16 do. So every
-record that carries a time (a run's sessions and summary, `glmc bench`, the benchmarks) names the
-CPU model and the bf16 instructions it has, not only the architecture.
+The machine itself (the CPU model, generation and bf16 instructions) is glmc.machine's, which needs
+no torch; what needs torch (the GPU's name, the threads torch uses, its version) is here.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import subprocess
 from pathlib import Path
 
 import torch
 
 import glmc
-
-CPUINFO = Path("/proc/cpuinfo")
-BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what makes a CPU's bf16 fast, best first (Linux's names)
+from glmc.machine import cpu_description, machine_description
 
 
 def git_commit() -> str | None:
@@ -35,53 +29,10 @@ def git_commit() -> str | None:
         return None
 
 
-def cpuinfo_field(name: str, cpuinfo: Path | None = None) -> str | None:
-    """The first processor's `name` field in /proc/cpuinfo, or None (no such file or field: not Linux)."""
-    try:
-        lines = (cpuinfo or CPUINFO).read_text(errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        key, sep, value = line.partition(":")
-        if sep and key.strip() == name:
-            return value.strip()
-    return None
-
-
-def cpu_model(cpuinfo: Path | None = None) -> str:
-    """The processor's marketing name ("AMD EPYC", "Intel(R) Xeon(R) Platinum 8488C"), from /proc/cpuinfo on Linux,
-    sysctl on macOS; the architecture where neither says."""
-    model = cpuinfo_field("model name", cpuinfo)
-    if model is None and platform.system() == "Darwin":
-        try:
-            model = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True,
-                                   timeout=10).stdout.strip() or None
-        except (OSError, subprocess.SubprocessError):
-            model = None
-    return model or platform.processor() or platform.machine()
-
-
-def cpu_bf16(cpuinfo: Path | None = None) -> str | None:
-    """The best bf16 instruction set the CPU announces (`amx_bf16`, `avx512_bf16`), or None."""
-    flags = set((cpuinfo_field("flags", cpuinfo) or "").split())
-    return next((flag for flag in BF16_FLAGS if flag in flags), None)
-
-
-def cpu_description(cpuinfo: Path | None = None) -> str:
-    """"AMD EPYC, x86_64, avx512_bf16": the model, the architecture and the bf16 instructions, where known."""
-    parts = [cpu_model(cpuinfo), platform.machine()]
-    bf16 = cpu_bf16(cpuinfo)
-    return ", ".join(dict.fromkeys(filter(None, [*parts, bf16])))  # dict: the model may be the architecture itself
-
-
-def machine_description() -> str:
-    """The machine a measurement ran on: "AMD EPYC, x86_64, avx512_bf16, 2 CPUs, Linux 6.18.44"."""
-    return f"{cpu_description()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
-
-
 def device_name(device: torch.device) -> str:
-    """"cuda (NVIDIA H200)", "cpu (AMD EPYC, x86_64, avx512_bf16, 2 threads)": the device's kind first (what
-    `glmc reproduce --dry-run` keys bench figures on), then the GPU's name or the CPU's with the threads torch uses."""
+    """"cuda (NVIDIA H200)", "cpu (AMD EPYC (family 25 model 17), x86_64, avx512_bf16, 2 threads)": the device's
+    kind first (what `glmc reproduce --dry-run` keys bench figures on), then the GPU's name or the CPU's with the
+    threads torch uses."""
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
     return f"cpu ({cpu_description()}, {torch.get_num_threads()} threads)"

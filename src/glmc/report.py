@@ -14,7 +14,6 @@ reports take seconds even for wide models on a CPU.
 from __future__ import annotations
 
 import base64
-import hashlib
 import html
 import json
 import os
@@ -32,6 +31,7 @@ from glmc import plots
 from glmc.engine import confusion_counts, resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import restore_for_evaluation
+from glmc.files import file_sha256
 from glmc.metrics import SHOT_GROUPS, format_percent
 from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
 from glmc.shots import SHOT_BOUNDS, STANDARD
@@ -98,14 +98,6 @@ def display_names(paths: Sequence[Path]) -> list[str]:
 # ---------------------------------------------------------------- the confusion matrix
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    return "sha256:" + digest.hexdigest()
-
-
 def cached_confusion(cache: Path, checkpoint_hash: str) -> np.ndarray | None:
     """The cached matrix if it was computed from exactly this checkpoint."""
     try:
@@ -148,7 +140,7 @@ def attach_confusion(run: RunData, data_root: str | None, device: str) -> None:
     if not checkpoint.is_file():
         run.confusion_note = f"no confusion matrix: {checkpoint} is missing"
         return
-    checkpoint_hash = file_sha256(checkpoint)
+    checkpoint_hash = "sha256:" + file_sha256(checkpoint)
     cache = run.path / REPORT_DIR / CONFUSION_FILE
     run.confusion = cached_confusion(cache, checkpoint_hash)
     if run.confusion is not None:

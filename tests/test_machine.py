@@ -1,0 +1,80 @@
+"""The machine a record names: the CPU model, its generation and its bf16 instructions, read from /proc/cpuinfo,
+not just "x86_64"; and all of it without torch."""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from glmc import machine
+from glmc.machine import cpu_bf16, cpu_description, cpu_generation, cpu_model
+from glmc.provenance import device_name
+
+XEON = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+flags\t\t: fpu sse avx2 avx512f avx512_bf16 amx_bf16 amx_tile amx_int8
+
+processor\t: 1
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8488C
+"""
+EPYC = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+EPYC_AVX2 = "processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 fma\n"
+NO_GENERATION = "processor\t: 0\nmodel name\t: Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz\nflags\t\t: fpu avx2\n"
+
+
+@pytest.fixture
+def cpuinfo(tmp_path):
+    def write(text: str):
+        path = tmp_path / "cpuinfo"
+        path.write_text(text)
+        return path
+    return write
+
+
+@pytest.mark.parametrize("text, model, generation, bf16", [
+    (XEON, "Intel(R) Xeon(R) Platinum 8488C", "family 6 model 143", "amx_bf16"),  # AMX before the AVX-512 bf16 it has
+    (EPYC, "AMD EPYC", "family 25 model 17", "avx512_bf16"),
+    (EPYC_AVX2, "AMD EPYC", "family 25 model 1", None),  # the same model name, another generation, no native bf16
+    (NO_GENERATION, "Intel(R) Xeon(R) CPU E5-2686 v4 @ 2.30GHz", None, None),
+])
+def test_the_cpu_model_generation_and_bf16_instructions_come_from_cpuinfo(cpuinfo, text, model, generation, bf16):
+    path = cpuinfo(text)
+    assert (cpu_model(path), cpu_generation(path), cpu_bf16(path)) == (model, generation, bf16)
+    named = f"{model} ({generation})" if generation else model
+    assert cpu_description(path) == ", ".join(filter(None, [named, platform.machine(), bf16]))
+
+
+def test_two_epyc_generations_are_told_apart(cpuinfo, tmp_path):
+    avx512, avx2 = cpu_description(cpuinfo(EPYC)), cpu_description(cpuinfo(EPYC_AVX2))
+    assert avx512 != avx2 and "AMD EPYC (family 25 model 1)" in avx2
+
+
+def test_without_cpuinfo_the_architecture_is_named_once(tmp_path, monkeypatch):
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "processor", lambda: "")
+    missing = tmp_path / "none"
+    assert cpu_model(missing) == platform.machine() and cpu_bf16(missing) is None and cpu_generation(missing) is None
+    assert cpu_description(missing) == platform.machine()
+
+
+def test_a_cpu_device_is_named_by_its_model_and_threads(cpuinfo, monkeypatch):
+    monkeypatch.setattr(machine, "CPUINFO", cpuinfo(XEON))
+    name = device_name(torch.device("cpu"))
+    assert name == (f"cpu (Intel(R) Xeon(R) Platinum 8488C (family 6 model 143), {platform.machine()}, amx_bf16, "
+                    f"{torch.get_num_threads()} threads)")
+    assert "Intel(R) Xeon(R) Platinum 8488C (family 6 model 143)" in machine.machine_description()
+
+
+def test_describing_the_machine_imports_no_torch():
+    probe = "import sys, glmc.machine as m; m.machine_description(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
