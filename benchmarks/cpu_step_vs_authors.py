@@ -43,8 +43,9 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from glmc.config import build_config
 from glmc.engine import step_rng, train_step
+from glmc.machine import machine_description
 from glmc.precision import resolve_precision
-from glmc.provenance import git_commit, machine_description
+from glmc.provenance import git_commit
 from glmc.trainer import build_run
 
 BATCH = 64

@@ -16,7 +16,8 @@ import time
 import torch
 
 from glmc.evaluation import evaluate_restored, restore_for_evaluation
-from glmc.provenance import git_commit, machine_description
+from glmc.machine import machine_description
+from glmc.provenance import git_commit
 
 KEYS = ("top1", "many", "medium", "few", "ece")
 
