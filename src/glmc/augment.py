@@ -4,7 +4,7 @@ CIFAR: random crop with zero padding, flip, normalise. One gather does crop and 
 whole batch, so no Python runs per image. Zero padding happens on the uint8 pixels, before
 normalisation, as `RandomCrop(32, padding=4)` does on a PIL image.
 
-Large images (METHOD.md section 5, MoCo v2): the loader's workers crop and flip; the
+Large images (MoCo v2, as the authors' ImageNet-LT runs): the loader's workers crop and flip; the
 device applies colour jitter, random grayscale and Gaussian blur to whole batches with
 kornia, then normalises.
 """

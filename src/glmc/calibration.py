@@ -307,8 +307,8 @@ PROJECTIONS = ("epoch", "step")
 
 @dataclass(frozen=True)
 class MaxNormParams:
-    """Alshammari et al.'s second stage, which the GLMC "+ MaxNorm" rows follow (METHOD.md
-    section 6). The GLMC authors never released their exact settings (their issue #15)."""
+    """Alshammari et al.'s second stage, which the GLMC "+ MaxNorm" rows follow (docs/calibration.md).
+    The GLMC authors never released their exact settings (their issue #15)."""
 
     epochs: int = 10
     lr: float = 0.01  # SGD, cosine over `epochs`, stepped per epoch
@@ -317,11 +317,11 @@ class MaxNormParams:
     threshold: float = 0.1  # t of the threshold min + t (max - min) of the row norms at the start
     cb_beta: float = 0.9999  # effective-number class weights (Cui et al. 2019)
     focal_gamma: float = 2.0
-    # "focal-softmax": METHOD.md's class-balanced focal-softmax, mean_i w_y (1 - p_y)^gamma (-log p_y).
+    # "focal-softmax": Alshammari et al.'s class-balanced focal-softmax, mean_i w_y (1 - p_y)^gamma (-log p_y).
     # "softmax-bce": what their released code computes (Cui et al.'s CB_loss, type "softmax"):
     # weighted binary cross-entropy of softmax(z) against onehot(y); it ignores gamma.
     loss: str = "focal-softmax"
-    # "epoch": project after every training epoch, as their code does (METHOD.md);
+    # "epoch": project after every training epoch, as their code does;
     # "step": after every SGD step (projected gradient descent taken literally).
     projection: str = "epoch"
     batch_size: int | None = None  # None: the run's train.batch_size (their 64 = GLMC's)

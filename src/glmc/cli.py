@@ -79,7 +79,7 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--long-tailed-subset", action="store_true",
                         help="image-file datasets: draw a long-tailed subset (--imbalance-factor, --split)")
     parser.add_argument("--validation", default=defaults.validation, choices=VALIDATIONS,
-                        help="none, or held-out: a validation set out of the training images (README: choosing honestly)")
+                        help="none, or held-out: a validation set out of the training images (docs/tuning.md)")
     parser.add_argument("--val-per-class", type=int, default=defaults.val_per_class,
                         help="held-out, in-memory sets: validation images per class (default: the dataset's)")
     parser.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
@@ -292,7 +292,7 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--method", required=True, help=f"the calibration and its parameters' defaults: {describe_calibrations()}")
     parser.add_argument("--output", help="new checkpoint (default: CKPT's name + -METHOD.pt); metrics go to the same name .json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: README)")
+                        help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: under --method)")
     parser.add_argument("--data-root", help="dataset folder (default: the one the run used)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")

@@ -101,7 +101,7 @@ class EvalConfig:
     # default, so a reported accuracy never depends on bf16 rounding of the logits; "bf16" or "auto" as for training.
     precision: str = "fp32"
     # The evaluations during training before the last one: "fp32", "bf16" or "auto". bf16 takes a CPU with bf16 about
-    # half the time and moved the committed standard checkpoints' top-1 by -0.05 (README, Speed), so it is opt-in;
+    # half the time and moved the committed standard checkpoints' top-1 by -0.05 (docs/speed.md), so it is opt-in;
     # the final epoch's evaluation, the headline, always runs in `precision`.
     interim_precision: str = "fp32"
     # Whether evaluations test the model on the test set. False (glmc tune's trials, which choose on the validation set)

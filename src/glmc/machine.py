@@ -7,8 +7,8 @@ and summary, `glmc bench`, the benchmarks) names the CPU model, its family and m
 bf16 instructions it has, not only the architecture. The family and model numbers matter because a
 virtual machine's "model name" can be just "AMD EPYC" for several generations of it.
 
-Nothing here imports torch, so tools that only look at the machine (the CPU campaign's supervisor,
-which sits beside the training for hours) stay light.
+Nothing here imports torch, so a tool that only looks at the machine (a supervisor that sits
+beside a long training run for hours, say) stays light.
 """
 
 from __future__ import annotations

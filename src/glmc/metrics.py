@@ -9,7 +9,7 @@ negative log-likelihood of the true class, mean over samples, in nats.
 Evaluation counts on the device and transfers once: `ConfusionCounter.update` adds each
 batch into a K x K confusion matrix and a top-5 count where the logits live, and
 `ConfusionCounter.finish` brings them to the host and calls `metrics_from_counts`.
-Shot groups come from the TRAINING class counts (METHOD.md section 1), with the bounds
+Shot groups come from the TRAINING class counts (docs/method.md), with the bounds
 defined once in `glmc.shots`.
 """
 

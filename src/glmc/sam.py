@@ -6,7 +6,7 @@ SAM minimises `max_{||e|| <= rho} L(w + e)`. Its first-order step: compute the g
 parameters), compute the gradient there, return to `w` and let the base optimiser step with
 that second gradient. On long-tailed data Rangwani et al. (NeurIPS 2022, "Escaping Saddle
 Points for Effective Generalization on Class-Imbalanced Data") report 1.5-2 points on top
-of GLMC (METHOD.md section 7).
+of GLMC.
 
 Both passes see the same batch and the same method randomness (lambda, CutMix box): the
 caller replays the step's numpy generator. Batch-norm running statistics are updated by

@@ -38,7 +38,7 @@ class GLMCOptions(MethodOptions):
     # authors' computation: BatchNorm then normalises over both batches together.
     joint_forward: bool = False
     # glmc tune: tau, gamma and the re-sampled stream's q around the authors' values (tau 1.0-1.2,
-    # gamma 1-10, q 0-0.2, METHOD.md section 5); beside the learning rate and weight decay every method has.
+    # gamma 1-10, q 0-0.2 in their published runs); beside the learning rate and weight decay every method has.
     search_space: ClassVar[dict[str, SearchRange]] = {
         "method.label_weighting": SearchRange(0.0, 2.0),
         "method.consistency_weight": SearchRange(0.1, 10.0, log=True),

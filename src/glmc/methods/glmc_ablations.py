@@ -2,7 +2,7 @@
 
 Each is the `GLMC` class with one switch turned off, so every other line is the same code
 and one seed gives the same lambda and CutMix box. The terms are those of the full loss
-(METHOD.md section 2):
+(docs/method.md):
 
     L = alpha * L_CE + (1 - alpha) * L_cb + gamma * L_sim,   alpha = 1 - (T / T_max)^2
 """

@@ -1,4 +1,4 @@
-"""The four GLMC heads on the pooled feature `h` (METHOD.md section 2)."""
+"""The four GLMC heads on the pooled feature `h` (docs/method.md)."""
 
 from __future__ import annotations
 

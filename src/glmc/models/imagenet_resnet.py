@@ -20,7 +20,7 @@ from glmc.models.output import GLMCOutput
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
-PROJECTION_DIM = 256  # e for ImageNet-LT and iNaturalist (METHOD.md section 2); CIFAR uses 128
+PROJECTION_DIM = 256  # e for ImageNet-LT and iNaturalist (the authors' code); CIFAR uses 128
 
 
 def conv1x1(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -163,6 +163,6 @@ def resnet50(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
 def resnext50_32x4d(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
     """ResNeXt-50 32x4d: ResNet-50 with 32 groups of width 4 in the first stage's 3x3, 23.0M backbone parameters.
 
-    GLMC's backbone for ImageNet-LT and iNaturalist 2018 (METHOD.md).
+    GLMC's backbone for ImageNet-LT and iNaturalist 2018.
     """
     return ImageNetResNet(partial(Bottleneck, groups=32, width_per_group=4), (3, 4, 6, 3), num_classes, classifier)
