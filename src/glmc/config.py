@@ -326,8 +326,8 @@ def validate(config: Config) -> None:
 
 
 def _require(ok: bool, message: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"{message}, got {value}")
+    if not ok:  # a string is quoted, so that a value with a line break stays one line
+        raise ConfigError(f"{message}, got {value!r}" if isinstance(value, str) else f"{message}, got {value}")
 
 
 def load_presets() -> dict[str, dict]:
