@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from glmc.config import build_config, config_keys, load_presets, parse_override
 from glmc.errors import ConfigError
 
-PRESET_ROWS = {  # METHOD.md section 5: (dataset, IF, q, tau, gamma)
+PRESET_ROWS = {  # the authors' published runs: (dataset, IF, q, tau, gamma)
     "cifar10-lt-if100": ("cifar10-lt", 100, 0.0, 1.2, 4.0),  # 1 in the authors' list of commands
     "cifar10-lt-if50": ("cifar10-lt", 50, 0.0, 1.2, 1.0),
     "cifar10-lt-if10": ("cifar10-lt", 10, 0.2, 1.0, 2.0),
@@ -34,8 +34,8 @@ def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
 
 def test_every_preset_builds_and_has_a_description():
     presets = load_presets()
-    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting; 5 large-image presets
-    assert len(presets) == 13 + 6 * 12 + 5 and "quickstart" in presets
+    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting, and one baseline at its own recipe; 5 large-image presets
+    assert len(presets) == 13 + 6 * 12 + 6 + 5 and "quickstart" in presets
     for name, preset in presets.items():
         build_config(name)
         assert preset["description"]
@@ -151,11 +151,12 @@ def test_presets_made_by_rule_are_the_hand_written_ones():
     from glmc.config import flatten
 
     before = json.loads((Path(__file__).parent / "data" / "presets-c561133.json").read_text())
-    for name, preset in before.items():  # since then: gamma 4 for CIFAR-10-LT IF100 (issue 25)
+    for name, preset in before.items():  # since then: gamma 4 for CIFAR-10-LT IF100 (the authors' posted command)
         if name.startswith("cifar10-lt-if100") and "consistency_weight" in preset["values"].get("method", {}):
             preset["values"]["method"]["consistency_weight"] = 4.0
     after = load_presets()
-    assert list(after) == list(before)
+    assert [name for name in after if name in before] == list(before)
+    assert all(name.endswith("-own-recipe") for name in after if name not in before)  # added since: the recipes
     for name, preset in before.items():
         assert after[name]["description"] == preset["description"], name
         assert flatten(after[name]["values"]) == flatten(preset["values"]), name
@@ -205,3 +206,41 @@ def test_a_config_stored_before_per_method_options_loads():
     assert stored_config(stored, {"method.name": "focal"}).method.focal_gamma == 1.0
     with pytest.raises(ConfigError):  # overrides stay strict
         stored_config(stored, {"method.focal_gamma": "2"})
+
+
+# ---------------------------------------------------------------- baselines at their own papers' recipes
+
+LDAM_DRW_RECIPE = {  # Cao et al. 2019, github.com/kaidic/LDAM-DRW cifar_train.py (presets.yaml names each line)
+    "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 2e-4, "optim.schedule": "warmup-step",
+    "optim.warmup_epochs": 5, "optim.decay_at": [0.8, 0.9], "optim.decay_factor": 0.01, "optim.schedule_lag": False,
+    "optim.sam_rho": 0.0, "train.epochs": 200, "train.batch_size": 128, "train.drop_last": False,
+    "method.name": "ldam-drw", "method.drw_start": 0.8, "method.cb_beta": 0.9999, "method.ldam_max_margin": 0.5,
+    "method.ldam_scale": 30.0, "model.classifier": "cosine", "model.backbone": "resnet32", "data.split": "standard",
+}
+
+
+@pytest.mark.parametrize("setting", PRESET_ROWS)
+def test_ldam_drw_own_recipe_presets_hold_cao_et_al_s_recipe(setting):
+    from glmc.config import flatten
+
+    config = flatten(build_config(f"{setting}-ldam-drw-own-recipe").to_dict())
+    assert {key: config[key] for key in LDAM_DRW_RECIPE} == LDAM_DRW_RECIPE
+    dataset, factor, *_ = PRESET_ROWS[setting]
+    assert (config["data.dataset"], config["data.imbalance_factor"]) == (dataset, factor)
+    # the same setting at GLMC's recipe keeps it: the recipe changes only the recipe
+    glmc_recipe = flatten(build_config(f"{setting}-ldam-drw").to_dict())
+    assert (glmc_recipe["optim.lr"], glmc_recipe["train.batch_size"], glmc_recipe["optim.schedule"]) == (0.01, 64, "cosine")
+    assert {k: v for k, v in config.items() if not k.startswith(("optim.", "train."))} == {
+        k: v for k, v in glmc_recipe.items() if not k.startswith(("optim.", "train."))}
+
+
+def test_a_list_value_comes_from_the_command_line_or_yaml_and_is_checked():
+    assert build_config(None, {"optim.decay_at": "0.5, 0.75"}).optim.decay_at == [0.5, 0.75]
+    assert build_config(None, {"optim.decay_at": [0.5]}).optim.decay_at == [0.5]
+    assert build_config(None, {"optim.decay_at": ""}).optim.decay_at == []
+    with pytest.raises(ConfigError, match="comma-separated list of finite numbers, got 'late'"):
+        build_config(None, {"optim.decay_at": "late"})
+    with pytest.raises(ConfigError, match="increasing fractions"):
+        build_config(None, {"optim.decay_at": "0.9,0.8"})
+    with pytest.raises(ConfigError, match="decay_factor must be in"):
+        build_config(None, {"optim.decay_factor": "0"})

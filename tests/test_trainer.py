@@ -146,6 +146,18 @@ def test_cosine_schedules():
     assert learning_rate(11, 100, warm) == pytest.approx(0.1 * 0.5 * (1 + math.cos(math.pi * 2 / 91)))
 
 
+def test_warmup_step_schedule_is_cao_et_al_s():
+    """LDAM-DRW's CIFAR schedule: 0.02 ... 0.1 over epochs 0-4, 0.1 to epoch 159, then x0.01 at 160 and again at 180."""
+    step = OptimConfig(lr=0.1, schedule="warmup-step", warmup_epochs=5, decay_at=[0.8, 0.9], decay_factor=0.01)
+    epochs = [0, 1, 4, 5, 159, 160, 179, 180, 199]
+    assert [learning_rate(e, 200, step) for e in epochs] == pytest.approx(
+        [0.02, 0.04, 0.1, 0.1, 0.1, 1e-3, 1e-3, 1e-5, 1e-5])
+    # the milestones are fractions of the run, so a shorter run decays at the same share of it
+    assert [learning_rate(e, 10, step) for e in (7, 8, 9)] == pytest.approx([0.1, 1e-3, 1e-5])
+    no_warmup = OptimConfig(lr=0.1, schedule="warmup-step", warmup_epochs=0, decay_at=[0.5], decay_factor=0.1)
+    assert [learning_rate(e, 10, no_warmup) for e in (0, 4, 5)] == pytest.approx([0.1, 0.1, 0.01])
+
+
 def glmc(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "glmc.cli", *args], capture_output=True, text=True, cwd=cwd)
 

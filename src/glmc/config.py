@@ -37,7 +37,7 @@ from glmc.precision import check_precision
 from glmc.registry import unknown_name_message
 from glmc.shots import SHOT_BOUNDS
 
-SCHEDULES = ("cosine", "warmup-cosine")
+SCHEDULES = ("cosine", "warmup-cosine", "warmup-step")
 NONFINITE_POLICIES = ("stop", "skip")
 # torch.compile's modes; "reduce-overhead" replays CUDA graphs, the lever for a launch-bound GPU step
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -58,8 +58,13 @@ class OptimConfig:
     weight_decay: float = 5e-3
     # "cosine": the authors' CIFAR schedule, CosineAnnealingLR(T_max=epochs) stepped per epoch.
     # "warmup-cosine": their ImageNet-LT/iNat schedule, linear warm-up then cosine.
+    # "warmup-step": Cao et al.'s LDAM-DRW CIFAR schedule, linear warm-up then step decay (decay_at, decay_factor).
     schedule: str = "cosine"
     warmup_epochs: int = 10
+    # warmup-step: the lr is multiplied by decay_factor at each of these fractions of train.epochs (rounded to an
+    # epoch, as method.drw_start is): Cao et al.'s 0.01 at epochs 160 and 180 of 200.
+    decay_at: list[float] = field(default_factory=lambda: [0.8, 0.9])
+    decay_factor: float = 0.01
     # The authors' ImageNet-LT/iNat code sets the lr after each epoch from the epoch just ended, so
     # epoch 0 trains at the full lr and epoch e at the schedule's value for e - 1. True follows it
     # (the -authors presets of those datasets); False trains epoch e at the value for e.
@@ -240,7 +245,13 @@ def coerce(key: str, raw: Any, hint: Any) -> Any:
         raise ConfigError(f"{key} expects {_type_name(hint, optional)}, got {raw!r}") from None
 
 
-def _coerce_plain(raw: Any, hint: type) -> Any:
+def _coerce_plain(raw: Any, hint: Any) -> Any:
+    if typing.get_origin(hint) is list:  # a YAML list, or "0.8,0.9" from the command line
+        items = raw.split(",") if isinstance(raw, str) else raw
+        if not isinstance(items, (list, tuple)):
+            raise ValueError
+        (item_type,) = typing.get_args(hint)
+        return [_coerce_plain(item.strip() if isinstance(item, str) else item, item_type) for item in items if item != ""]
     if hint is bool:
         if isinstance(raw, bool):
             return raw
@@ -265,7 +276,9 @@ def _coerce_plain(raw: Any, hint: type) -> Any:
     raise TypeError(hint)
 
 
-def _type_name(hint: type, optional: bool) -> str:
+def _type_name(hint: Any, optional: bool) -> str:
+    if typing.get_origin(hint) is list:
+        return f"a comma-separated list of {_type_name(typing.get_args(hint)[0], False).removeprefix('a ')}s"
     name = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}[hint]
     return f"{name} or none" if optional else name
 
@@ -310,6 +323,10 @@ def validate(config: Config) -> None:
     _require(config.optim.momentum >= 0, "optim.momentum must be >= 0", config.optim.momentum)
     _require(config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0", config.optim.weight_decay)
     _require(config.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0", config.optim.warmup_epochs)
+    decay_at = config.optim.decay_at
+    _require(all(0 < at <= 1 for at in decay_at) and decay_at == sorted(decay_at),
+             "optim.decay_at must be increasing fractions of train.epochs in (0, 1]", decay_at)
+    _require(0 < config.optim.decay_factor <= 1, "optim.decay_factor must be in (0, 1]", config.optim.decay_factor)
     _require(0 <= config.optim.sam_rho < math.inf, "optim.sam_rho must be finite and >= 0", config.optim.sam_rho)
     _require(config.train.epochs > 0, "train.epochs must be > 0", config.train.epochs)
     _require(config.train.batch_size > 0, "train.batch_size must be > 0", config.train.batch_size)
@@ -340,10 +357,12 @@ def load_presets() -> dict[str, dict]:
 
 
 def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
-    """The presets of a grid: each setting, each setting with `authors`, each setting with each method.
+    """The presets of a grid: each setting, each setting with `authors`, each setting with each method, and each
+    setting with each recipe.
 
     A setting has a `title`, the `published` figures of the authors' run and `values` (GLMC's);
-    a method has a `title` and optionally `values` of its own. Method options of the setting go
+    a method has a `title` and optionally `values` of its own; a recipe names its `method` and holds the `values`
+    of that method's own paper, which go on top of the method's. Method options of the setting go
     only to methods that have them (see `build_config`), so a preset can never lack its
     setting's tau or gamma where its method reads them.
     """
@@ -357,6 +376,10 @@ def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
             own = set(option_names(method)) | {"name"}
             values["method"] = {key: value for key, value in values["method"].items() if key in own}
             presets[f"{name}-{method}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
+    for recipe, entry in grid.get("recipes", {}).items():
+        for name, setting in settings.items():
+            values = deep_merge(presets[f"{name}-{entry['method']}"]["values"], entry["values"])
+            presets[f"{name}-{recipe}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
     return presets
 
 

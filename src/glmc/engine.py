@@ -42,6 +42,8 @@ def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
     cosine: `lr/2 (1 + cos(pi e / E))`, CosineAnnealingLR stepped per epoch.
     warmup-cosine: the authors' ImageNet schedule, `lr (e+1) / W` for e <= W, then
     `lr/2 (1 + cos(pi (e - W + 1) / (E - W + 1)))`.
+    warmup-step: Cao et al.'s CIFAR schedule, `lr (e+1) / W` for e < W (ending at lr), then lr times
+    `decay_factor` once for every `decay_at` fraction f with e >= round(f E).
     With `optim.schedule_lag` epoch 0 trains at `lr` and epoch e at the value above for e - 1,
     as the authors' ImageNet-LT/iNat code does (it sets the lr after each epoch).
     """
@@ -52,6 +54,11 @@ def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
     if optim.schedule == "cosine":
         return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     warmup = optim.warmup_epochs
+    if optim.schedule == "warmup-step":
+        if epoch < warmup:
+            return optim.lr * (epoch + 1) / warmup
+        decays = sum(epoch >= round(at * epochs) for at in optim.decay_at)
+        return optim.lr * optim.decay_factor**decays
     if epoch <= warmup and warmup > 0:
         return optim.lr * (epoch + 1) / warmup
     return optim.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup + 1) / (epochs - warmup + 1)))
