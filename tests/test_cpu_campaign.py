@@ -1,4 +1,4 @@
-"""scripts/cpu_campaign.py: the CPU campaign rebuilt from its fallback commit, and its pieces started and paused."""
+"""tools/cpu_campaign.py: the CPU campaign rebuilt from its fallback commit, and its pieces started and paused."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def campaign_script():
-    spec = importlib.util.spec_from_file_location("cpu_campaign", ROOT / "scripts" / "cpu_campaign.py")
+    spec = importlib.util.spec_from_file_location("cpu_campaign", ROOT / "tools" / "cpu_campaign.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules["cpu_campaign"] = module  # its dataclass looks its module up there
     spec.loader.exec_module(module)
@@ -173,7 +173,7 @@ def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_p
 def test_start_refuses_a_missing_or_finished_run_with_the_command_that_fixes_it(campaign_script, tmp_path, tiny_run,
                                                                                 capsys):
     assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2
-    assert "run `python scripts/cpu_campaign.py restore` first" in capsys.readouterr().err
+    assert "run `python tools/cpu_campaign.py restore` first" in capsys.readouterr().err
     campaign = campaign_script.Campaign(tmp_path)
     campaign.run.parent.mkdir(parents=True)
     campaign.run.symlink_to(tiny_run)

@@ -24,7 +24,7 @@ from glmc.reproduce import load_tables
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = sorted([ROOT / "README.md", ROOT / "CONTRIBUTING.md", *(ROOT / "docs").rglob("*.md"),
-                    ROOT / "scripts" / "README.md", ROOT / "benchmarks" / "README.md"])
+                    ROOT / "tools" / "README.md", ROOT / "benchmarks" / "README.md"])
 FENCE = re.compile(r"^(\s*)(```+|~~~+)\s*([\w+-]*)")
 NOT_SHELL = {"text", "python", "yaml", "json", "toml", "markdown", "md", "html", "console-output"}
 INLINE_CODE = re.compile(r"(?<!`)`(glmc [^`]+)`(?!`)")

@@ -1,4 +1,4 @@
-"""scripts/finish_run.py: a run folder made into a committed result, finished or to be continued."""
+"""tools/finish_run.py: a run folder made into a committed result, finished or to be continued."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from glmc.weights import evaluation_path
 from glmc.rundir import RECORD_FILES
 from glmc.trainer import train
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finish_run.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "finish_run.py"
 
 
 def finish_run(*args: str) -> subprocess.CompletedProcess:

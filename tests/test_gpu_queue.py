@@ -1,4 +1,4 @@
-"""scripts/gpu_queue.py: what travels to the GPU machine: the CIFAR-10 it carries (cut to what the CIFAR-10-LT presets
+"""tools/gpu_queue.py: what travels to the GPU machine: the CIFAR-10 it carries (cut to what the CIFAR-10-LT presets
 train on), a carried folder cleared of leftovers, a checkout without its committed weights when they would not fit, and
 the partial runs a loan brings back to continue; the queue fitted to a loan (benches first, the compiled step only
 where a run does not fit, the authors' row skipped when the CPU campaign finished it)."""
@@ -33,7 +33,7 @@ SHARED_MATERIALIZE = SHARED_NPZ / "materialize.py"
 
 @pytest.fixture(scope="module")
 def gpu_queue():
-    spec = importlib.util.spec_from_file_location("gpu_queue", ROOT / "scripts" / "gpu_queue.py")
+    spec = importlib.util.spec_from_file_location("gpu_queue", ROOT / "tools" / "gpu_queue.py")
     module = importlib.util.module_from_spec(spec)
     path = list(sys.path)
     sys.modules["gpu_queue"] = module  # its dataclasses look their module up there

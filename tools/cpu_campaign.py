@@ -1,13 +1,13 @@
-"""The CPU campaign (issue 25): the authors' IF100 run, advanced a piece at a time on the dev VM.
+"""The CPU campaign: the authors' IF100 run, advanced a piece at a time on a machine that may forget its files.
 
-    python scripts/cpu_campaign.py restore   # what the run needs, rebuilt where the VM came back without it
-    python scripts/cpu_campaign.py start     # the next piece, in the background (its own session)
-    python scripts/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
-    python scripts/cpu_campaign.py status    # running or not, how far, the last evaluation
+    python tools/cpu_campaign.py restore   # what the run needs, rebuilt where the machine came back without it
+    python tools/cpu_campaign.py start     # the next piece, in the background (its own session)
+    python tools/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
+    python tools/cpu_campaign.py status    # running or not, how far, the last evaluation
 
 The live run folder (runs/cifar10-lt-if100-authors-cpu), the worktree of the commit the run was
 started from (scratch/campaign-<commit>) and the data (data/cifar10) are all git-ignored, so a
-dev VM that comes back without its ignored folders has none of them. `restore` rebuilds each one
+machine that comes back without its ignored folders has none of them. `restore` rebuilds each one
 that is missing and touches none that is there: the run folder from the last fallback commit that
 the committed RUN.md names (records and checkpoint from the same commit, the checkpoint's SHA-256
 checked before the folder is put in place), the worktree at the commit the run's own
@@ -194,12 +194,12 @@ def running_pid(campaign: Campaign) -> int | None:
 
 def start(campaign: Campaign) -> int:
     if not (campaign.run / CHECKPOINT).is_file():
-        raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python scripts/cpu_campaign.py restore` first")
+        raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python tools/cpu_campaign.py restore` first")
     if (campaign.run / "summary.json").is_file():
         raise CampaignError(f"{campaign.run} has finished (summary.json): nothing to resume")
     worktree = campaign.worktree(run_commit(campaign))
     if not (worktree / "src" / "glmc").is_dir():
-        raise CampaignError(f"{worktree} is missing: run `python scripts/cpu_campaign.py restore` first")
+        raise CampaignError(f"{worktree} is missing: run `python tools/cpu_campaign.py restore` first")
     with campaign.lock_file.open("a+") as lock, (campaign.root / "runs" / "campaign.log.out").open("ab") as out:
         try:  # taken here and handed to the piece, which holds it until it exits: two starts cannot both pass
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -1,7 +1,7 @@
 """Turn a finished run folder into a committed result: its records, compact weights and report.
 
-    python scripts/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
-    python scripts/finish_run.py RUN_DIR DEST --unfinished
+    python tools/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
+    python tools/finish_run.py RUN_DIR DEST --unfinished
 
 DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jsonl from RUN_DIR; the final weights
 as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with

@@ -1,23 +1,23 @@
-"""The GPU campaign (README, Results): a whole GPU session's work from a bare machine, resumable across sessions.
+"""The GPU campaign (tools/README.md): a whole GPU session's work from a bare machine, resumable across sessions.
 
 Here, on the development machine, before asking for the GPU:
 
-    python scripts/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz, cut to the images CIFAR-10-LT presets use),
+    python tools/gpu_queue.py prepare     # gpu/: CIFAR-10 (the npz, cut to the images CIFAR-10-LT presets use),
                                             #   the wheels the GPU image lacks, the commit
 
 On the GPU machine (the device tool's run; each call's carry as `prepare` printed it):
 
-    python3 scripts/gpu_queue.py loan       # the three below in one call (timeout_s 600): start, the queue's
+    python3 tools/gpu_queue.py loan       # the three below in one call (timeout_s 600): start, the queue's
                                             #   LOAN_CALL_QUEUE_MINUTES, status, pack
-    python3 scripts/gpu_queue.py start      # materialise CIFAR-10, start the queue in the background (setsid)
-    python3 scripts/gpu_queue.py status     # which item runs, its last lines, what is finished
-    python3 scripts/gpu_queue.py pack [K]   # stop the queue (its runs save); results and partial runs as parts
+    python3 tools/gpu_queue.py start      # materialise CIFAR-10, start the queue in the background (setsid)
+    python3 tools/gpu_queue.py status     # which item runs, its last lines, what is finished
+    python3 tools/gpu_queue.py pack [K]   # stop the queue (its runs save); results and partial runs as parts
                                             #   of 15 MiB under $OUT, PARTS_PER_CALL a call; `pack 2`... the rest
 
 Back here, with the files the calls returned:
 
-    python scripts/gpu_queue.py unpack FILES_AT...  # -> results/; commit them (the next session skips them)
-    python scripts/gpu_queue.py restore             # the session brought nothing back: put parked weights back
+    python tools/gpu_queue.py unpack FILES_AT...  # -> results/; commit them (the next session skips them)
+    python tools/gpu_queue.py restore             # the session brought nothing back: put parked weights back
 
 On the GPU machine everything the queue makes stays under the git-ignored gpu/ (results in gpu/results/, FRESH,
 which `pack` brings back as results/gpu-campaign/): the device keeps ignored paths between calls, while the
@@ -34,7 +34,7 @@ would not fit in a loan (the rows of several runs then use `glmc reproduce --job
 SHARING_GAIN faster together), then the rest of the campaign in order, the authors' wide ResNet-32
 on the standard split among them. Every item is skipped when its results are already committed under
 results/, so each session advances it. Training goes through `glmc reproduce` (tables in
-src/glmc/tables.yaml and scripts/gpu_tables.yaml), so an item interrupted within a session resumes from
+src/glmc/tables.yaml and tools/gpu_tables.yaml), so an item interrupted within a session resumes from
 its checkpoint when `start` is called again. What comes back of a finished run is compact: summaries,
 metrics, configs, tables, logs and fp16 safetensors weights with their fp32 evaluation
 (`weights-eval.json`), never optimiser state.
@@ -148,7 +148,7 @@ def reproduce(table: str, *rows: str, seeds: int = 1, tables: str | None = None,
     together (`jobs_for`)."""
     extra = SMOKE_RUN
     only = [arg for row in rows for arg in ("--only", row)]
-    source = ["--tables", str(ROOT / "scripts" / tables)] if tables else []
+    source = ["--tables", str(ROOT / "tools" / tables)] if tables else []
     mode = fastest_compile(compile_if_faster) if compile_if_faster else None
     compiled = ["--compile", "--compile-mode", mode] if mode else []
     jobs = ["--jobs", str(jobs_for(share_if_faster))] if share_if_faster else []
@@ -297,7 +297,7 @@ def queue() -> list[Item]:
         Item("3 authors IF100 + MaxNorm",
              lambda: [reproduce("glmc-cifar10-lt-authors", "IF100", "IF100 + MaxNorm", compile_if_faster=authors)],
              [mark("glmc-cifar10-lt-authors", authors)],
-             elsewhere=["cifar10-lt/cifar10-lt-if100-authors-cpu/summary.json"]),  # the CPU campaign (issue 25)
+             elsewhere=["cifar10-lt/cifar10-lt-if100-authors-cpu/summary.json"]),  # the CPU campaign (tools/cpu_campaign.py)
         Item("4 shared benches, if two runs do not fit in a loan",
              lambda: [*shared_bench_if_needed(authors), *shared_bench_if_needed("cifar10-lt-if100")]),
         Item("5 standard IF100: GLMC, CE, Balanced Softmax",
@@ -381,7 +381,7 @@ def prepare() -> int:
     for number, carry in enumerate(calls, 1):
         command = "loan" if number == len(calls) else "start"
         print(f"  call {number}: carry {json.dumps(carry)}, timeout_s 600, "
-              f"command: python3 scripts/gpu_queue.py {command}")
+              f"command: python3 tools/gpu_queue.py {command}")
     print("  then, where `pack` says the rest comes back with `pack 2`...: one call each, carrying nothing")
     return 0
 

@@ -1,7 +1,7 @@
 """Test metrics of a GLMC checkpoint through each of its two classifiers: fc (trained with L_CE on the
 mixed batches, weight alpha) and fc_cb (the re-balanced one glmc predicts with, weight 1 - alpha).
 
-    python scripts/compare_heads.py RUN_DIR/checkpoint_last.pt [--data-root DIR] [--device cpu] [--on train]
+    python tools/compare_heads.py RUN_DIR/checkpoint_last.pt [--data-root DIR] [--device cpu] [--on train]
 
 A diagnostic for short schedules: alpha = 1 - (T / T_max)^2 gives fc_cb little weight until late in
 training, so a run that is short, or stopped early, may predict better with fc.
