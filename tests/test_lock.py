@@ -20,7 +20,7 @@ from glmc import lock
 from glmc.cli import main
 from glmc.errors import GlmcError
 from glmc.lock import LOCK_FILE, FolderInUse, LostLease, Holder, take
-from glmc.rundir import RunFolder, writing_into
+from glmc.rundir import Resume, RunFolder, writing_into
 
 QUICK = ["--preset", "quickstart", "--device", "cpu", "--quiet"]
 
@@ -278,7 +278,19 @@ def test_a_torchrun_restart_takes_over_from_its_own_dead_rank_0(tmp_path):
     assert json.loads((run / "summary.json").read_text())["steps"] == 78 and not (run / LOCK_FILE).exists()
 
 
+def test_what_to_do_with_a_run_already_there_is_one_of_three_modes(tmp_path):
+    folder = RunFolder(tmp_path)
+    assert folder.resumes(Resume.NEVER, False, None) is False  # an empty folder: a new run
+    (tmp_path / "config.yaml").write_text("{}\n")
+    assert folder.resumes(Resume.ALWAYS, False, None) is True
+    with pytest.raises(GlmcError, match="already holds a run"):
+        folder.resumes(Resume.NEVER, False, None)
+    assert folder.resumes(Resume.NEVER, True, None) is False  # --overwrite
+    with pytest.raises(TypeError, match="Resume"):  # a bool of the old signature would otherwise start over
+        folder.resumes(True, False, None)
+
+
 def test_config_and_folder_errors_still_come_before_the_lease(tmp_path):
     with pytest.raises(GlmcError, match="nothing to resume"):
-        RunFolder(tmp_path / "empty").prepare(True, False, None)
+        RunFolder(tmp_path / "empty").prepare(Resume.ALWAYS, False, None)
     assert not (tmp_path / "empty").exists()

@@ -22,7 +22,7 @@ from glmc.engine import NonFiniteLoss
 from glmc.errors import GlmcError
 from glmc.methods import METHODS
 from glmc.methods.ce import CrossEntropy
-from glmc.rundir import RunFolder
+from glmc.rundir import Resume, RunFolder
 from glmc.trainer import train
 
 from conftest import write_small_cifar10
@@ -213,7 +213,7 @@ def test_resuming_removes_the_temporary_files_of_a_save_that_was_killed(tmp_path
     for name in leftovers + others:
         (run / name).write_bytes(b"x" * 1_000_000)
     folder = RunFolder(run)
-    assert folder.prepare(True, False, None) is True
+    assert folder.prepare(Resume.ALWAYS, False, None) is True
     folder.release()
     assert sorted(p.name for p in run.iterdir()) == sorted(["checkpoint_last.pt", "checkpoint_last.pt.sha256", *others])
     assert f"removed 4 temporary file(s) (4.0 MB) that an interrupted save left in {run}" in capsys.readouterr().err
@@ -252,7 +252,7 @@ def test_a_non_finite_loss_stops_naming_the_step_and_keeps_the_last_good_checkpo
     before = (tmp_path / "checkpoint_last.pt").read_bytes()
     # the resumed session's fourth step is the run's sixth
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss at step 6 \(loss=nan, ce=nan\)"):
-        train(nan_config(), tmp_path, resume=True, quiet=True)
+        train(nan_config(), tmp_path, resume=Resume.ALWAYS, quiet=True)
     assert (tmp_path / "checkpoint_last.pt").read_bytes() == before
     first, second = RunFolder(tmp_path).read_sessions()
     assert first["outcome"] == "finished" and second["from"] == first["reached"] == {"epoch": 0, "step": 2, "global_step": 2}

@@ -10,6 +10,7 @@ import pytest
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.errors import GlmcError
+from glmc.rundir import Resume
 from glmc.tensorboard import TensorBoardLog, record_scalars
 from glmc.trainer import train
 
@@ -46,7 +47,7 @@ def scalar_events(folder) -> dict[str, list[tuple[int, float]]]:
 def test_training_logs_the_metrics_records_and_a_resume_continues_them(tmp_path, capsys):
     pytest.importorskip("tensorboard")
     train(build_config(None, {**SMOKE, "train.max_steps": "3"}), tmp_path, tensorboard=True)
-    train(build_config(None, {**SMOKE, "train.max_steps": "6"}), tmp_path, resume=True, tensorboard=True)
+    train(build_config(None, {**SMOKE, "train.max_steps": "6"}), tmp_path, resume=Resume.ALWAYS, tensorboard=True)
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     events = scalar_events(tmp_path / "tensorboard")
     assert set(events) == set(record_scalars(records[0]))

@@ -17,7 +17,7 @@ from glmc.config import OptimConfig, build_config
 from glmc.engine import learning_rate
 from glmc.errors import GlmcError
 from glmc.machine import cpu_model
-from glmc.rundir import RunFolder
+from glmc.rundir import Resume, RunFolder
 from glmc.trainer import train
 
 TINY = {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "optim.lr": "0.05",
@@ -122,9 +122,9 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
 
 def test_overwrite_starts_the_sessions_afresh(tmp_path):
     train(tiny_config(train__max_steps=2), tmp_path, quiet=True)
-    train(tiny_config(train__max_steps=3), tmp_path, resume=True, quiet=True)
+    train(tiny_config(train__max_steps=3), tmp_path, resume=Resume.ALWAYS, quiet=True)
     assert len(RunFolder(tmp_path).read_sessions()) == 2
-    train(tiny_config(train__max_steps=3), tmp_path, resume=True, quiet=True)  # finished: nothing to do, nothing recorded
+    train(tiny_config(train__max_steps=3), tmp_path, resume=Resume.ALWAYS, quiet=True)  # finished: nothing to do, nothing recorded
     assert len(RunFolder(tmp_path).read_sessions()) == 2
     train(tiny_config(train__max_steps=4), tmp_path, overwrite=True, quiet=True)
     (only,) = RunFolder(tmp_path).read_sessions()

@@ -188,7 +188,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 def run_train(args: argparse.Namespace) -> int:
     from glmc.config import build_config, load_config_file
-    from glmc.rundir import RunFolder
+    from glmc.rundir import Resume, RunFolder
     from glmc.trainer import train
 
     overrides = train_overrides(args)
@@ -208,7 +208,7 @@ def run_train(args: argparse.Namespace) -> int:
             raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
         output = Path(args.output or f"runs/{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")
     # --resume-if-exists: a restarted torchrun job continues its run (decided once the folder's lease is held)
-    resume = True if args.resume else None if args.resume_if_exists else False
+    resume = Resume.ALWAYS if args.resume else Resume.IF_SAME_RUN if args.resume_if_exists else Resume.NEVER
     train(config, output, resume=resume, overwrite=args.overwrite, quiet=args.quiet, tensorboard=args.tensorboard,
           command=shlex.join(["glmc", *args.argv]))
     if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks for the run

@@ -36,7 +36,7 @@ from glmc.config import Config, build_config, parse_override
 from glmc.errors import ConfigError, GlmcError
 from glmc.export import export_weights
 from glmc.files import write_text_atomically
-from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, RunFolder, load_run, writing_into
+from glmc.rundir import BEST_LABEL, LAST_CHECKPOINT, SUMMARY_FILE, Resume, RunFolder, load_run, writing_into
 from glmc.trainer import train
 from glmc.weights import compact_path
 
@@ -247,7 +247,7 @@ BUSY_POLL_SECONDS = 10.0  # how often a command that has nothing left to do look
 
 def train_run(folder: Path, config: Config, quiet: bool) -> None:
     """Train, or continue, the run in `folder` in this process (`FolderInUse` if a live process writes it)."""
-    train(config, folder, resume=None, quiet=quiet)
+    train(config, folder, resume=Resume.IF_SAME_RUN, quiet=quiet)
 
 
 def train_command(folder: Path, row: Row, seed: int, plan: Plan) -> list[str]:

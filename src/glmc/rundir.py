@@ -18,6 +18,7 @@ are glmc.checkpoint's; this module only names their files.
 from __future__ import annotations
 
 import contextlib
+import enum
 import json
 import os
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device
                 "train.compile_mode")
 
 
+class Resume(enum.Enum):
+    """What `glmc train` does with a run its output folder already holds."""
+
+    NEVER = "never"  # start a run: a folder holding one is refused, unless it is to be overwritten
+    ALWAYS = "always"  # continue the run the folder holds (--resume): a folder without one is refused
+    IF_SAME_RUN = "if-same-run"  # continue it if it is this very run, else start one (--resume-if-exists)
+
+
 class RunFolder:
     """A run folder being written: by `glmc train`, from its first checks to its summary."""
 
@@ -72,7 +81,7 @@ class RunFolder:
     def holds_run(self) -> bool:
         return (self.path / CONFIG_FILE).exists() or self.has_checkpoint()
 
-    def check_writable(self, resume: bool | None, overwrite: bool, config: Config) -> bool:
+    def check_writable(self, resume: Resume, overwrite: bool, config: Config) -> bool:
         """What `prepare` would refuse, refused now without writing anything (a live writer, a run that is
         not to be replaced or resumed); returns whether the run is to be resumed."""
         refusal = lock.in_use(self.path)
@@ -80,22 +89,23 @@ class RunFolder:
             raise refusal
         return self.resumes(resume, overwrite, config)
 
-    def resumes(self, resume: bool | None, overwrite: bool, config: Config) -> bool:
-        """Whether training continues the run the folder holds: `resume` True (it must hold one), False (it
-        must not, unless `overwrite`), or None (if it holds this very run; another run is refused)."""
-        if resume is None:
+    def resumes(self, resume: Resume, overwrite: bool, config: Config) -> bool:
+        """Whether training continues the run the folder holds (see `Resume`); refuses what `resume` rules out."""
+        if not isinstance(resume, Resume):  # True or None from a caller of the old signature must not start over
+            raise TypeError(f"resume must be a glmc.rundir.Resume, got {resume!r}")
+        if resume is Resume.IF_SAME_RUN:
             return self.holds_this_run(config)
         holds_run = self.holds_run()
-        if resume and not holds_run:
+        if resume is Resume.ALWAYS and not holds_run:
             raise GlmcError(f"nothing to resume in {self.path}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
-        if holds_run and not (resume or overwrite):
+        if holds_run and resume is Resume.NEVER and not overwrite:
             raise GlmcError(f"{self.path} already holds a run; pass --resume to continue it or --overwrite to replace it")
-        return resume
+        return resume is Resume.ALWAYS
 
-    def prepare(self, resume: bool | None, overwrite: bool, config: Config, command: str = "") -> bool:
+    def prepare(self, resume: Resume, overwrite: bool, config: Config, command: str = "") -> bool:
         """Create the folder and take its lease, refusing to replace a run unless asked; `overwrite` clears the
         old run's files. Returns whether the run is resumed (`resumes`, decided under the lease)."""
-        if resume:
+        if resume is Resume.ALWAYS:
             self.resumes(resume, overwrite, config)  # nothing to resume: refused before the folder is made
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -105,16 +115,16 @@ class RunFolder:
             raise GlmcError(f"output folder {self.path} is not writable")
         self.lease = lock.take(self.path, command)
         try:
-            resume = self.resumes(resume, overwrite, config)
+            resumes = self.resumes(resume, overwrite, config)
         except BaseException:
             self.release()
             raise
         self.remove_leftovers()
-        if overwrite and not resume:
+        if overwrite and not resumes:
             for name in (METRICS_FILE, SUMMARY_FILE, SESSIONS_FILE, LAST_CHECKPOINT, BEST_CHECKPOINT):
                 for path in saved_files(self.path / name):
                     path.unlink(missing_ok=True)
-        return resume
+        return resumes
 
     def remove_leftovers(self) -> None:
         """Delete the temporary files of a writer that was killed mid-save (SIGKILL, a power cut): a checkpoint's

@@ -48,7 +48,7 @@ from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
 from glmc.provenance import device_name, git_commit
-from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, TENSORBOARD_DIR, RunFolder
+from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, TENSORBOARD_DIR, Resume, RunFolder
 from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TensorBoardLog, summary_writer_class
 
@@ -91,13 +91,13 @@ class Run:
     on_evaluation: Callable[[dict], None] | None = None
 
 
-def train(config: Config, output: str | os.PathLike, resume: bool | None = False, overwrite: bool = False,
+def train(config: Config, output: str | os.PathLike, resume: Resume = Resume.NEVER, overwrite: bool = False,
           quiet: bool = False, tensorboard: bool = False, command: str | None = None,
           on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """Train, evaluate and write the run folder; returns the summary.
 
-    `resume`: True continues the run `output` holds, False starts one there (refused if it holds a run,
-    unless `overwrite`), None continues it if it is this very run and starts it otherwise. Decided once
+    `resume`: ALWAYS continues the run `output` holds, NEVER starts one there (refused if it holds a run,
+    unless `overwrite`), IF_SAME_RUN continues it if it is this very run and starts it otherwise. Decided once
     this process holds the folder's lease: a folder another live process writes is refused (`FolderInUse`).
     `tensorboard`: also log every metrics.jsonl record's scalars under `output/tensorboard/`.
     `command`: the command line that started this session, for the run's sessions.jsonl and lock.json.
@@ -112,7 +112,7 @@ def train(config: Config, output: str | os.PathLike, resume: bool | None = False
         distributed.stop()
 
 
-def train_process(config: Config, output: Path, shard: Shard, device: str, resume: bool | None, overwrite: bool,
+def train_process(config: Config, output: Path, shard: Shard, device: str, resume: Resume, overwrite: bool,
                   quiet: bool, tensorboard: bool, command: str | None = None,
                   on_evaluation: Callable[[dict], None] | None = None) -> dict:
     """`train` in one process: the only one, or one rank of a torchrun job (only rank 0 writes, holding the lease)."""
@@ -124,12 +124,13 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
     run = build_run(config, shard=shard, device=device)
     run.on_evaluation = on_evaluation
     try:
-        if shard.is_main:
-            resume = folder.prepare(resume, overwrite, config, command or "")  # only once every input has been checked
+        # rank 0 decides under the lease, once every input has been checked; the others after it, as it has not
+        # written since
+        resumes = folder.prepare(resume, overwrite, config, command or "") if shard.is_main else None
         distributed.barrier()
-        if resume is None:  # rank 0 has decided, under the lease, and has not written since
-            resume = folder.holds_this_run(config)
-        return train_folder(run, folder, resume, quiet, tensorboard, command)
+        if resumes is None:
+            resumes = resume is Resume.ALWAYS or (resume is Resume.IF_SAME_RUN and folder.holds_this_run(config))
+        return train_folder(run, folder, resumes, quiet, tensorboard, command)
     finally:
         folder.release()
 

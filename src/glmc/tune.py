@@ -43,7 +43,7 @@ from glmc import lock
 from glmc.config import Config, build_config, deep_merge, flatten, split_key
 from glmc.errors import ConfigError, GlmcError, RunInterrupted
 from glmc.methods.base import SearchRange, option_types, search_space
-from glmc.rundir import MACHINE_KEYS
+from glmc.rundir import MACHINE_KEYS, Resume
 from glmc.trainer import train
 
 STUDY_NAME = "glmc-tune"
@@ -249,7 +249,7 @@ def run_trial(study: optuna.Study, preset: str, overrides: Mapping[str, Any], sp
             raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (validation balanced accuracy {score:.2f})")
 
     try:
-        summary = train(config, folder, resume=None, quiet=True, on_evaluation=report)
+        summary = train(config, folder, resume=Resume.IF_SAME_RUN, quiet=True, on_evaluation=report)
     except optuna.TrialPruned as pruned:
         study.tell(trial, state=TrialState.PRUNED)
         log(f"trial {trial.number} {pruned}; {len(finished_trials(study))} of {trials} finished")
