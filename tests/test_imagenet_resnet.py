@@ -80,7 +80,7 @@ def test_cosine_classifier_reaches_fc_cb(name: str) -> None:
 
 
 def test_stem_is_7x7_stride_2_conv_then_stride_2_max_pool() -> None:
-    stem = create_model("resnet10", NUM_CLASSES).stem
+    stem = create_model("resnet10", NUM_CLASSES).encoder.stem
     conv, pool = stem[0], stem[-1]
     assert (conv.kernel_size, conv.stride, conv.out_channels, conv.bias) == ((7, 7), (2, 2), 64, None)
     assert isinstance(pool, nn.MaxPool2d) and (pool.kernel_size, pool.stride) == (3, 2)
@@ -89,7 +89,7 @@ def test_stem_is_7x7_stride_2_conv_then_stride_2_max_pool() -> None:
 @pytest.mark.parametrize("name", ["resnet50", "resnext50-32x4d"])
 def test_bottleneck_strides_on_its_3x3_conv(name: str) -> None:
     model = create_model(name, NUM_CLASSES)
-    for stage, stride in zip(model.stages, (1, 2, 2, 2)):
+    for stage, stride in zip(model.encoder.stages, (1, 2, 2, 2)):
         first = stage[0]
         assert isinstance(first, Bottleneck)
         assert (first.conv1.stride, first.conv2.stride, first.conv3.stride) == ((1, 1), (stride, stride), (1, 1))
@@ -100,7 +100,7 @@ def test_bottleneck_strides_on_its_3x3_conv(name: str) -> None:
 
 def test_resnext_3x3_has_32_groups_twice_the_resnet_width() -> None:
     resnet, resnext = create_model("resnet50", NUM_CLASSES), create_model("resnext50-32x4d", NUM_CLASSES)
-    for plain, grouped in zip(resnet.stages, resnext.stages):
+    for plain, grouped in zip(resnet.encoder.stages, resnext.encoder.stages):
         assert grouped[0].conv2.groups == 32
         assert grouped[0].conv2.out_channels == 2 * plain[0].conv2.out_channels
         assert grouped[-1].out_planes == plain[-1].out_planes
@@ -108,8 +108,8 @@ def test_resnext_3x3_has_32_groups_twice_the_resnet_width() -> None:
 
 def test_basic_blocks_keep_identity_shortcuts_where_the_shape_is_kept() -> None:
     model = create_model("resnet18", NUM_CLASSES)
-    assert isinstance(model.stages[0][0].shortcut, nn.Identity)  # 64 -> 64, stride 1
-    for stage in model.stages[1:]:
+    assert isinstance(model.encoder.stages[0][0].shortcut, nn.Identity)  # 64 -> 64, stride 1
+    for stage in model.encoder.stages[1:]:
         assert isinstance(stage[0].shortcut, nn.Sequential)
         assert isinstance(stage[1].shortcut, nn.Identity)
 
@@ -117,7 +117,7 @@ def test_basic_blocks_keep_identity_shortcuts_where_the_shape_is_kept() -> None:
 def test_convolutions_use_kaiming_normal_fan_out_and_batch_norm_starts_as_identity() -> None:
     torch.manual_seed(0)
     model = create_model("resnet18", NUM_CLASSES)
-    conv = model.stages[3][-1].conv2  # 512 x 512 x 3 x 3: about 2.4M weights
+    conv = model.encoder.stages[3][-1].conv2  # 512 x 512 x 3 x 3: about 2.4M weights
     fan_out = conv.out_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_out), rel=0.02)
     norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]

@@ -82,13 +82,13 @@ def test_wide_resnet32_has_about_74m_parameters(num_classes: int) -> None:
 def test_wide_resnet32_stem_is_four_times_wider() -> None:
     standard = create_model("resnet32", 10)
     wide = create_model("resnet32-wide", 10)
-    assert wide.stem[0].out_channels == 4 * standard.stem[0].out_channels
+    assert wide.encoder.stem[0].out_channels == 4 * standard.encoder.stem[0].out_channels
     assert wide.feature_dim == 4 * standard.feature_dim
 
 
 def test_option_a_shortcut_has_no_parameters() -> None:
     model = create_model("resnet8", 10)
-    block = model.stages[1][0]  # first block of stage 2: stride 2, 16 -> 32 channels
+    block = model.encoder.stages[1][0]  # first block of stage 2: stride 2, 16 -> 32 channels
     assert isinstance(block.shortcut, ZeroPadShortcut)
     convs_and_norms = [block.conv1, block.bn1, block.conv2, block.bn2]
     assert count_parameters(block) == sum(count_parameters(m) for m in convs_and_norms)
@@ -117,7 +117,7 @@ def test_fewer_than_two_classes_is_a_config_error(num_classes: int) -> None:
 def test_weights_use_kaiming_normal_init() -> None:
     torch.manual_seed(0)
     model = create_model("resnet32-wide", 10)
-    conv = model.stages[2][-1].conv2  # 256 x 256 x 3 x 3: about 590K weights
+    conv = model.encoder.stages[2][-1].conv2  # 256 x 256 x 3 x 3: about 590K weights
     fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / fan_in), rel=0.05)
     fc = model.heads.fc

@@ -3,7 +3,7 @@
 A newcomer adds an entry with one decorator::
 
     @BACKBONES.register("resnet32")
-    def resnet32(num_classes: int) -> nn.Module: ...
+    def resnet32() -> nn.Module: ...  # an encoder; glmc.models.base puts the GLMC heads on it
 """
 
 from __future__ import annotations

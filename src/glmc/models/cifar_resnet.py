@@ -1,4 +1,4 @@
-"""The CIFAR ResNets of He et al. 2016 (section 4.2), with GLMC heads.
+"""The CIFAR ResNets of He et al. 2016 (section 4.2), as encoders (glmc.models.base wraps them with GLMC heads).
 
 Depth 6n + 2: a 3x3 stem, three stages of n basic blocks (widths w, 2w, 4w; strides
 1, 2, 2) with parameter-free option-A shortcuts, global average pooling.
@@ -11,8 +11,6 @@ from torch import Tensor, nn
 
 from glmc.errors import ConfigError
 from glmc.models.base import BACKBONES
-from glmc.models.heads import GLMCHeads
-from glmc.models.output import GLMCOutput
 
 
 def conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -77,15 +75,13 @@ def kaiming_init(module: nn.Module) -> None:
 
 
 class CifarResNet(nn.Module):
-    """CIFAR ResNet with `blocks_per_stage` blocks per stage and stem width `base_width`.
+    """CIFAR ResNet encoder with `blocks_per_stage` blocks per stage and stem width `base_width`.
 
-    Input: images N x 3 x H x W (contiguous or channels_last). Output: `GLMCOutput`
-    with logits N x K and a pooled feature of `feature_dim` = 4 * base_width.
+    Input: images N x 3 x H x W (contiguous or channels_last). Output: the pooled feature,
+    N x `feature_dim` = 4 * base_width.
     """
 
-    def __init__(
-        self, blocks_per_stage: int, base_width: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear"
-    ) -> None:
+    def __init__(self, blocks_per_stage: int, base_width: int) -> None:
         super().__init__()
         widths = (base_width, 2 * base_width, 4 * base_width)
         self.feature_dim = widths[-1]
@@ -95,50 +91,53 @@ class CifarResNet(nn.Module):
             make_stage(widths[0], widths[1], blocks_per_stage, stride=2),
             make_stage(widths[1], widths[2], blocks_per_stage, stride=2),
         )
-        self.heads = GLMCHeads(self.feature_dim, num_classes, projection_dim, classifier)
-        self.apply(kaiming_init)
 
-    def forward(self, x: Tensor) -> GLMCOutput:
+    def init_weights(self, heads: nn.Module) -> None:
+        """The authors' initialisation, once the heads exist: Kaiming-normal for every convolution and linear
+        layer of the whole network, heads included, in module order (encoder first)."""
+        self.apply(kaiming_init)
+        heads.apply(kaiming_init)
+
+    def forward(self, x: Tensor) -> Tensor:
         out = self.stem(x)  # N x 3 x H x W -> N x w x H x W
         out = self.stages(out)  # -> N x 4w x H/4 x W/4
-        h = F.adaptive_avg_pool2d(out, 1).flatten(1)  # -> N x 4w
-        return self.heads(h)
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)  # -> N x 4w
 
 
-def cifar_resnet(depth: int, base_width: int, num_classes: int, classifier: str = "linear") -> CifarResNet:
-    """The CIFAR ResNet of depth 6n + 2 with stage widths w, 2w, 4w; `classifier`: the kind of fc_cb."""
+def cifar_resnet(depth: int, base_width: int) -> CifarResNet:
+    """The CIFAR ResNet of depth 6n + 2 with stage widths w, 2w, 4w."""
     if depth < 8 or (depth - 2) % 6 != 0:
         raise ConfigError(f"CIFAR ResNet depth must be 6n + 2 with n >= 1, got {depth}")
-    return CifarResNet((depth - 2) // 6, base_width, num_classes, classifier=classifier)
+    return CifarResNet((depth - 2) // 6, base_width)
 
 
 @BACKBONES.register("resnet32")
-def resnet32(num_classes: int, classifier: str = "linear") -> CifarResNet:
+def resnet32() -> CifarResNet:
     """The standard CIFAR ResNet-32 (widths 16/32/64, about 0.46M parameters).
 
     This is the ResNet-32 that other long-tailed papers use; compare with them on it.
     """
-    return cifar_resnet(32, 16, num_classes, classifier)
+    return cifar_resnet(32, 16)
 
 
 @BACKBONES.register("resnet32-wide")
-def resnet32_wide(num_classes: int, classifier: str = "linear") -> CifarResNet:
+def resnet32_wide() -> CifarResNet:
     """The GLMC authors' `resnet32`: widths 64/128/256, about 7.4M parameters.
 
     It is 4x wider than the standard ResNet-32 and costs about 16x the compute. The
     authors' published numbers need it, as they confirmed in their issue #1; it is not
     the ResNet-32 of other papers (that is `resnet32`).
     """
-    return cifar_resnet(32, 64, num_classes, classifier)
+    return cifar_resnet(32, 64)
 
 
 @BACKBONES.register("resnet20")
-def resnet20(num_classes: int, classifier: str = "linear") -> CifarResNet:
+def resnet20() -> CifarResNet:
     """CIFAR ResNet-20 (widths 16/32/64), for quick runs on a CPU."""
-    return cifar_resnet(20, 16, num_classes, classifier)
+    return cifar_resnet(20, 16)
 
 
 @BACKBONES.register("resnet8")
-def resnet8(num_classes: int, classifier: str = "linear") -> CifarResNet:
+def resnet8() -> CifarResNet:
     """CIFAR ResNet-8 (one block per stage, widths 16/32/64), for smoke runs on a CPU."""
-    return cifar_resnet(8, 16, num_classes, classifier)
+    return cifar_resnet(8, 16)

@@ -1,4 +1,4 @@
-"""The ImageNet ResNets of He et al. 2016 (section 3.4) and ResNeXt (Xie et al. 2017), with GLMC heads.
+"""The ImageNet ResNets of He et al. 2016 (section 3.4) and ResNeXt (Xie et al. 2017), as encoders.
 
 A 7x7 stride-2 stem with a 3x3 stride-2 max-pool, four stages (base widths 64, 128, 256,
 512; strides 1, 2, 2, 2) with projection shortcuts (1x1 conv + batch norm) where the
@@ -15,8 +15,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from glmc.models.base import BACKBONES
-from glmc.models.heads import GLMCHeads
-from glmc.models.output import GLMCOutput
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 STAGE_STRIDES = (1, 2, 2, 2)
@@ -98,7 +96,7 @@ def make_stage(block: Block, in_planes: int, planes: int, num_blocks: int, strid
     return nn.Sequential(*blocks)
 
 
-def init_weights(module: nn.Module) -> None:
+def init_module(module: nn.Module) -> None:
     """Kaiming-normal (fan_out, relu) convolutions, batch norm as the identity; Linear keeps PyTorch's default."""
     if isinstance(module, nn.Conv2d):
         nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
@@ -108,16 +106,16 @@ def init_weights(module: nn.Module) -> None:
 
 
 class ImageNetResNet(nn.Module):
-    """ImageNet ResNet/ResNeXt with `blocks_per_stage` blocks of kind `block` in each of four stages.
+    """ImageNet ResNet/ResNeXt encoder with `blocks_per_stage` blocks of kind `block` in each of four stages.
 
-    Input: images N x 3 x H x W, H, W >= 32 (224 for ImageNet). Output: `GLMCOutput` with
-    logits N x K, z and p N x 256, and a pooled feature of `feature_dim` (512 for basic
-    blocks, 2048 for bottlenecks).
+    Input: images N x 3 x H x W, H, W >= 32 (224 for ImageNet). Output: the pooled feature,
+    N x `feature_dim` (512 for basic blocks, 2048 for bottlenecks). GLMC's projection on it
+    is `projection_dim` = 256 wide, as in the authors' ImageNet-LT and iNaturalist code.
     """
 
-    def __init__(
-        self, block: Block, blocks_per_stage: tuple[int, ...], num_classes: int, classifier: str = "linear"
-    ) -> None:
+    projection_dim = PROJECTION_DIM
+
+    def __init__(self, block: Block, blocks_per_stage: tuple[int, ...]) -> None:
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False),
@@ -131,38 +129,39 @@ class ImageNetResNet(nn.Module):
             in_planes = stages[-1][-1].out_planes
         self.stages = nn.Sequential(*stages)
         self.feature_dim = in_planes
-        self.heads = GLMCHeads(self.feature_dim, num_classes, projection_dim=PROJECTION_DIM, classifier=classifier)
-        self.apply(init_weights)
 
-    def forward(self, x: Tensor) -> GLMCOutput:
+    def init_weights(self, heads: nn.Module) -> None:
+        """Once the heads exist (which keep PyTorch's default initialisation): `init_module` of every module."""
+        self.apply(init_module)
+
+    def forward(self, x: Tensor) -> Tensor:
         out = self.stem(x)  # N x 3 x H x W -> N x 64 x H/4 x W/4
         out = self.stages(out)  # -> N x d x H/32 x W/32
-        h = F.adaptive_avg_pool2d(out, 1).flatten(1)  # -> N x d
-        return self.heads(h)
+        return F.adaptive_avg_pool2d(out, 1).flatten(1)  # -> N x d
 
 
 @BACKBONES.register("resnet10")
-def resnet10(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
+def resnet10() -> ImageNetResNet:
     """ImageNet ResNet-10: one basic block per stage, about 4.9M backbone parameters; for quick runs."""
-    return ImageNetResNet(BasicBlock, (1, 1, 1, 1), num_classes, classifier)
+    return ImageNetResNet(BasicBlock, (1, 1, 1, 1))
 
 
 @BACKBONES.register("resnet18")
-def resnet18(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
+def resnet18() -> ImageNetResNet:
     """ImageNet ResNet-18 (basic blocks 2-2-2-2), 11.2M backbone parameters; not a CIFAR ResNet."""
-    return ImageNetResNet(BasicBlock, (2, 2, 2, 2), num_classes, classifier)
+    return ImageNetResNet(BasicBlock, (2, 2, 2, 2))
 
 
 @BACKBONES.register("resnet50")
-def resnet50(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
+def resnet50() -> ImageNetResNet:
     """ImageNet ResNet-50 v1.5 (bottlenecks 3-4-6-3), 23.5M backbone parameters."""
-    return ImageNetResNet(Bottleneck, (3, 4, 6, 3), num_classes, classifier)
+    return ImageNetResNet(Bottleneck, (3, 4, 6, 3))
 
 
 @BACKBONES.register("resnext50-32x4d")
-def resnext50_32x4d(num_classes: int, classifier: str = "linear") -> ImageNetResNet:
+def resnext50_32x4d() -> ImageNetResNet:
     """ResNeXt-50 32x4d: ResNet-50 with 32 groups of width 4 in the first stage's 3x3, 23.0M backbone parameters.
 
     GLMC's backbone for ImageNet-LT and iNaturalist 2018.
     """
-    return ImageNetResNet(partial(Bottleneck, groups=32, width_per_group=4), (3, 4, 6, 3), num_classes, classifier)
+    return ImageNetResNet(partial(Bottleneck, groups=32, width_per_group=4), (3, 4, 6, 3))
