@@ -17,7 +17,7 @@ FINGERPRINT = "sha256:f7669c469c9dd" + "0" * 51
 
 def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, top1=(80.5, 81.25), epoch=200,
               shot_bounds="standard", sam_rho=0.0, few=None):
-    """A run folder with a summary.json shaped like glmc.trainer.make_summary's."""
+    """A run folder with a summary.json shaped like glmc.records.make_summary's."""
     folder.mkdir(parents=True)
     final = {"epoch": epoch, "global_step": 1, "top1": top1[0], "top5": 99.0, "many": 90.0, "medium": 70.123,
              "few": few, "per_class": [], "shot_bounds": shot_bounds, "num_samples": test_total}

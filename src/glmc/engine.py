@@ -213,9 +213,9 @@ def evaluate(
     return counter.finish(class_counts, shot_bounds)
 
 
-def limited(batches: Iterator, steps_left: int | None) -> Iterator:
-    """At most `steps_left` items of `batches` (all of them when None)."""
+def at_most(steps: int | None, batches: Iterator) -> Iterator:
+    """The first `steps` items of `batches` (all of them when None)."""
     for index, batch in enumerate(batches):
-        if steps_left is not None and index >= steps_left:
+        if steps is not None and index >= steps:
             return
         yield batch

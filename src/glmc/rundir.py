@@ -21,9 +21,11 @@ import contextlib
 import enum
 import json
 import os
+import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 import yaml
 
@@ -31,7 +33,7 @@ from glmc import lock
 from glmc.checkpoint import previous_path, save_checkpoint, saved_files, warn
 from glmc.files import disk_problem, leftover_temporaries, write_text_atomically
 from glmc.config import Config, dump_config, flatten, stored_config
-from glmc.errors import GlmcError
+from glmc.errors import GlmcError, RunInterrupted
 
 CONFIG_FILE = "config.yaml"
 CLASSES_FILE = "classes.txt"
@@ -184,7 +186,7 @@ class RunFolder:
         self.check_lease()
         write_text_atomically(self.path / CLASSES_FILE, "".join(f"{k}\t{name}\n" for k, name in enumerate(class_names)))
 
-    def keep_records(self, records: list[dict]) -> None:
+    def rewrite_records(self, records: list[dict]) -> None:
         """metrics.jsonl holds exactly `records` (a resumed run drops any written after its checkpoint)."""
         self.check_lease()
         write_text_atomically(self.path / METRICS_FILE, jsonl(records))
@@ -220,6 +222,24 @@ class RunFolder:
         sessions = self.read_sessions()
         write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions[:-1] + [{**sessions[-1], **ending}]))
 
+    @contextlib.contextmanager
+    def session(self, facts: dict, reached: Callable[[], dict], writes: bool = True) -> Iterator[None]:
+        """This `glmc train` in sessions.jsonl around the work it does: begun with `facts` (when, where, with
+        which code, from where), ended with how it ended and `reached()`, where the run's last checkpoint then
+        stands. `writes` False (a torchrun rank other than 0) records nothing."""
+        started = time.time()
+        if writes:
+            self.begin_session({"started": utc(started), **facts})
+        try:
+            yield
+        except BaseException as error:
+            if writes:
+                with contextlib.suppress(GlmcError):  # a full disk is already the error being raised
+                    self.end_session(session_ending(started, reached(), error))
+            raise
+        if writes:
+            self.end_session(session_ending(started, reached(), None))
+
     def save_last(self, payload: dict) -> None:
         """checkpoint_last.pt, the one it replaces kept as checkpoint_last.pt.prev."""
         self.check_lease()
@@ -232,6 +252,29 @@ class RunFolder:
     def read_sessions(self) -> list[dict]:
         path = self.path / SESSIONS_FILE
         return read_records(path) if path.is_file() else []
+
+
+def utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def session_ending(started: float, reached: dict, error: BaseException | None) -> dict:
+    """How a session of sessions.jsonl ended: when, its length, where the run's last checkpoint stands (after an
+    error, steps trained since that checkpoint are not counted: the next session goes on from it), and how."""
+    ended = time.time()
+    return {"ended": utc(ended), "seconds": round(ended - started, 1), "reached": reached, "outcome": outcome(error)}
+
+
+def outcome(error: BaseException | None) -> str:
+    """How a session ended: finished, the signal that stopped it after a checkpoint, or the error."""
+    if error is None:
+        return "finished"
+    if isinstance(error, RunInterrupted):
+        return signal.Signals(error.exit_code - 128).name
+    if isinstance(error, KeyboardInterrupt):
+        return "stopped at once by a second signal; the steps since the last checkpoint are lost"
+    first_line = (str(error).splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
 
 
 @contextlib.contextmanager

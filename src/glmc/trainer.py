@@ -2,7 +2,8 @@
 
 The state of a run is its epoch, the next step inside it and the global step; randomness is
 derived from (seed, epoch, step), so resuming from a checkpoint continues exactly. The run
-folder's files are glmc.rundir's; checkpoint payloads and their restore, glmc.checkpoint's.
+folder's files are glmc.rundir's; what its records hold and how they print, glmc.records';
+checkpoint payloads and their restore, glmc.checkpoint's.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import torch
 from tqdm import tqdm
@@ -32,23 +33,23 @@ from glmc.distributed import SINGLE, Shard
 from glmc.engine import (
     LossMeter,
     NonFiniteWatch,
+    at_most,
     create_optimizer,
     evaluate,
     learning_rate,
-    limited,
     resolve_device,
     set_learning_rate,
     step_rng,
     train_step,
 )
-from glmc.errors import ConfigError, GlmcError, RunInterrupted
+from glmc.errors import ConfigError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
-from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.models import create_model, use_heads
 from glmc.precision import MixedPrecision, resolve_precision
 from glmc.provenance import device_name, git_commit
-from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, TENSORBOARD_DIR, Resume, RunFolder
+from glmc.records import best_label, evaluation_line, evaluation_record, make_summary, selection_score, shots_table
+from glmc.rundir import TENSORBOARD_DIR, Resume, RunFolder
 from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TensorBoardLog, summary_writer_class
 
@@ -66,6 +67,26 @@ class RunState:
     epoch_loss_totals: dict | None = None
     epoch_loss_steps: int = 0
     unreadable: list[str] = field(default_factory=list)  # images (training or test) skipped as undecodable (data.unreadable=skip)
+
+    def position(self) -> dict:
+        return {"epoch": self.epoch, "step": self.step, "global_step": self.global_step}
+
+    def count_step(self, parts: dict | None, meter: LossMeter, watch: NonFiniteWatch) -> None:
+        """A step trained: its loss parts go to the epoch's sums and to the non-finite watch (None: skipped)."""
+        self.step += 1
+        self.global_step += 1
+        if parts is None:
+            self.skipped_steps += 1
+        else:
+            meter.add(parts)
+            watch.observe(parts, self.global_step - 1)
+
+    def end_epoch_if_done(self, steps_per_epoch: int) -> bool:
+        """Move on to the next epoch if this one's steps are done; whether it was."""
+        if self.step < steps_per_epoch:
+            return False
+        self.epoch, self.step = self.epoch + 1, 0
+        return True
 
 
 @dataclass
@@ -135,46 +156,60 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
         folder.release()
 
 
-def train_folder(run: Run, folder: RunFolder, resume: bool, quiet: bool, tensorboard: bool, command: str | None) -> dict:
-    """Train the run in its prepared folder, from its last checkpoint if `resume`."""
+def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensorboard: bool, command: str | None) -> dict:
+    """Train the run in its prepared folder, from its last checkpoint if `resumes`: epochs -> steps -> evaluate ->
+    checkpoint. What cuts across the loop is named around it: the sessions.jsonl record, stop requests (SIGINT,
+    SIGTERM), TensorBoard, the last checkpoint and its timer, the non-finite loss watch, the ranks' votes."""
     config, shard = run.config, run.shard
-    state = RunState()
-    if resume and folder.has_checkpoint():
-        state = restore(folder, run)
-    if resume and finished(state, config) and folder.holds_summary():
+    state = restore(folder, run) if resumes and folder.has_checkpoint() else RunState()
+    if resumes and finished(state, config) and folder.holds_summary():
         log(quiet, f"nothing to do: {folder.path} holds this run, finished")
         return folder.read_summary()
-    board = TensorBoardLog(folder.path / TENSORBOARD_DIR, resume) if tensorboard else None
     if shard.is_main:
         folder.write_config(config)
         folder.write_classes(run.dataset.class_names)
-        folder.keep_records(state.records)
-    log(quiet, f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
-        f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
-        f"{len(run.loader)} steps per epoch" + (f", {shard.world} processes" if shard.world > 1 else ""))
-    session = Session(run, state, command)
-    if shard.is_main:
-        folder.begin_session(session.beginning())
-    clock = Clock(state)
-    try:
-        with stop_requests() as stop:
-            while not finished(state, config):
-                logged = len(state.records)
-                train_epoch(run, state, folder, clock, stop, quiet)
+        folder.rewrite_records(state.records)
+    log(quiet, describe(run))
+    last = LastCheckpoint(run, state, folder)
+    board = TensorBoardLog(folder.path / TENSORBOARD_DIR, resumes) if tensorboard else None
+    with folder.session(session_facts(run, state, command), lambda: last.position, writes=shard.is_main), \
+            stop_requests() as stop:
+        while not finished(state, config):
+            epoch, started = state.epoch, time.time()
+            set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
+            meter, watch = LossMeter(this_ranks_totals(state.epoch_loss_totals, shard), state.epoch_loss_steps), NonFiniteWatch()
+            decision = Decision(stop=False, checkpoint=False)
+            with progress_bar(run, state, quiet) as bar:
+                for batch in bar:
+                    rng = step_rng(config.train.seed, epoch, state.step)
+                    parts = train_step(run.step_model, run.method, run.optimizer, batch, epoch, rng,
+                                       skip_nonfinite=config.train.nonfinite == "skip")
+                    state.count_step(parts, meter, watch)
+                    if state.step % SYNC_EVERY == 0:
+                        watch.check()
+                        show_loss(bar, meter)
+                    decision = decide_after_step(run, state, stop, last)
+                    if decision.stop:
+                        break
+                    if decision.checkpoint:
+                        last.save(watch, meter)
+            if decision.stop:
+                last.save(watch, meter)
+                raise interrupted(stop, state, folder)
+            watch.check()
+            epoch_done = state.end_epoch_if_done(len(run.loader))
+            if finished(state, config) or (epoch_done and state.epoch % config.train.eval_every == 0):
+                record = evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
                 if board:
-                    board.log_all(state.records[logged:])
-    except BaseException as error:
+                    board.log(record)
+            last.save(watch, LossMeter() if epoch_done else meter)
+        if board:
+            board.close()
+        summary = make_summary(config, run.dataset, state.records[-1], state.best, state.global_step, state.seconds,
+                               state.unreadable, run.device, shard.world,
+                               {"train": run.precision, "eval": run.eval_precision, "interim_eval": run.interim_precision})
         if shard.is_main:
-            with contextlib.suppress(GlmcError):  # a full disk is already the error being raised
-                folder.end_session(session.ending(clock, error))
-        raise
-    if board:
-        board.close()
-    summary = make_summary(config, run.dataset, state, run.device, shard.world,
-                           {"train": run.precision, "eval": run.eval_precision, "interim_eval": run.interim_precision})
-    if shard.is_main:
-        folder.write_summary(summary)
-        folder.end_session(session.ending(clock))
+            folder.write_summary(summary)
     log(quiet, shots_table(summary))
     return summary
 
@@ -238,74 +273,28 @@ def finished(state: RunState, config: Config) -> bool:
     return state.epoch >= config.train.epochs or (max_steps is not None and state.global_step >= max_steps)
 
 
-class Session:
-    """One `glmc train` working on a run, as sessions.jsonl records it: where it began, and how it ended."""
-
-    def __init__(self, run: Run, state: RunState, command: str | None) -> None:
-        self.run, self.command, self.started = run, command, time.time()
-        self.start = position(state)
-
-    def beginning(self) -> dict:
-        run = self.run
-        return {
-            "started": utc(self.started),
-            **({"command": self.command} if self.command else {}),
-            "from": self.start,
-            "host": platform.node(),
-            "pid": os.getpid(),
-            "device": device_name(run.device),
-            "processes": run.shard.world,
-            "precision": {"train": run.precision, "eval": run.eval_precision},
-            "version": glmc.__version__,
-            "git_commit": git_commit(),
-            "torch": torch.__version__,
-        }
-
-    def ending(self, clock: Clock, error: BaseException | None = None) -> dict:
-        """`reached`: where the run's last checkpoint stands, which is where the next session goes on
-        from (after an error, steps trained since that checkpoint are not counted)."""
-        ended = time.time()
-        return {"ended": utc(ended), "seconds": round(ended - self.started, 1), "reached": clock.saved_position,
-                "outcome": outcome(error)}
+def describe(run: Run) -> str:
+    """The line a run begins with: what trains, on what, where."""
+    config, shard = run.config, run.shard
+    return (f"training {config.model.backbone} with {config.method.name} on {run.dataset.name} "
+            f"({len(run.dataset.train_labels)} images, {run.dataset.fingerprint[:19]}…) on {run.device}, "
+            f"{len(run.loader)} steps per epoch" + (f", {shard.world} processes" if shard.world > 1 else ""))
 
 
-def position(state: RunState) -> dict:
-    return {"epoch": state.epoch, "step": state.step, "global_step": state.global_step}
-
-
-def utc(seconds: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-
-
-def outcome(error: BaseException | None) -> str:
-    """How a session ended: finished, the signal that stopped it after a checkpoint, or the error."""
-    if error is None:
-        return "finished"
-    if isinstance(error, RunInterrupted):
-        return signal.Signals(error.exit_code - 128).name
-    if isinstance(error, KeyboardInterrupt):
-        return "stopped at once by a second signal; the steps since the last checkpoint are lost"
-    first_line = (str(error).splitlines() or [""])[0]
-    return f"{type(error).__name__}: {first_line}" if first_line else type(error).__name__
-
-
-class Clock:
-    """Training seconds over all sessions of a run (those before this one plus this one's), and the
-    time since the last checkpoint and where it stands."""
-
-    def __init__(self, state: RunState) -> None:
-        self.earlier, self.started = state.seconds, time.time()
-        self.saved_at = time.monotonic()
-        self.saved_position = position(state)  # of the checkpoint this session began from, then of its own
-
-    def total(self) -> float:
-        return self.earlier + time.time() - self.started
-
-    def checkpoint_due(self, minutes: float | None) -> bool:
-        return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
-
-    def mark_saved(self, state: RunState) -> None:
-        self.saved_at, self.saved_position = time.monotonic(), position(state)
+def session_facts(run: Run, state: RunState, command: str | None) -> dict:
+    """What sessions.jsonl records of this `glmc train` when it begins (glmc.rundir.RunFolder.session)."""
+    return {
+        **({"command": command} if command else {}),
+        "from": state.position(),
+        "host": platform.node(),
+        "pid": os.getpid(),
+        "device": device_name(run.device),
+        "processes": run.shard.world,
+        "precision": {"train": run.precision, "eval": run.eval_precision},
+        "version": glmc.__version__,
+        "git_commit": git_commit(),
+        "torch": torch.__version__,
+    }
 
 
 @contextlib.contextmanager
@@ -335,88 +324,84 @@ def stop_requests() -> Iterator[list[int]]:
 SYNC_EVERY = 25  # steps between the loop's host-device syncs (progress bar, non-finite check, stop requests under torchrun)
 
 
-def train_epoch(run: Run, state: RunState, folder: RunFolder, clock: Clock, stop: list[int], quiet: bool) -> None:
-    """Train the rest of `state.epoch`, evaluate if due, checkpoint; honours stop requests."""
-    config, epoch = run.config, state.epoch
-    started = time.time()
-    set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
-    meter = LossMeter(this_ranks_totals(state.epoch_loss_totals, run.shard), state.epoch_loss_steps)
-    watch = NonFiniteWatch()
-    steps_left = None if config.train.max_steps is None else config.train.max_steps - state.global_step
-    total = len(run.loader) - state.step if steps_left is None else min(len(run.loader) - state.step, steps_left)
-    batches = limited(run.loader.epoch(epoch, state.step), steps_left)
-    # disable=None: no bar when stderr is not a terminal, so a log file gets clean evaluation lines
-    bar = tqdm(batches, total=total, desc=f"epoch {epoch + 1}/{config.train.epochs}", disable=True if quiet else None,
-               leave=False, file=sys.stderr)
-    skip = config.train.nonfinite == "skip"
-    for batch in bar:
-        rng = step_rng(config.train.seed, epoch, state.step)
-        parts = train_step(run.step_model, run.method, run.optimizer, batch, epoch, rng, skip_nonfinite=skip)
-        state.step += 1
-        state.global_step += 1
-        if parts is None:
-            state.skipped_steps += 1
-        else:
-            meter.add(parts)
-            watch.observe(parts, state.global_step - 1)
-        sync_point = state.step % SYNC_EVERY == 0 or state.step == len(run.loader)
-        if state.step % SYNC_EVERY == 0:
-            watch.check()
-            if meter.steps:
-                bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
-        stop_now, checkpoint_due = agreed(run, stop, clock, sync_point)
-        if stop_now:
-            bar.close()
-            save_last(run, state, folder, clock, watch, meter)
-            signum = stop[0] if stop else signal.SIGTERM  # another rank was asked
-            raise RunInterrupted(f"{signal.Signals(signum).name}: stopped at epoch {epoch + 1}, step {state.step}; "
-                                 f"checkpoint saved, continue with: glmc train --resume {folder.path}", 128 + signum)
-        every = config.train.checkpoint_every
-        step_due = every is not None and state.global_step % every == 0
-        if (checkpoint_due or step_due) and state.step < len(run.loader):  # the epoch's end checkpoints anyway
-            save_last(run, state, folder, clock, watch, meter)
-    bar.close()
-    watch.check()
+class Decision(NamedTuple):
+    """What the loop does after a step, besides the next one."""
 
-    epoch_done = state.step >= len(run.loader)
-    if epoch_done:
-        state.epoch, state.step = epoch + 1, 0
-    if finished(state, config) or (epoch_done and state.epoch % config.train.eval_every == 0):
-        evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
-    save_last(run, state, folder, clock, watch, LossMeter() if epoch_done else meter)
+    stop: bool  # save and stop after this step: a SIGINT/SIGTERM here, or on another rank
+    checkpoint: bool  # save after this step: train.checkpoint_minutes have passed, or train.checkpoint_every steps
 
 
-def agreed(run: Run, stop: list[int], clock: Clock, sync_point: bool) -> tuple[bool, bool]:
-    """Whether to stop after this step, and whether a time-based checkpoint is due.
-
-    One process stops as soon as asked. Under torchrun all ranks decide both together at the
-    sync points (every SYNC_EVERY steps and at the end of an epoch), in one all-reduce. The clock
-    is read at sync points only.
-    """
-    due = sync_point and clock.checkpoint_due(run.config.train.checkpoint_minutes)
+def decide_after_step(run: Run, state: RunState, stop: list[int], last: LastCheckpoint) -> Decision:
+    """One process decides at once, reading the clock at sync points only. Under torchrun the ranks decide both
+    together at the sync points (every SYNC_EVERY steps and at the end of an epoch), in one all-reduce, so no
+    step waits for the others."""
+    steps_per_epoch = len(run.loader)
+    sync_point = state.step % SYNC_EVERY == 0 or state.step == steps_per_epoch
+    timed = sync_point and last.time_due()
     if run.shard.world == 1:
-        return bool(stop), due
-    if not sync_point:
-        return False, False
-    stop_now, due = distributed.any_across_each([bool(stop), due], run.device)
-    return stop_now, due
+        stop_now = bool(stop)
+    elif sync_point:
+        stop_now, timed = distributed.any_across_each([bool(stop), timed], run.device)
+    else:
+        stop_now, timed = False, False
+    every = run.config.train.checkpoint_every
+    counted = every is not None and state.global_step % every == 0
+    return Decision(stop_now, (timed or counted) and state.step < steps_per_epoch)  # the epoch's end saves anyway
 
 
-def save_last(run: Run, state: RunState, folder: RunFolder, clock: Clock, watch: NonFiniteWatch, meter: LossMeter) -> None:
-    """Checkpoint the run as it stands, with the loss sums of the unfinished epoch (rank 0 writes)."""
-    watch.check()  # never checkpoint a model that has seen a non-finite loss
-    state.epoch_loss_totals = None if meter.totals is None else {
-        name: distributed.gather_across(value) for name, value in meter.totals.items()}  # every rank's, for an exact resume
-    state.epoch_loss_steps = meter.steps
-    state.seconds = clock.total()
-    note_unreadable(run, state)
-    if run.shard.is_main:
-        folder.save_last(payload(run, state, "last"))
-    clock.mark_saved(state)
+class LastCheckpoint:
+    """checkpoint_last.pt: saving it (rank 0 writes, every rank takes part), the time since, and where it stands.
+    It records the run's seconds over all its sessions: those before this one, and this one's so far."""
+
+    def __init__(self, run: Run, state: RunState, folder: RunFolder) -> None:
+        self.run, self.state, self.folder = run, state, folder
+        self.earlier_seconds, self.started = state.seconds, time.time()
+        self.saved_at = time.monotonic()
+        self.position = state.position()  # of the checkpoint this session began from, then of its own
+
+    def time_due(self) -> bool:
+        minutes = self.run.config.train.checkpoint_minutes
+        return minutes is not None and time.monotonic() - self.saved_at >= 60 * minutes
+
+    def save(self, watch: NonFiniteWatch, meter: LossMeter) -> None:
+        """The run as it stands, with the loss sums of the unfinished epoch."""
+        run, state = self.run, self.state
+        watch.check()  # never checkpoint a model that has seen a non-finite loss
+        state.epoch_loss_totals = None if meter.totals is None else {
+            name: distributed.gather_across(value) for name, value in meter.totals.items()}  # every rank's, for an exact resume
+        state.epoch_loss_steps = meter.steps
+        state.seconds = self.earlier_seconds + time.time() - self.started
+        note_unreadable(run, state)
+        if run.shard.is_main:
+            self.folder.save_last(checkpoint_contents(run, state, "last"))
+        self.saved_at, self.position = time.monotonic(), state.position()
 
 
-def payload(run: Run, state: RunState, kind: str) -> dict:
+def checkpoint_contents(run: Run, state: RunState, kind: str) -> dict:
     return training_payload(kind, run.config, run.dataset, run.model, run.optimizer, dataclasses.asdict(state), run.data_digest)
+
+
+def progress_bar(run: Run, state: RunState, quiet: bool) -> tqdm:
+    """The rest of the epoch's batches (train.max_steps in all at most), with a progress bar on a terminal."""
+    config = run.config
+    steps_left = None if config.train.max_steps is None else config.train.max_steps - state.global_step
+    rest = len(run.loader) - state.step
+    batches = at_most(steps_left, run.loader.epoch(state.epoch, state.step))
+    # disable=None: no bar when stderr is not a terminal, so a log file gets clean evaluation lines
+    return tqdm(batches, total=rest if steps_left is None else min(rest, steps_left),
+                desc=f"epoch {state.epoch + 1}/{config.train.epochs}", disable=True if quiet else None, leave=False,
+                file=sys.stderr)
+
+
+def show_loss(bar: tqdm, meter: LossMeter) -> None:
+    if meter.steps:
+        bar.set_postfix(loss=f"{meter.totals['loss'].item() / meter.steps:.3f}")  # the epoch's running mean
+
+
+def interrupted(stop: list[int], state: RunState, folder: RunFolder) -> RunInterrupted:
+    signum = stop[0] if stop else signal.SIGTERM  # another rank was asked
+    return RunInterrupted(f"{signal.Signals(signum).name}: stopped at epoch {state.epoch + 1}, step {state.step}; "
+                          f"checkpoint saved, continue with: glmc train --resume {folder.path}", 128 + signum)
 
 
 def this_ranks_totals(saved: dict | None, shard: Shard) -> dict | None:
@@ -442,7 +427,8 @@ def note_unreadable(run: Run, state: RunState) -> None:
     state.unreadable = sorted(distributed.union_across(set(state.unreadable) | skipped))
 
 
-def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: LossMeter, seconds: float, quiet: bool) -> None:
+def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: LossMeter, seconds: float, quiet: bool) -> dict:
+    """Evaluate the test and validation sets, append the record to metrics.jsonl, keep the best epoch; the record."""
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
     distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
@@ -452,7 +438,8 @@ def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: Los
                  for held_out in (run.test_set, run.val_set))
     note_unreadable(run, state)
     epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
-    record = evaluation_record(epoch, state, test, val, precision, epoch_losses(meter, run.shard), run.optimizer, seconds)
+    record = evaluation_record(epoch, state.global_step, state.step != 0, state.skipped_steps, test, val, precision,
+                               epoch_losses(meter, run.shard), run.optimizer.param_groups[0]["lr"], seconds)
     state.records.append(record)
     if run.shard.is_main:
         folder.append_record(record)
@@ -462,17 +449,8 @@ def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: Los
     if state.best is None or selection_score(record) > selection_score(state.best):
         state.best = record
         if run.shard.is_main:
-            folder.save_best(payload(run, state, best_label(record)))
-
-
-def selection_score(record: dict) -> float:
-    """What the best epoch is chosen on: the validation set's balanced accuracy where the run has one, else the
-    test top-1 (labelled as such: glmc's headline is always the final epoch)."""
-    return record["val"]["balanced"] if "val" in record else record["top1"]
-
-
-def best_label(record: dict) -> str:
-    return BEST_ON_VALIDATION_LABEL if "val" in record else BEST_LABEL
+            folder.save_best(checkpoint_contents(run, state, best_label(record)))
+    return record
 
 
 def epoch_losses(meter: LossMeter, shard: Shard) -> dict[str, float]:
@@ -496,82 +474,3 @@ def restore(folder: RunFolder, run: Run) -> RunState:
     if state.epoch_loss_totals is not None:
         state.epoch_loss_totals = {name: value.to(run.device) for name, value in state.epoch_loss_totals.items()}
     return state
-
-
-# what a record keeps of the validation set's metrics (`balanced`: the mean per-class accuracy, what glmc tune maximises)
-VALIDATION_KEYS = ("top1", "balanced", "many", "medium", "few", "per_class", "ece", "nll", "num_samples")
-
-
-def validation_json(metrics: Metrics) -> dict:
-    values = metrics.to_json()
-    tested = [accuracy for accuracy in values["per_class"] if accuracy is not None]
-    values["balanced"] = round(sum(tested) / len(tested), 4)
-    return {key: values[key] for key in VALIDATION_KEYS}
-
-
-def evaluation_record(epoch: int, state: RunState, test: Metrics | None, val: Metrics | None, precision: str,
-                      losses: dict[str, float], optimizer, seconds: float) -> dict:
-    """One metrics.jsonl line: the test set's metrics at the top (unless eval.test=false), the validation set's
-    under `val` (where the run has one), and the precision they were evaluated in."""
-    return {
-        "epoch": epoch,
-        "global_step": state.global_step,
-        "partial_epoch": state.step != 0,
-        **(test.to_json() if test is not None else {}),
-        **({"val": validation_json(val)} if val is not None else {}),
-        "precision": precision,
-        "losses": losses,
-        "lr": optimizer.param_groups[0]["lr"],
-        "seconds": round(seconds, 3),
-        "skipped_steps": state.skipped_steps,
-    }
-
-
-def evaluation_line(record: dict, epochs: int) -> str:
-    loss = record["losses"].get("loss", float("nan"))
-    test = (f"top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  {format_shots(record, width=5)}  "
-            f"ece {format_percent(record.get('ece'))}  ") if "top1" in record else ""
-    val = record.get("val")
-    validation = f"val {val['top1']:.2f} (balanced {val['balanced']:.2f})  " if val else ""
-    return f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  {test}{validation}lr {record['lr']:.5f}  {record['seconds']:.1f}s"
-
-
-def shots_table(summary: dict) -> str:
-    final, best = summary["final"], summary["best"]
-    chosen = "validation-selected" if best.get("label") == BEST_ON_VALIDATION_LABEL else "test-selected"
-    rows = [("final", final), (f"best (epoch {best['epoch']}, {chosen})", best)]
-    if final.get("top1") is None:  # eval.test=false: only the validation set was evaluated
-        rows = [("final, validation set", final["val"]), (f"best (epoch {best['epoch']}), validation set", best["val"])]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{'':<{width}}  {'top1':>6} {'many':>6} {'medium':>6} {'few':>6}"]
-    for name, record in rows:
-        lines.append(f"{name:<{width}}  " + " ".join(format_percent(record[key], width=6) for key in ("top1", *SHOT_GROUPS)))
-    return "\n".join(lines)
-
-
-METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples",
-               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability", "val")
-
-
-def make_summary(config: Config, dataset: Dataset, state: RunState, device: torch.device, processes: int = 1,
-                 precision: dict[str, str] | None = None) -> dict:
-    final = state.records[-1]
-    return {
-        "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: records of a run begun by an older glmc lack ECE
-        "best": {k: state.best.get(k) for k in METRIC_KEYS} | {"label": best_label(state.best)},
-        "fingerprint": dataset.fingerprint,
-        "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
-        "method": config.method.name,
-        "backbone": config.model.backbone,
-        "epochs": config.train.epochs,
-        "steps": state.global_step,
-        "wall_seconds": round(state.seconds, 2),
-        "version": glmc.__version__,
-        "git_commit": git_commit(),
-        "device": device_name(device),
-        "precision": precision,  # resolved: {"train": ..., "eval": ...}
-        "processes": processes,
-        "unreadable_images": {"count": len(state.unreadable), "files": state.unreadable[:100]},
-        "torch": torch.__version__,
-        "config": config.to_dict(),
-    }

@@ -1,0 +1,106 @@
+"""What a run records and prints: its metrics.jsonl lines, its summary.json, and their console lines.
+
+The run folder (glmc.rundir) writes these records; this module decides what they hold and how a
+terminal shows them. The numbers themselves come from glmc.metrics.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import glmc
+from glmc.config import Config
+from glmc.data.datasets import Dataset
+from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
+from glmc.provenance import device_name, git_commit
+from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL
+from glmc.shots import SHOT_BOUNDS
+
+# what a record keeps of the validation set's metrics (`balanced`: the mean per-class accuracy, what glmc tune maximises)
+VALIDATION_KEYS = ("top1", "balanced", "many", "medium", "few", "per_class", "ece", "nll", "num_samples")
+
+# what summary.json keeps of the final and the best record
+METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples",
+               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability", "val")
+
+
+def validation_json(metrics: Metrics) -> dict:
+    values = metrics.to_json()
+    tested = [accuracy for accuracy in values["per_class"] if accuracy is not None]
+    values["balanced"] = round(sum(tested) / len(tested), 4)
+    return {key: values[key] for key in VALIDATION_KEYS}
+
+
+def evaluation_record(epoch: int, global_step: int, partial_epoch: bool, skipped_steps: int, test: Metrics | None,
+                      val: Metrics | None, precision: str, losses: dict[str, float], lr: float, seconds: float) -> dict:
+    """One metrics.jsonl line: the test set's metrics at the top (unless eval.test=false), the validation set's
+    under `val` (where the run has one), and the precision they were evaluated in."""
+    return {
+        "epoch": epoch,
+        "global_step": global_step,
+        "partial_epoch": partial_epoch,
+        **(test.to_json() if test is not None else {}),
+        **({"val": validation_json(val)} if val is not None else {}),
+        "precision": precision,
+        "losses": losses,
+        "lr": lr,
+        "seconds": round(seconds, 3),
+        "skipped_steps": skipped_steps,
+    }
+
+
+def selection_score(record: dict) -> float:
+    """What the best epoch is chosen on: the validation set's balanced accuracy where the run has one, else the
+    test top-1 (labelled as such: glmc's headline is always the final epoch)."""
+    return record["val"]["balanced"] if "val" in record else record["top1"]
+
+
+def best_label(record: dict) -> str:
+    return BEST_ON_VALIDATION_LABEL if "val" in record else BEST_LABEL
+
+
+def evaluation_line(record: dict, epochs: int) -> str:
+    loss = record["losses"].get("loss", float("nan"))
+    test = (f"top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  {format_shots(record, width=5)}  "
+            f"ece {format_percent(record.get('ece'))}  ") if "top1" in record else ""
+    val = record.get("val")
+    validation = f"val {val['top1']:.2f} (balanced {val['balanced']:.2f})  " if val else ""
+    return f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  {test}{validation}lr {record['lr']:.5f}  {record['seconds']:.1f}s"
+
+
+def shots_table(summary: dict) -> str:
+    final, best = summary["final"], summary["best"]
+    chosen = "validation-selected" if best.get("label") == BEST_ON_VALIDATION_LABEL else "test-selected"
+    rows = [("final", final), (f"best (epoch {best['epoch']}, {chosen})", best)]
+    if final.get("top1") is None:  # eval.test=false: only the validation set was evaluated
+        rows = [("final, validation set", final["val"]), (f"best (epoch {best['epoch']}), validation set", best["val"])]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'':<{width}}  {'top1':>6} {'many':>6} {'medium':>6} {'few':>6}"]
+    for name, record in rows:
+        lines.append(f"{name:<{width}}  " + " ".join(format_percent(record[key], width=6) for key in ("top1", *SHOT_GROUPS)))
+    return "\n".join(lines)
+
+
+def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, steps: int, seconds: float,
+                 unreadable: list[str], device: torch.device, processes: int = 1,
+                 precision: dict[str, str] | None = None) -> dict:
+    """summary.json: the final and the best evaluation, and what the run was (data, method, machine, code)."""
+    return {
+        "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: records of a run begun by an older glmc lack ECE
+        "best": {k: best.get(k) for k in METRIC_KEYS} | {"label": best_label(best)},
+        "fingerprint": dataset.fingerprint,
+        "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
+        "method": config.method.name,
+        "backbone": config.model.backbone,
+        "epochs": config.train.epochs,
+        "steps": steps,
+        "wall_seconds": round(seconds, 2),
+        "version": glmc.__version__,
+        "git_commit": git_commit(),
+        "device": device_name(device),
+        "precision": precision,  # resolved: {"train": ..., "eval": ...}
+        "processes": processes,
+        "unreadable_images": {"count": len(unreadable), "files": unreadable[:100]},
+        "torch": torch.__version__,
+        "config": config.to_dict(),
+    }
