@@ -18,7 +18,8 @@ from glmc.config import OptimConfig, build_config, load_presets
 from glmc.data.batch import StreamBatch, TwoStreamBatch
 from glmc.data.datasets import DataConfig, create_dataset
 from glmc.data.loader import TwoStreamLoader
-from glmc.engine import create_optimizer, step_rng, train_step
+from glmc.engine import step_rng, train_step
+from glmc.optim import create_optimizer
 from glmc.errors import ConfigError
 from glmc.methods import METHODS, create_method, method_options
 from glmc.methods.losses import (

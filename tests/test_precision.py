@@ -10,7 +10,8 @@ import torch
 from glmc import precision as precision_module
 from glmc.cli import main
 from glmc.config import OptimConfig, build_config
-from glmc.engine import learning_rate, step_rng, train_step
+from glmc.engine import step_rng, train_step
+from glmc.optim import learning_rate
 from glmc.errors import ConfigError
 from glmc.precision import MixedPrecision, predict_logits, resolve_precision
 from glmc.trainer import build_run, train

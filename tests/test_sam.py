@@ -12,7 +12,8 @@ from torch import nn
 
 from glmc.config import OptimConfig, build_config
 from glmc.data.batch import StreamBatch, TwoStreamBatch
-from glmc.engine import create_optimizer, train_step
+from glmc.engine import train_step
+from glmc.optim import create_optimizer
 from glmc.errors import ConfigError
 from glmc.methods import StepResult, create_method, method_options
 from glmc.models.output import GLMCOutput

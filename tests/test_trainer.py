@@ -14,7 +14,7 @@ import yaml
 from glmc.checkpoint import load_checkpoint, save_checkpoint
 from glmc.cli import main
 from glmc.config import OptimConfig, build_config
-from glmc.engine import learning_rate
+from glmc.optim import learning_rate
 from glmc.errors import GlmcError
 from glmc.machine import cpu_model
 from glmc.rundir import Resume, RunFolder

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from glmc.checkpoint import save_checkpoint, warn
 from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.batch import BatchSpec, TrainingBatches
-from glmc.engine import learning_rate, set_learning_rate
+from glmc.optim import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
 from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
 from glmc.files import write_text_atomically

@@ -1,24 +1,60 @@
-"""A saved checkpoint restored for evaluation (glmc eval, report, predict, calibrate), and evaluated on its held-out set."""
+"""Evaluation: a model on held-out batches (training's evaluations and every command's), and a saved checkpoint restored
+for it (glmc eval, report, predict, calibrate)."""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterable, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from glmc import distributed
 from glmc.augment import Normalise
 from glmc.checkpoint import checkpoint_classifier, load_checkpoint
 from glmc.config import Config, stored_config
 from glmc.data.datasets import Dataset, create_dataset
-from glmc.engine import evaluate, resolve_device
+from glmc.devices import resolve_device
 from glmc.errors import GlmcError
-from glmc.metrics import Metrics
+from glmc.metrics import ConfusionCounter, Metrics
 from glmc.models import create_model
-from glmc.precision import resolve_precision
-from glmc.shots import SHOT_BOUNDS
+from glmc.precision import predict_logits, resolve_precision
+from glmc.shots import SHOT_BOUNDS, ShotBounds
 
+
+
+def confusion_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], num_classes: int,
+                     precision: str = "fp32") -> ConfusionCounter:
+    """The confusion matrix and top-5 count of `model` on un-augmented test batches, in `precision`.
+
+    batches: (N x C x H x W normalised float, N labels) on the model's device.
+    """
+    was_training = model.training
+    model.eval()
+    counter = ConfusionCounter(num_classes)
+    for inputs, targets in batches:
+        counter.update(predict_logits(model, inputs, precision), targets)
+    model.train(was_training)
+    return counter
+
+
+def evaluate(
+    model: nn.Module,
+    batches: Iterable[tuple[Tensor, Tensor]],
+    class_counts: Sequence[int],
+    shot_bounds: ShotBounds,
+    precision: str = "fp32",
+) -> Metrics:
+    """Top-1/5, per-class and many/medium/few accuracy on un-augmented test batches.
+
+    Under torchrun each rank passes its slice of the test set; the counts are summed over
+    ranks, so every rank returns the metrics of the whole test set.
+    """
+    counter = confusion_counts(model, batches, len(class_counts), precision)
+    if distributed.active():
+        counter.reduce(distributed.sum_across, next(model.parameters()).device)
+    return counter.finish(class_counts, shot_bounds)
 
 @dataclass(frozen=True)
 class Restored:

@@ -24,7 +24,7 @@ from glmc.augment import Normalise
 from glmc.checkpoint import load_checkpoint
 from glmc.data.files import DECODE_ERRORS, UnreadableImage, centre_view, decode_rgb
 from glmc.data.images import IMAGE_SUFFIXES  # what a folder is searched for (case-insensitive)
-from glmc.engine import resolve_device
+from glmc.devices import resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import checkpoint_config, checkpoint_dataset, checkpoint_eval_precision, restore_model
 from glmc.precision import predict_logits

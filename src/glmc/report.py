@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from glmc import plots
-from glmc.engine import confusion_counts, resolve_device
+from glmc.devices import resolve_device
 from glmc.errors import GlmcError
-from glmc.evaluation import restore_for_evaluation
+from glmc.evaluation import confusion_counts, restore_for_evaluation
 from glmc.files import file_sha256
 from glmc.metrics import SHOT_GROUPS, format_percent
 from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into

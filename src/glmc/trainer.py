@@ -30,22 +30,14 @@ from glmc.config import Config
 from glmc.data.batch import HeldOutBatches, TrainingBatches
 from glmc.data.datasets import Dataset, create_dataset
 from glmc.distributed import SINGLE, Shard
-from glmc.engine import (
-    LossMeter,
-    NonFiniteWatch,
-    at_most,
-    create_optimizer,
-    evaluate,
-    learning_rate,
-    resolve_device,
-    set_learning_rate,
-    step_rng,
-    train_step,
-)
+from glmc.devices import resolve_device
+from glmc.engine import LossMeter, NonFiniteWatch, at_most, step_rng, train_step
+from glmc.evaluation import evaluate
 from glmc.errors import ConfigError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
 from glmc.models import create_model, use_heads
+from glmc.optim import create_optimizer, learning_rate, set_learning_rate
 from glmc.precision import MixedPrecision, resolve_precision
 from glmc.provenance import device_name, git_commit
 from glmc.records import best_label, evaluation_line, evaluation_record, make_summary, selection_score, shots_table
