@@ -14,6 +14,7 @@ import pytest
 
 from glmc.checkpoint import load_checkpoint
 from glmc.evaluation import evaluate_checkpoint
+from glmc.rundir import RunFolder, load_run
 from glmc.weights import COMPACT_SUFFIX, evaluation_path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -36,3 +37,17 @@ def test_committed_weights_reproduce_their_recorded_top1_on_the_cpu(evaluation, 
         pytest.skip(f"{weights} was trained on {dataset}; only CIFAR-10 is here")
     metrics = evaluate_checkpoint(str(weights), data_root=str(cifar10_root), device="cpu")
     assert metrics.top1 == pytest.approx(recorded["top1"], abs=0.05)
+
+
+RUN_FOLDERS = sorted(path.parent for path in RESULTS.rglob("config.yaml"))
+
+
+@pytest.mark.parametrize("folder", RUN_FOLDERS, ids=[str(p.relative_to(RESULTS)) for p in RUN_FOLDERS])
+def test_every_committed_run_folder_still_reads(folder):
+    """Configs, records and summaries of every committed run, whichever glmc wrote them, read as this version
+    reads a run folder (glmc compare, report and reproduce read them so)."""
+    config = RunFolder(folder).read_config()
+    assert config.method.name and config.model.backbone
+    if (folder / "summary.json").is_file():
+        run = load_run(folder)
+        assert run.records and run.summary["final"]["epoch"] == run.records[-1]["epoch"]

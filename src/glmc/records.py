@@ -86,7 +86,7 @@ def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, step
                  precision: dict[str, str] | None = None) -> dict:
     """summary.json: the final and the best evaluation, and what the run was (data, method, machine, code)."""
     return {
-        "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: records of a run begun by an older glmc lack ECE
+        "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: `val` only where the run has a validation set
         "best": {k: best.get(k) for k in METRIC_KEYS} | {"label": best_label(best)},
         "fingerprint": dataset.fingerprint,
         "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),

@@ -403,8 +403,6 @@ def this_ranks_totals(saved: dict | None, shard: Shard) -> dict | None:
         return None
     totals = {}
     for name, value in saved.items():
-        if value.dim() == 0:  # checkpoints of glmc before per-process sums: one process
-            value = value[None]
         if len(value) == shard.world:
             totals[name] = value[shard.rank].clone()
         else:
