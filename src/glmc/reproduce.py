@@ -234,8 +234,9 @@ def run_status(folder: Path, config: Config) -> RunStatus:
     if done is not None:
         return RunStatus("done", done, done)
     run = RunFolder(folder)
-    if not run.holds_this_run(config):
+    if not run.holds_run():
         return RunStatus("to do", 0, epochs)
+    run.require_same_run(config)  # a folder holding another run is refused
     epoch = int(load_latest_good(run.last_checkpoint)["state"]["epoch"]) if run.has_checkpoint() else 0
     return RunStatus("partial", epoch, epochs)
 

@@ -95,9 +95,11 @@ class RunFolder:
         """Whether training continues the run the folder holds (see `Resume`); refuses what `resume` rules out."""
         if not isinstance(resume, Resume):  # True or None from a caller of the old signature must not start over
             raise TypeError(f"resume must be a glmc.rundir.Resume, got {resume!r}")
-        if resume is Resume.IF_SAME_RUN:
-            return self.holds_this_run(config)
         holds_run = self.holds_run()
+        if resume is Resume.IF_SAME_RUN:
+            if holds_run:
+                self.require_same_run(config)  # a run of another config is refused
+            return holds_run
         if resume is Resume.ALWAYS and not holds_run:
             raise GlmcError(f"nothing to resume in {self.path}: no {CONFIG_FILE} or {LAST_CHECKPOINT}")
         if holds_run and resume is Resume.NEVER and not overwrite:
@@ -169,14 +171,6 @@ class RunFolder:
             differing = sorted(key for key in set(held) | set(wanted) if held.get(key) != wanted.get(key))
             raise GlmcError(f"{self.path} holds another run (it differs in {', '.join(differing[:4])}); "
                             "move it away or choose another output folder")
-
-    def holds_this_run(self, config: Config) -> bool:
-        """True when the folder holds a run of `config` (to continue), False when it holds none; a run
-        of another config is refused (`require_same_run`)."""
-        if not self.holds_run():
-            return False
-        self.require_same_run(config)
-        return True
 
     def write_config(self, config: Config) -> None:
         self.check_lease()

@@ -142,7 +142,7 @@ def train_process(config: Config, output: Path, shard: Shard, device: str, resum
         resumes = folder.prepare(resume, overwrite, config, command or "") if shard.is_main else None
         distributed.barrier()
         if resumes is None:
-            resumes = resume is Resume.ALWAYS or (resume is Resume.IF_SAME_RUN and folder.holds_this_run(config))
+            resumes = resume is Resume.ALWAYS or (resume is Resume.IF_SAME_RUN and folder.holds_run())
         return train_folder(run, folder, resumes, quiet, tensorboard, command)
     finally:
         folder.release()
