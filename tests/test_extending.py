@@ -6,7 +6,9 @@ backbone" block itself: if any needs more than the decorated definition, this te
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Sequence
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glmc.cli import main
+from glmc.cli import PLUGIN_GROUP, main
 from glmc.config import build_config
 from glmc.data.datasets import DATASETS, DataConfig
 from glmc.data.in_memory import InMemoryDataset
@@ -124,27 +126,43 @@ def documented_encoder_block() -> str:
 
 
 @pytest.fixture
-def tiny_encoder():
-    namespace: dict = {}
-    exec(compile(documented_encoder_block(), str(DOCS), "exec"), namespace)  # registers "tiny-encoder"
-    yield namespace["TinyEncoder"]
+def tiny_plugin(tmp_path, monkeypatch):
+    """The documented block as a user's package would ship it: a module declared in the `glmc.plugins` entry points."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "tiny_glmc_plugin.py").write_text(documented_encoder_block())
+    monkeypatch.syspath_prepend(str(plugins))
+    entry = importlib.metadata.EntryPoint(name="tiny", value="tiny_glmc_plugin", group=PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry] if group == PLUGIN_GROUP else [])
+    yield
     BACKBONES.unregister("tiny-encoder")
+    sys.modules.pop("tiny_glmc_plugin", None)
 
 
-def test_the_documented_encoder_trains_with_glmc_from_the_command_line_and_a_baseline_from_python(tmp_path, tiny_encoder):
+def test_the_documented_encoder_trains_with_glmc_from_the_command_line_and_a_baseline_from_python(tmp_path, tiny_plugin):
     write_toy_npz(tmp_path)
     common = {"data.dataset": "toy-npz", "data.data_root": str(tmp_path), "data.imbalance_factor": "4",
               "model.backbone": "tiny-encoder", "train.epochs": "2", "train.batch_size": "16", "train.device": "cpu"}
     glmc_run = tmp_path / "glmc"
     assert main(["train", *[arg for key, value in common.items() for arg in ("--set", f"{key}={value}")],
-                 "--output", str(glmc_run), "--quiet"]) == 0
+                 "--output", str(glmc_run), "--quiet"]) == 0  # the plugin registers the encoder as glmc starts
     losses = json.loads((glmc_run / "metrics.jsonl").read_text().splitlines()[-1])["losses"]
     assert {"ce", "cb", "sim"} <= set(losses)  # GLMC's heads, projection and predictor included, on the encoder
     summary = train(build_config(None, {**common, "method.name": "ldam-drw", "model.classifier": "cosine"}),
                     tmp_path / "ldam", quiet=True)
     assert summary["backbone"] == "tiny-encoder" and summary["final"]["epoch"] == 2
     model = create_model("tiny-encoder", 4)
-    assert isinstance(model.encoder, tiny_encoder) and model.heads.projection.in_features == tiny_encoder.feature_dim
+    encoder_class = type(model.encoder)
+    assert encoder_class.__name__ == "TinyEncoder" and model.heads.projection.in_features == encoder_class.feature_dim
+
+
+def test_a_plugin_that_fails_to_import_is_one_line(tmp_path, monkeypatch, capsys):
+    entry = importlib.metadata.EntryPoint(name="broken", value="no_such_glmc_plugin", group=PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry] if group == PLUGIN_GROUP else [])
+    assert main(["presets"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("glmc: error: plugin broken (no_such_glmc_plugin) failed to import: ModuleNotFoundError")
+    assert "\n" not in err
 
 
 def test_an_encoder_must_say_its_feature_size():

@@ -1,12 +1,15 @@
 """The `glmc` command line: `glmc data | presets | train | eval | bench | calibrate | compare | report | predict |
 export | reproduce | tune`.
 
-Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback.
+Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback. Before anything else the
+command imports the modules other installed packages declare in the `glmc.plugins` entry-point group, so the
+datasets, encoders, methods and calibrations they register are known to every command.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
 import shlex
@@ -22,9 +25,25 @@ from glmc.data.validation import VALIDATIONS
 from glmc.errors import GlmcError, RunInterrupted
 
 DATA_ROOT_ENV = "GLMC_DATA_ROOT"
+PLUGIN_GROUP = "glmc.plugins"  # [project.entry-points."glmc.plugins"] of a package that registers entries
+
+
+def load_plugins() -> None:
+    """Import every module of the `glmc.plugins` entry-point group: its decorators register its entries."""
+    for entry in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+        try:
+            entry.load()
+        except Exception as error:  # a plugin's own bug: one line naming it, not a traceback from inside glmc
+            first_line = (str(error).splitlines() or [""])[0]
+            raise GlmcError(f"plugin {entry.name} ({entry.value}) failed to import: {type(error).__name__}: {first_line}") from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        load_plugins()
+    except GlmcError as error:
+        print(f"glmc: error: {error}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed, for the run's sessions.jsonl
