@@ -71,8 +71,4 @@ def with_heads(encoder: nn.Module, num_classes: int, classifier: str = "linear")
 
 def create_model(name: str, num_classes: int, classifier: str = "linear") -> GLMCModel:
     """The registered encoder `name` with GLMC's heads for `num_classes` classes (`with_heads`)."""
-    constructor = BACKBONES.get(name)
-    CLASSIFIERS.get(classifier)
-    if num_classes < 2:
-        raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
-    return with_heads(constructor(), num_classes, classifier)
+    return with_heads(BACKBONES.get(name)(), num_classes, classifier)
