@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -34,8 +36,8 @@ def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
 
 def test_every_preset_builds_and_has_a_description():
     presets = load_presets()
-    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting, and one baseline at its own recipe; 5 large-image presets
-    assert len(presets) == 13 + 6 * 12 + 6 + 5 and "quickstart" in presets
+    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting, and two baselines at their own recipes; 5 large-image presets
+    assert len(presets) == 13 + 6 * 12 + 6 * 2 + 5 and "quickstart" in presets
     for name, preset in presets.items():
         build_config(name)
         assert preset["description"]
@@ -232,6 +234,43 @@ def test_ldam_drw_own_recipe_presets_hold_cao_et_al_s_recipe(setting):
     assert (glmc_recipe["optim.lr"], glmc_recipe["train.batch_size"], glmc_recipe["optim.schedule"]) == (0.01, 64, "cosine")
     assert {k: v for k, v in config.items() if not k.startswith(("optim.", "train."))} == {
         k: v for k, v in glmc_recipe.items() if not k.startswith(("optim.", "train."))}
+
+
+BALANCED_SOFTMAX_RECIPE = {  # Ren et al. 2020, BalancedMetaSoftmax-Classification's balanced_softmax_imba200.yaml
+    "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "ramp-cosine",
+    "optim.warmup_start": 0.5, "optim.schedule_lag": False, "optim.sam_rho": 0.0, "train.batch_size": 512,
+    "train.drop_last": True, "train.sampler": "power", "data.autoaugment": "cifar10",
+    "data.cutout": 16, "method.name": "balanced-softmax", "model.classifier": "linear", "model.backbone": "resnet32",
+    "data.split": "standard",
+}
+
+
+@pytest.mark.parametrize("setting", PRESET_ROWS)
+def test_balanced_softmax_own_recipe_presets_hold_ren_et_al_s_recipe(setting):
+    """Every value, and the length: the code's 13,000 iterations and 800 of warm-up as whole epochs of the setting's
+    training set, ceil(iterations / ceil(N / 512)), N from the setting's long-tailed profile."""
+    from glmc.config import flatten
+    from glmc.data.longtail import exponential_profile
+
+    config = flatten(build_config(f"{setting}-balanced-softmax-own-recipe").to_dict())
+    assert {key: config[key] for key in BALANCED_SOFTMAX_RECIPE} == BALANCED_SOFTMAX_RECIPE
+    dataset, factor, *_ = PRESET_ROWS[setting]
+    assert (config["data.dataset"], config["data.imbalance_factor"]) == (dataset, factor)
+    classes = 10 if dataset == "cifar10-lt" else 100
+    loader_batches = math.ceil(sum(exponential_profile(50_000 // classes, classes, factor)) / 512)
+    assert config["train.epochs"] == math.ceil(13_000 / loader_batches)
+    assert config["optim.warmup_epochs"] == math.ceil(800 / loader_batches)
+    glmc_recipe = flatten(build_config(f"{setting}-balanced-softmax").to_dict())
+    assert (glmc_recipe["data.autoaugment"], glmc_recipe["data.cutout"], glmc_recipe["train.epochs"]) == ("none", 0, 200)
+
+
+def test_augmentation_options_are_checked():
+    with pytest.raises(ConfigError, match="unknown AutoAugment policy 'cifar'"):
+        build_config(None, {"data.autoaugment": "cifar"})
+    with pytest.raises(ConfigError, match="data.cutout must be >= 0"):
+        build_config(None, {"data.cutout": "-1"})
+    with pytest.raises(ConfigError, match="warmup_epochs must be < train.epochs"):
+        build_config(None, {"optim.schedule": "ramp-cosine", "optim.warmup_epochs": "10", "train.epochs": "10"})
 
 
 def test_a_list_value_comes_from_the_command_line_or_yaml_and_is_checked():

@@ -15,7 +15,7 @@ from glmc.cli import main
 from glmc.data.datasets import DataConfig, create_dataset
 from glmc.data.images import AS_LISTED, ImageFileDataset
 from glmc.data.longtail import exponential_profile
-from glmc.errors import DataError
+from glmc.errors import ConfigError, DataError
 
 
 @pytest.fixture(scope="module")
@@ -202,3 +202,11 @@ def test_glmc_data_reports_a_bad_list_in_one_line(tree, capsys):
                  "--test-list", "test.txt"]) == 2
     err = capsys.readouterr().err
     assert "cols.txt, line 1: expected 2 columns" in err and err.count("\n") == 1
+
+
+def test_autoaugment_and_cutout_are_refused_for_image_files_in_one_line(tree):
+    root, _ = tree
+    for option in ({"autoaugment": "cifar10"}, {"cutout": 16}):
+        config = DataConfig(dataset="folder", data_root=str(root), **option)
+        with pytest.raises(ConfigError, match=r"^data.autoaugment and data.cutout apply to datasets held in memory"):
+            create_dataset(config).train_loader(config, 4, torch.device("cpu"))

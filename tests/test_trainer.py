@@ -158,6 +158,36 @@ def test_warmup_step_schedule_is_cao_et_al_s():
     assert [learning_rate(e, 10, no_warmup) for e in (0, 4, 5)] == pytest.approx([0.1, 0.1, 0.01])
 
 
+def test_ramp_cosine_schedule_is_ren_et_al_s():
+    """Balanced Softmax's CIFAR schedule (CosineAnnealingLRWarmup stepped before each epoch t = e + 1): 0.05 rising by
+    0.05 / (W - 1) an epoch, 0.1 at epoch W - 1, cosine after, 0 in the last epoch."""
+    ramp = OptimConfig(lr=0.1, schedule="ramp-cosine", warmup_epochs=32, warmup_start=0.5)
+    reference = [0.05 + 0.05 * (t - 1) / 31 if t < 32 else 0.1 * (1 + math.cos(math.pi * (t - 32) / (520 - 32))) / 2
+                 for t in range(1, 521)]
+    assert [learning_rate(e, 520, ramp) for e in range(520)] == pytest.approx(reference, abs=1e-15)
+    assert learning_rate(0, 520, ramp) == pytest.approx(0.05) and learning_rate(31, 520, ramp) == pytest.approx(0.1)
+    assert learning_rate(519, 520, ramp) == pytest.approx(0.0, abs=1e-15)
+    no_ramp = OptimConfig(lr=0.1, schedule="ramp-cosine", warmup_epochs=0)
+    assert [learning_rate(e, 5, no_ramp) for e in (0, 4)] == pytest.approx([0.1, 0.0])
+
+
+def test_balanced_softmax_at_ren_et_al_s_recipe_trains_with_its_schedule_and_augmentation(tmp_path):
+    """The recipe's pieces in one run: the epochs' lr follow ramp-cosine, the partial batch is dropped, and AutoAugment
+    with Cutout changes what the model sees (the same run without them ends elsewhere), deterministically."""
+    recipe = {"method.name": "balanced-softmax", "optim.schedule": "ramp-cosine", "optim.warmup_epochs": 3,
+              "optim.warmup_start": 0.5, "train.epochs": 4, "train.batch_size": 64, "train.drop_last": True,
+              "data.autoaugment": "cifar10", "data.cutout": 16}
+    config = tiny_config(**{key.replace(".", "__"): value for key, value in recipe.items()})
+    first, again = (train(config, tmp_path / name, quiet=True) for name in ("first", "again"))
+    plain = train(tiny_config(**{key.replace(".", "__"): value for key, value in recipe.items()
+                                 if not key.startswith("data.")}), tmp_path / "plain", quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "first" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in records] == pytest.approx([learning_rate(e, 4, config.optim) for e in range(4)])
+    assert [r["lr"] for r in records] == pytest.approx([0.025, 0.0375, 0.05, 0.0])
+    assert first["steps"] == 4 * (first["dataset"]["total"] // 64)
+    assert first["final"] == again["final"] and first["final"] != plain["final"]
+
+
 def glmc(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "glmc.cli", *args], capture_output=True, text=True, cwd=cwd)
 

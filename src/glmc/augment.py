@@ -2,7 +2,8 @@
 
 CIFAR: random crop with zero padding, flip, normalise. One gather does crop and flip for the
 whole batch, so no Python runs per image. Zero padding happens on the uint8 pixels, before
-normalisation, as `RandomCrop(32, padding=4)` does on a PIL image.
+normalisation, as `RandomCrop(32, padding=4)` does on a PIL image. Optionally, after the flip,
+AutoAugment's CIFAR-10 policy and Cutout (glmc.autoaugment), as some baselines' recipes use.
 
 Large images (MoCo v2, as the authors' ImageNet-LT runs): the loader's workers crop and flip; the
 device applies colour jitter, random grayscale and Gaussian blur to whole batches with
@@ -16,6 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from glmc.autoaugment import POLICIES, PolicyTable, apply_cutout, apply_policy, draw_cutout, draw_policy
 
 
 @dataclass(frozen=True)
@@ -80,23 +83,56 @@ class Normalise:
 
 
 @dataclass(frozen=True)
+class CifarDraw:
+    """The random part of n images' CIFAR training views: crop and flip, then, where the view has them, the
+    AutoAugment sub-policy, chances and signs (glmc.autoaugment.draw_policy) and the Cutout hole's centre.
+    Every field has n rows (None: that part is off), so a process can keep its share of a global batch's."""
+
+    top: Tensor
+    left: Tensor
+    mirrored: Tensor | None
+    sub_policy: Tensor | None = None
+    chance: Tensor | None = None
+    sign: Tensor | None = None
+    hole_row: Tensor | None = None
+    hole_column: Tensor | None = None
+
+
+@dataclass(frozen=True)
 class CifarAugment:
-    """The CIFAR training view: random crop with zero padding, horizontal flip, normalise.
+    """The CIFAR training view: random crop with zero padding, horizontal flip, optionally AutoAugment's
+    `policy` and a Cutout hole of side `cutout` (0: none), normalise.
 
     In two halves, so a loader can draw the randomness of a view it does not need (keeping the
-    generator's sequence, hence every other view, unchanged) without computing the view.
+    generator's sequence, hence every other view, unchanged) without computing the view. The crop and
+    flip are drawn first, so turning AutoAugment or Cutout on changes no crop.
     """
 
     normalise: Normalise
     padding: int = 4
     flip: bool = True
+    policy: str = "none"  # an AutoAugment policy of glmc.autoaugment.POLICIES, or "none"
+    cutout: int = 0
+    image_size: tuple[int, int] = (32, 32)  # height, width: where a Cutout hole's centre may fall
 
-    def draw(self, n: int, generator: torch.Generator) -> CropFlip:
-        return draw_crop_flip(n, self.padding, generator, self.flip)
+    def draw(self, n: int, generator: torch.Generator) -> CifarDraw:
+        crop = draw_crop_flip(n, self.padding, generator, self.flip)
+        extra = {}
+        if self.policy != "none":
+            extra["sub_policy"], extra["chance"], extra["sign"] = draw_policy(n, len(POLICIES[self.policy]), generator)
+        if self.cutout:
+            extra["hole_row"], extra["hole_column"] = draw_cutout(n, *self.image_size, generator)
+        return CifarDraw(crop.top, crop.left, crop.mirrored, **extra)
 
-    def __call__(self, images: Tensor, params: CropFlip) -> Tensor:
+    def __call__(self, images: Tensor, params: CifarDraw) -> Tensor:
         """images: N x C x H x W uint8 -> N x C x H x W float, normalised."""
-        return self.normalise(apply_crop_flip(images, self.padding, params))
+        views = apply_crop_flip(images, self.padding, CropFlip(params.top, params.left, params.mirrored))
+        if params.sub_policy is not None:
+            views = apply_policy(views, PolicyTable.of(self.policy, images.device), params.sub_policy, params.chance,
+                                 params.sign)
+        if params.hole_row is not None:
+            views = apply_cutout(views, self.cutout, params.hole_row, params.hole_column)
+        return self.normalise(views)
 
 
 def blur_kernel_size(image_size: int) -> int:

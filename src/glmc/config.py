@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import yaml
 
+from glmc.autoaugment import AUTOAUGMENT_POLICIES
 from glmc.data.datasets import DATASETS, DataConfig
 from glmc.data.files import UNREADABLE_POLICIES
 from glmc.data.longtail import SPLITS
@@ -37,7 +38,7 @@ from glmc.precision import check_precision
 from glmc.registry import unknown_name_message
 from glmc.shots import SHOT_BOUNDS
 
-SCHEDULES = ("cosine", "warmup-cosine", "warmup-step")
+SCHEDULES = ("cosine", "warmup-cosine", "warmup-step", "ramp-cosine")
 NONFINITE_POLICIES = ("stop", "skip")
 # torch.compile's modes; "reduce-overhead" replays CUDA graphs, the lever for a launch-bound GPU step
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -59,8 +60,11 @@ class OptimConfig:
     # "cosine": the authors' CIFAR schedule, CosineAnnealingLR(T_max=epochs) stepped per epoch.
     # "warmup-cosine": their ImageNet-LT/iNat schedule, linear warm-up then cosine.
     # "warmup-step": Cao et al.'s LDAM-DRW CIFAR schedule, linear warm-up then step decay (decay_at, decay_factor).
+    # "ramp-cosine": Ren et al.'s Balanced Softmax CIFAR schedule, a straight line from warmup_start x lr at epoch 0
+    # to lr at epoch warmup_epochs - 1, then cosine to 0 at the last epoch.
     schedule: str = "cosine"
     warmup_epochs: int = 10
+    warmup_start: float = 0.5  # ramp-cosine: the first epoch's lr as a fraction of lr (Ren et al.'s 0.05 of 0.1)
     # warmup-step: the lr is multiplied by decay_factor at each of these fractions of train.epochs (rounded to an
     # epoch, as method.drw_start is): Cao et al.'s 0.01 at epochs 160 and 180 of 200.
     decay_at: list[float] = field(default_factory=lambda: [0.8, 0.9])
@@ -317,12 +321,19 @@ def validate(config: Config) -> None:
     _require(config.data.val_per_class is None or config.data.val_per_class >= 1, "data.val_per_class must be >= 1 (or none)",
              config.data.val_per_class)
     _require(0 < config.data.val_fraction < 1, "data.val_fraction must be in (0, 1)", config.data.val_fraction)
+    if config.data.autoaugment not in AUTOAUGMENT_POLICIES:
+        raise ConfigError(unknown_name_message("AutoAugment policy", config.data.autoaugment, list(AUTOAUGMENT_POLICIES)))
+    _require(config.data.cutout >= 0, "data.cutout must be >= 0 (0: no hole)", config.data.cutout)
     _require(config.eval.test or config.data.validation != "none",
              "eval.test=false evaluates nothing: it needs a validation set (data.validation=held-out)", config.data.validation)
     _require(config.optim.lr > 0, "optim.lr must be > 0", config.optim.lr)
     _require(config.optim.momentum >= 0, "optim.momentum must be >= 0", config.optim.momentum)
     _require(config.optim.weight_decay >= 0, "optim.weight_decay must be >= 0", config.optim.weight_decay)
     _require(config.optim.warmup_epochs >= 0, "optim.warmup_epochs must be >= 0", config.optim.warmup_epochs)
+    _require(0 <= config.optim.warmup_start <= 1, "optim.warmup_start must be in [0, 1]", config.optim.warmup_start)
+    _require(config.optim.schedule != "ramp-cosine" or config.optim.warmup_epochs < config.train.epochs,
+             f"optim.warmup_epochs must be < train.epochs ({config.train.epochs}) for the ramp-cosine schedule",
+             config.optim.warmup_epochs)
     decay_at = config.optim.decay_at
     _require(all(0 < at <= 1 for at in decay_at) and decay_at == sorted(decay_at),
              "optim.decay_at must be increasing fractions of train.epochs in (0, 1]", decay_at)
@@ -362,7 +373,8 @@ def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
 
     A setting has a `title`, the `published` figures of the authors' run and `values` (GLMC's);
     a method has a `title` and optionally `values` of its own; a recipe names its `method` and holds the `values`
-    of that method's own paper, which go on top of the method's. Method options of the setting go
+    of that method's own paper, which go on top of the method's, and optionally values `by_setting` (a recipe whose
+    length depends on the training set's size). Method options of the setting go
     only to methods that have them (see `build_config`), so a preset can never lack its
     setting's tau or gamma where its method reads them.
     """
@@ -378,7 +390,8 @@ def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
             presets[f"{name}-{method}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
     for recipe, entry in grid.get("recipes", {}).items():
         for name, setting in settings.items():
-            values = deep_merge(presets[f"{name}-{entry['method']}"]["values"], entry["values"])
+            values = deep_merge(presets[f"{name}-{entry['method']}"]["values"], entry["values"],
+                                entry.get("by_setting", {}).get(name, {}))
             presets[f"{name}-{recipe}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
     return presets
 

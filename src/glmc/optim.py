@@ -20,6 +20,8 @@ def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
     `lr/2 (1 + cos(pi (e - W + 1) / (E - W + 1)))`.
     warmup-step: Cao et al.'s CIFAR schedule, `lr (e+1) / W` for e < W (ending at lr), then lr times
     `decay_factor` once for every `decay_at` fraction f with e >= round(f E).
+    ramp-cosine: Ren et al.'s CIFAR schedule, `lr (s + (1 - s) e / (W - 1))` for e < W - 1 (s is
+    `warmup_start`), then `lr/2 (1 + cos(pi (e - W + 1) / (E - W)))`, which is 0 in the last epoch.
     With `optim.schedule_lag` epoch 0 trains at `lr` and epoch e at the value above for e - 1,
     as the authors' ImageNet-LT/iNat code does (it sets the lr after each epoch).
     """
@@ -30,6 +32,11 @@ def learning_rate(epoch: int, epochs: int, optim: OptimConfig) -> float:
     if optim.schedule == "cosine":
         return optim.lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
     warmup = optim.warmup_epochs
+    if optim.schedule == "ramp-cosine":
+        peak = max(warmup - 1, 0)  # the epoch that trains at lr
+        if epoch < peak:
+            return optim.lr * (optim.warmup_start + (1 - optim.warmup_start) * epoch / peak)
+        return optim.lr * 0.5 * (1.0 + math.cos(math.pi * (epoch - peak) / max(epochs - 1 - peak, 1)))
     if optim.schedule == "warmup-step":
         if epoch < warmup:
             return optim.lr * (epoch + 1) / warmup

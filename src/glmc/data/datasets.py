@@ -49,6 +49,10 @@ class DataConfig:
     validation: str = "none"
     val_per_class: int | None = None  # in-memory sets: validation images per class (None: the dataset's default)
     val_fraction: float = 0.1  # image files without a validation list or val/ folder: share of each class held out
+    # In-memory datasets (CIFAR-LT, synthetic-lt): after crop and flip, an AutoAugment policy ("none" or "cifar10")
+    # and a Cutout hole of this side in pixels (0: none), as some baselines' recipes train with
+    autoaugment: str = "none"
+    cutout: int = 0
 
 
 class Dataset:

@@ -32,7 +32,7 @@ from glmc.data.files import FileTestSet, FileTwoStreamLoader, ImageFiles
 from glmc.data.longtail import exponential_profile, long_tailed_indices
 from glmc.data.validation import stratified_hold_out, validation_card
 from glmc.distributed import SINGLE, Shard
-from glmc.errors import DataError, GlmcError
+from glmc.errors import ConfigError, DataError, GlmcError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -78,6 +78,9 @@ class ImageFileDataset(Dataset):
     def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
                      resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
                      spec: BatchSpec = BatchSpec()) -> FileTwoStreamLoader:
+        if config.autoaugment != "none" or config.cutout:
+            raise ConfigError(f"data.autoaugment and data.cutout apply to datasets held in memory (CIFAR-LT, synthetic-lt); "
+                              f"{self.name} is read from image files")
         colour = ImageNetColour(Normalise(self.mean, self.std), config.image_size)
         return FileTwoStreamLoader(self.train, self.class_counts, batch_size, device, colour, image_size=config.image_size,
                                    sampler=sampler, resample_weighting=resample_weighting, seed=seed, drop_last=drop_last,

@@ -25,7 +25,8 @@ class InMemoryDataset(Dataset):
     """A long-tailed training set and its complete, balanced test set, as arrays.
 
     Build one from your arrays in a dataset builder (glmc.data.datasets); the loader crops,
-    flips and normalises on the device (glmc.augment.CifarAugment).
+    flips (then applies data.autoaugment and data.cutout where set) and normalises on the device
+    (glmc.augment.CifarAugment).
     """
 
     name: str
@@ -58,8 +59,10 @@ class InMemoryDataset(Dataset):
     def train_loader(self, config: DataConfig, batch_size: int, device: torch.device, sampler: str = "power",
                      resample_weighting: float = 0.0, seed: int = 0, drop_last: bool = False, shard: Shard = SINGLE,
                      spec: BatchSpec = BatchSpec()) -> TwoStreamLoader:
+        augment = CifarAugment(Normalise(self.mean, self.std), policy=config.autoaugment, cutout=config.cutout,
+                               image_size=self.input_size(config))
         return TwoStreamLoader(torch.from_numpy(self.train_images).to(device), torch.from_numpy(self.train_labels).to(device),
-                               self.class_counts, batch_size, CifarAugment(Normalise(self.mean, self.std)), sampler=sampler,
+                               self.class_counts, batch_size, augment, sampler=sampler,
                                resample_weighting=resample_weighting, seed=seed, drop_last=drop_last, shard=shard, spec=spec)
 
     def test_set(self, config: DataConfig, batch_size: int, device: torch.device, shard: Shard = SINGLE,
