@@ -12,6 +12,8 @@ from PIL import Image
 
 from glmc import plots, report
 from glmc.cli import main
+from glmc.lock import take
+from glmc.rundir import BEST_ON_VALIDATION_LABEL
 from glmc.shots import STANDARD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -154,3 +156,30 @@ def test_a_run_of_a_glmc_without_calibration_metrics_gets_no_reliability_diagram
     (run / "summary.json").write_text(json.dumps(summary))
     assert main(["report", str(run), "--no-confusion"]) == 0
     assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png"}
+
+
+def test_a_report_written_elsewhere_caches_its_confusion_matrix_under_the_run_folders_lease(tiny_run, tmp_path):
+    """The matrix is cached in RUN_DIR/report/ whatever --output says, never beside another writer of the run
+    folder (here this process's own lease): then it is used and not cached."""
+    run = tmp_path / "busy-run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("report"))
+    lease = take(run, "glmc calibrate")
+    try:
+        page = report.make_report([run], output=tmp_path / "elsewhere", device="cpu").read_text()
+        assert "confusion.png" in embedded_files(page) and not (run / "report").exists()
+    finally:
+        lease.release()
+    report.make_report([run], output=tmp_path / "elsewhere", device="cpu")
+    assert (run / "report" / "confusion.json").is_file()
+
+
+def test_a_validation_selected_best_epoch_is_labelled_so(tiny_run, tmp_path):
+    run = tmp_path / "validated"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    summary = json.loads((run / "summary.json").read_text())
+    summary["best"]["label"] = BEST_ON_VALIDATION_LABEL
+    (run / "summary.json").write_text(json.dumps(summary))
+    page = report.make_report([run], confusion=False).read_text()
+    assert "the best epoch is selected on the validation set" in page and "selected on the test set" not in page
+    both = report.make_report([run, tiny_run], output=tmp_path / "both", confusion=False).read_text()
+    assert "(validation-selected)" in both and "(test-selected)" in both

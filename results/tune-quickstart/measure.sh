@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 28's measurement, from the repository root: a 20-trial study of GLMC on the quickstart data (validation set
+# The measurement, from the repository root: a 20-trial study of GLMC on the quickstart data (validation set
 # only), the rank agreement of early evaluations with the final one, then the tuned configuration and the quickstart
 # preset each trained on the whole training set and tested once, with 3 seeds. Writes under $WORK (default scratch/tune).
 set -euo pipefail

@@ -32,8 +32,9 @@ from glmc.devices import resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import confusion_counts, restore_for_evaluation
 from glmc.files import file_sha256
+from glmc.lock import FolderInUse
 from glmc.metrics import SHOT_GROUPS, format_percent
-from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
+from glmc.rundir import BEST_ON_VALIDATION_LABEL, LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
 REPORT_FILE = "report.html"
@@ -150,7 +151,11 @@ def attach_confusion(run: RunData, data_root: str | None, device: str) -> None:
     except GlmcError as error:  # typically the test set is not where the run read it
         run.confusion_note = f"no confusion matrix: {error} (pass --data-root)"
         return
-    write_cache(cache, checkpoint_hash, run.confusion)
+    try:
+        with writing_into(cache.parent):  # the run folder's lease, whatever folder the report goes to
+            write_cache(cache, checkpoint_hash, run.confusion)
+    except FolderInUse:
+        pass  # another process is writing the run folder: the matrix is used, not cached
 
 
 # ---------------------------------------------------------------- pictures
@@ -306,7 +311,7 @@ def figure_html(folder: Path, picture: Picture, prefix: str = "") -> str:
 def run_section_html(section: Section, folder: Path, prefix: str = "", level: int = 2) -> str:
     run, h = section.run, f"h{level}"
     parts = [f"<p>{esc(headline(run))}</p>", f"<{h}>Results</{h}>", metrics_table(run.summary),
-             '<p class="muted">Headline numbers are the final epoch; the best epoch is selected on the test set.</p>']
+             f'<p class="muted">Headline numbers are the final epoch; the {esc(selected_on(run.summary))}.</p>']
     parts += [figure_html(folder, picture, prefix) for picture in section.pictures]
     if run.confusion_note:
         parts.append(f'<p class="note">{esc(run.confusion_note)}</p>')
@@ -328,10 +333,20 @@ def page(title: str, body: str) -> str:
 def comparison_table(runs: Sequence[RunData]) -> str:
     rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
              f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
-             *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)), format_percent(r.summary["best"]["top1"])]
+             *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)),
+             f"{format_percent(r.summary['best']['top1'])} ({'validation' if validation_selected(r.summary) else 'test'}-selected)"]
             for r in runs]
     return table(["run", "method", "backbone", "dataset", "IF", "fingerprint", "epochs", "top-1", "many", "medium", "few",
-                  "best top-1 (test-selected)"], rows)
+                  "best top-1"], rows)
+
+
+def validation_selected(summary: dict) -> bool:
+    return summary["best"].get("label") == BEST_ON_VALIDATION_LABEL
+
+
+def selected_on(summary: dict) -> str:
+    """How the run's best epoch was chosen, as a clause: on the validation set where the run had one."""
+    return f"best epoch is selected on the {'validation' if validation_selected(summary) else 'test'} set"
 
 
 # ---------------------------------------------------------------- the command
@@ -347,7 +362,7 @@ def write_run_report(run: RunData, folder: Path) -> Path:
 def write_comparison_report(runs: Sequence[RunData], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     overlays = draw_overlays(runs, folder)
-    body = ["<h2>Runs</h2>", comparison_table(runs), '<p class="muted">Final epoch; best epochs are selected on the test set.</p>',
+    body = ["<h2>Runs</h2>", comparison_table(runs), '<p class="muted">Final epoch; each best top-1 names the set its epoch was selected on.</p>',
             *(figure_html(folder, picture) for picture in overlays)]
     for index, run in enumerate(runs):
         subfolder = f"{index + 1}-{re.sub(r'[^A-Za-z0-9._-]+', '_', run.name).strip('_')}"
@@ -379,14 +394,14 @@ def make_report(
     if confusion:
         resolve_device(device)  # a bad --device is an error, not a note about a missing picture
     folder = Path(output) if output else default_output(paths)
+    for run in runs:
+        if confusion:
+            attach_confusion(run, data_root, device)
+            if run.confusion_note:
+                note(f"{run.name}: {run.confusion_note}")
+        else:
+            run.confusion_note = "confusion matrix skipped (--no-confusion)"
     with writing_into(folder):  # RUN_DIR/report/: the run folder's lease
-        for run in runs:
-            if confusion:
-                attach_confusion(run, data_root, device)
-                if run.confusion_note:
-                    note(f"{run.name}: {run.confusion_note}")
-            else:
-                run.confusion_note = "confusion matrix skipped (--no-confusion)"
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as error:
