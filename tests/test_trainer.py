@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+import shutil
 import subprocess
 import sys
 
@@ -223,12 +225,31 @@ def test_an_existing_run_is_not_overwritten_unless_asked(finished_run, tmp_path)
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(finished_run, tmp_path):
+    output = tmp_path / "edited"
+    shutil.copytree(finished_run[0], output)
+    config = (output / "config.yaml").read_text()
+    for key, value, message in (("backbone", "resnet20", "holds a resnet8 with 10 classes (linear classifier), not a "
+                                                         "resnet20 with 10 classes"),
+                                ("classifier", "cosine", "not a resnet8 with 10 classes (cosine classifier)")):
+        edited = re.sub(rf"(?m)^(  {key}: ).*$", rf"\g<1>{value}", config)
+        assert edited != config
+        (output / "config.yaml").write_text(edited)
+        done = glmc("train", "--resume", str(output), cwd=tmp_path)
+        assert done.returncode == 2 and message in done.stderr
+
+
+def test_resume_changes_where_and_how_a_run_goes_on_never_its_recipe(finished_run, tmp_path):
     output, _ = finished_run
-    done = glmc("train", "--resume", str(output), "--set", "model.backbone=resnet20", cwd=tmp_path)
-    assert done.returncode == 2
-    assert "holds a resnet8 with 10 classes (linear classifier), not a resnet20 with 10 classes" in done.stderr
-    done = glmc("train", "--resume", str(output), "--set", "model.classifier=cosine", cwd=tmp_path)
-    assert done.returncode == 2 and "not a resnet8 with 10 classes (cosine classifier)" in done.stderr
+    before = {name: (output / name).read_bytes() for name in ("config.yaml", "summary.json", "metrics.jsonl")}
+    for flags in (["--set", "optim.lr=0.1"], ["--lr", "0.1"], ["--set", "model.backbone=resnet20", "--set", "train.seed=3"]):
+        done = glmc("train", "--resume", str(output), *flags, cwd=tmp_path)
+        assert done.returncode == 2 and "a resumed run keeps its recipe, so " in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+    assert "model.backbone, train.seed cannot change" in done.stderr and "glmc train --config" in done.stderr
+    assert {name: (output / name).read_bytes() for name in before} == before
+    done = glmc("train", "--resume", str(output), "--set", "train.precision=fp32", "--set", "train.max_steps=none",
+                "--device", "cpu", "--quiet", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr  # a finished run: nothing to train, nothing written
 
 
 def test_eval_refuses_weights_of_another_architecture(finished_run, tmp_path):

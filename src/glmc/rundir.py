@@ -33,7 +33,7 @@ from glmc import lock
 from glmc.checkpoint import previous_path, save_checkpoint, saved_files, warn
 from glmc.files import disk_problem, leftover_temporaries, write_text_atomically
 from glmc.config import Config, dump_config, flatten, stored_config
-from glmc.errors import GlmcError, RunInterrupted
+from glmc.errors import ConfigError, GlmcError, RunInterrupted
 
 CONFIG_FILE = "config.yaml"
 CLASSES_FILE = "classes.txt"
@@ -52,6 +52,11 @@ RECORD_FILES = (CONFIG_FILE, CLASSES_FILE, METRICS_FILE, SUMMARY_FILE, SESSIONS_
 # torch.compile, which computes the same step (tests/test_bench.py) in every mode.
 MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device", "train.compile",
                 "train.compile_mode")
+# What `glmc train --resume` may change on top of the run's config: the machine's keys, the precision its CPU or
+# GPU supports, when to checkpoint and where to stop, the evaluation batch. Anything else would make one run of
+# two recipes.
+RESUME_KEYS = (*MACHINE_KEYS, "train.precision", "eval.precision", "eval.interim_precision", "train.max_steps",
+               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_batch_size")
 
 
 class Resume(enum.Enum):
@@ -157,10 +162,15 @@ class RunFolder:
             self.lease.check()
 
     def read_config(self, overrides: Mapping | None = None) -> Config:
-        """The run's config (from any glmc version), with `overrides` on top."""
+        """The run's config (from any glmc version), with `overrides` of RESUME_KEYS on top."""
         path = self.path / CONFIG_FILE
         if not path.is_file():
             raise GlmcError(f"{self.path} holds no run to resume ({CONFIG_FILE} missing)")
+        recipe = sorted(key for key in flatten(overrides or {}) if key not in RESUME_KEYS)
+        if recipe:
+            raise ConfigError(f"a resumed run keeps its recipe, so {', '.join(recipe)} cannot change (only "
+                              f"{', '.join(RESUME_KEYS)}); to train it otherwise, start a new run: glmc train --config "
+                              f"{path} --set KEY=VALUE --output NEW_DIR")
         return stored_config(yaml.safe_load(path.read_text()), overrides)
 
     def require_same_run(self, config: Config) -> None:
