@@ -177,5 +177,50 @@ def test_start_refuses_a_missing_or_finished_run_with_the_command_that_fixes_it(
     campaign = campaign_script.Campaign(tmp_path)
     campaign.run.parent.mkdir(parents=True)
     campaign.run.symlink_to(tiny_run)
-    assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2
-    assert "has finished (summary.json)" in capsys.readouterr().err
+    with pytest.raises(campaign_script.CampaignError, match=r"has finished \(summary.json\)"):
+        campaign_script.start(campaign)
+    assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2  # the queue's only run has finished
+    assert "every run of tools/cpu_queue.yaml has finished: queue the next one" in capsys.readouterr().err
+
+
+def test_the_committed_queue_begins_with_the_authors_run(campaign_script):
+    queue = campaign_script.read_queue()
+    assert queue[0] == campaign_script.AUTHORS
+    assert all((ROOT / run.record / "RUN.md").is_file() or run.preset for run in queue)
+    assert all(run.preset is None or run.commit for run in queue)  # a run not started says which code trains it
+
+
+def test_once_a_run_has_finished_the_campaign_starts_the_next_from_its_preset_and_commit(
+        campaign_script, repository, tmp_path):
+    root, code, _ = repository
+    queue_file = tmp_path / "queue.yaml"
+    queue_file.write_text(yaml.safe_dump([
+        {"run": campaign_script.NAME, "record": str(campaign_script.RECORD)},
+        {"run": "next-cpu", "record": "results/next-cpu", "preset": "quickstart", "commit": code,
+         "set": ["train.seed=1"]}]))
+    queue = campaign_script.read_queue(queue_file)
+    assert campaign_script.current(root, queue).entry.name == campaign_script.NAME
+    (root / campaign_script.RECORD / "summary.json").write_text("{}")  # the authors' run, finished and committed
+    campaign = campaign_script.current(root, queue)
+    assert campaign.entry.name == "next-cpu" and campaign_script.position(campaign.run) == "not started"
+
+    done = campaign_script.restore(campaign, write_materializer(tmp_path / "materialize.py"))
+    assert "not started; `start` starts it (--preset quickstart)" in done[0] and f"added at {code[:12]}" in done[1]
+    assert campaign_script.run_commit(campaign) == code
+    assert campaign_script.train_command(campaign)[4:] == [
+        "--preset", "quickstart", "--data-root", "data/cifar10", "--output", str(campaign.run), "--resume-if-exists",
+        "--set", "train.seed=1"]
+    campaign.run.mkdir(parents=True)
+    (campaign.run / "checkpoint_last.pt").write_bytes(b"its first checkpoint")
+    assert campaign_script.train_command(campaign)[4:] == ["--resume", str(campaign.run)]
+
+    (campaign.run / "summary.json").write_text("{}")
+    with pytest.raises(campaign_script.CampaignError, match="every run of tools/cpu_queue.yaml has finished"):
+        campaign_script.current(root, queue)
+
+
+def test_a_queue_that_is_not_a_list_of_runs_is_one_line(campaign_script, tmp_path):
+    bad = tmp_path / "queue.yaml"
+    bad.write_text("- {record: results/x}\n")
+    with pytest.raises(campaign_script.CampaignError, match="not a list of runs"):
+        campaign_script.read_queue(bad)

@@ -1,22 +1,28 @@
-"""The CPU campaign: the authors' IF100 run, advanced a piece at a time on a machine that may forget its files.
+"""The CPU campaign: long runs, one after the other, advanced a piece at a time on a machine that may forget its files.
 
     python tools/cpu_campaign.py restore   # what the run needs, rebuilt where the machine came back without it
     python tools/cpu_campaign.py start     # the next piece, in the background (its own session)
     python tools/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
     python tools/cpu_campaign.py status    # running or not, how far, the last evaluation
 
-The live run folder (runs/cifar10-lt-if100-authors-cpu), the worktree of the commit the run was
-started from (scratch/campaign-<commit>) and the data (data/cifar10) are all git-ignored, so a
-machine that comes back without its ignored folders has none of them. `restore` rebuilds each one
-that is missing and touches none that is there: the run folder from the last fallback commit that
-the committed RUN.md names (records and checkpoint from the same commit, the checkpoint's SHA-256
-checked before the folder is put in place), the worktree at the commit the run's own
-sessions.jsonl names, the data with the shared materialiser.
+The runs, in order, are listed in tools/cpu_queue.yaml; every command acts on the first one that has
+not finished (no summary.json in its live folder or in its committed record folder). A run not
+started yet names its preset and the commit to train it with.
 
-`start` runs `glmc train --resume` from that worktree (PYTHONPATH), so the code under the run
-never changes while other work lands. Every piece's start (the CPU model and whether it has bf16
-natively, which decides the run's `auto` precision) and end (exit code) go to runs/campaign.log,
-its output to runs/campaign.log.out.
+The live run folder (runs/<run>), the worktree of the commit the run trains with
+(scratch/campaign-<commit>) and the data (data/cifar10) are all git-ignored, so a machine that
+comes back without its ignored folders has none of them. `restore` rebuilds each one that is
+missing and touches none that is there: the run folder from the last fallback commit that the
+committed RUN.md names (records and checkpoint from the same commit, the checkpoint's SHA-256
+checked before the folder is put in place), the worktree at the commit the run's own
+sessions.jsonl names (or, before its first piece, the queue's), the data with the shared
+materialiser.
+
+`start` runs `glmc train --resume` (before the first checkpoint: `glmc train --preset ...
+--resume-if-exists`) from that worktree (PYTHONPATH), so the code under the run never changes while
+other work lands. Every piece's start (the CPU model and whether it has bf16 natively, which decides
+the run's `auto` precision) and end (exit code) go to runs/campaign.log, its output to
+runs/campaign.log.out.
 """
 
 from __future__ import annotations
@@ -36,12 +42,16 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import yaml
+
 from glmc.files import file_sha256
 from glmc.machine import cpu_bf16, machine_description
 
 ROOT = Path(__file__).resolve().parents[1]
+QUEUE = ROOT / "tools" / "cpu_queue.yaml"
 NAME = "cifar10-lt-if100-authors-cpu"
 RECORD = Path("results") / "cifar10-lt" / NAME  # committed: RUN.md names the fallback commits
+DATA = Path("data") / "cifar10"
 SHARED_MATERIALIZER = ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "materialize.py"
 CHECKPOINT = "checkpoint_last.pt"
 PAUSE_TIMEOUT_S = 900  # a SIGTERM during an evaluation waits for it (about 3 minutes here)
@@ -52,22 +62,51 @@ class CampaignError(Exception):
 
 
 @dataclass(frozen=True)
+class QueuedRun:
+    """One run of the queue: runs/<name>, committed under `record`; before its first piece, how to start it."""
+
+    name: str
+    record: Path  # relative to the checkout: RUN.md (its fallback table), and the results once finished
+    preset: str | None = None
+    commit: str | None = None  # the glmc commit that trains it, until its sessions.jsonl names one
+    overrides: tuple[str, ...] = ()  # KEY=VALUE, given to glmc train as --set
+
+
+AUTHORS = QueuedRun(NAME, RECORD)
+
+
+def read_queue(path: Path = QUEUE) -> list[QueuedRun]:
+    try:
+        entries = yaml.safe_load(path.read_text())
+        return [QueuedRun(name=entry["run"], record=Path(entry["record"]), preset=entry.get("preset"),
+                          commit=None if entry.get("commit") is None else str(entry["commit"]),
+                          overrides=tuple(entry.get("set", ()))) for entry in entries]
+    except (OSError, yaml.YAMLError, TypeError, KeyError) as error:
+        raise CampaignError(f"{path}: not a list of runs (run, record; preset, commit, set): {error}") from None
+
+
+@dataclass(frozen=True)
 class Campaign:
-    """Where everything lives, relative to one checkout (tests use a scratch repository)."""
+    """Where everything lives, relative to one checkout (tests use a scratch repository), for one queued run."""
 
     root: Path
+    entry: QueuedRun = AUTHORS
 
     @property
     def run(self) -> Path:
-        return self.root / "runs" / NAME
+        return self.root / "runs" / self.entry.name
 
     @property
     def record(self) -> Path:
-        return self.root / RECORD
+        return self.root / self.entry.record
+
+    @property
+    def finished(self) -> bool:
+        return (self.run / "summary.json").is_file() or (self.record / "summary.json").is_file()
 
     @property
     def data(self) -> Path:
-        return self.root / "data" / "cifar10"
+        return self.root / DATA
 
     @property
     def log(self) -> Path:
@@ -82,6 +121,15 @@ class Campaign:
         return self.root / "scratch" / f"campaign-{commit[:7]}"
 
 
+def current(root: Path, queue: list[QueuedRun]) -> Campaign:
+    """The campaign of the first queued run that has not finished."""
+    for entry in queue:
+        campaign = Campaign(root, entry)
+        if not campaign.finished:
+            return campaign
+    raise CampaignError(f"every run of {QUEUE.relative_to(ROOT)} has finished: queue the next one")
+
+
 def git(root: Path, *args: str) -> str:
     done = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True)
     if done.returncode != 0:
@@ -89,11 +137,16 @@ def git(root: Path, *args: str) -> str:
     return done.stdout
 
 
+def fallbacks(run_md: Path) -> list[str]:
+    """The commits of RUN.md's table of fallback checkpoints, in order (none where RUN.md is missing)."""
+    return re.findall(r"^\| commit ([0-9a-f]{7,40}) \|", run_md.read_text(), flags=re.MULTILINE) if run_md.is_file() else []
+
+
 def last_fallback(run_md: Path) -> str:
     """The commit of the last row of RUN.md's table of fallback checkpoints."""
     if not run_md.is_file():
         raise CampaignError(f"{run_md} is missing: no fallback to restore the run from")
-    commits = re.findall(r"^\| commit ([0-9a-f]{7,40}) \|", run_md.read_text(), flags=re.MULTILINE)
+    commits = fallbacks(run_md)
     if not commits:
         raise CampaignError(f"{run_md} names no fallback commit (a row '| commit <sha> | ...' of its fallback table)")
     return commits[-1]
@@ -102,32 +155,41 @@ def last_fallback(run_md: Path) -> str:
 def extract_fallback(campaign: Campaign, commit: str) -> None:
     """The run folder as `commit` holds it, put in place only once its checkpoint matches its SHA-256."""
     campaign.run.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=campaign.run.parent, prefix=f".{NAME}-") as scratch:
+    record = campaign.entry.record
+    with tempfile.TemporaryDirectory(dir=campaign.run.parent, prefix=f".{campaign.entry.name}-") as scratch:
         archive = Path(scratch) / "fallback.tar"
         with archive.open("wb") as out:
-            done = subprocess.run(["git", "-C", str(campaign.root), "archive", commit, RECORD.as_posix()], stdout=out,
+            done = subprocess.run(["git", "-C", str(campaign.root), "archive", commit, record.as_posix()], stdout=out,
                                   stderr=subprocess.PIPE, text=True)
         if done.returncode != 0:
-            raise CampaignError(f"git archive {commit} {RECORD}: {done.stderr.strip()}")
+            raise CampaignError(f"git archive {commit} {record}: {done.stderr.strip()}")
         with tarfile.open(archive) as tar:
             tar.extractall(scratch, filter="data")
-        folder = Path(scratch) / RECORD
+        folder = Path(scratch) / record
         checkpoint = folder / CHECKPOINT
         if not checkpoint.is_file():
-            raise CampaignError(f"commit {commit} holds no {RECORD / CHECKPOINT}")
+            raise CampaignError(f"commit {commit} holds no {record / CHECKPOINT}")
         expected = (folder / f"{CHECKPOINT}.sha256").read_text().split()[0]
         if file_sha256(checkpoint) != expected:
-            raise CampaignError(f"{RECORD / CHECKPOINT} of commit {commit} does not match its SHA-256; nothing restored")
+            raise CampaignError(f"{record / CHECKPOINT} of commit {commit} does not match its SHA-256; nothing restored")
         folder.rename(campaign.run)
 
 
 def run_commit(campaign: Campaign) -> str:
-    """The glmc commit the run's pieces have all run (sessions.jsonl)."""
+    """The glmc commit the run's pieces have all run (sessions.jsonl), or, before its first, the queue's."""
     sessions = read_sessions(campaign.run)
+    if not sessions and campaign.entry.commit:
+        return campaign.entry.commit
     commits = {session["git_commit"] for session in sessions if session.get("git_commit")}
     if len(commits) != 1:
         raise CampaignError(f"{campaign.run / 'sessions.jsonl'} names {len(commits)} glmc commits; expected exactly one")
     return commits.pop()
+
+
+def not_started(campaign: Campaign) -> bool:
+    """A queued run with nothing to resume: no checkpoint here and no fallback committed."""
+    return (campaign.entry.preset is not None and not (campaign.run / CHECKPOINT).is_file()
+            and not fallbacks(campaign.record / "RUN.md"))
 
 
 def read_sessions(run: Path) -> list[dict]:
@@ -140,6 +202,8 @@ def restore(campaign: Campaign, materializer: Path = SHARED_MATERIALIZER) -> lis
     done = []
     if (campaign.run / CHECKPOINT).is_file():
         done.append(f"{campaign.run}: live, kept ({position(campaign.run)})")
+    elif not_started(campaign):
+        done.append(f"{campaign.run}: not started; `start` starts it (--preset {campaign.entry.preset})")
     elif campaign.run.exists():
         raise CampaignError(f"{campaign.run} exists without {CHECKPOINT}: move it away to restore the fallback")
     else:
@@ -193,7 +257,7 @@ def running_pid(campaign: Campaign) -> int | None:
 
 
 def start(campaign: Campaign) -> int:
-    if not (campaign.run / CHECKPOINT).is_file():
+    if not (campaign.run / CHECKPOINT).is_file() and not not_started(campaign):
         raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python tools/cpu_campaign.py restore` first")
     if (campaign.run / "summary.json").is_file():
         raise CampaignError(f"{campaign.run} has finished (summary.json): nothing to resume")
@@ -220,7 +284,14 @@ def log(campaign: Campaign, line: str) -> None:
 
 
 def train_command(campaign: Campaign) -> list[str]:
-    return [sys.executable, "-m", "glmc", "train", "--resume", str(campaign.run)]
+    """`glmc train --resume`; before the run's first checkpoint, the command that starts it (or continues the
+    folder a piece stopped before its first checkpoint)."""
+    glmc = [sys.executable, "-m", "glmc", "train"]
+    if (campaign.run / CHECKPOINT).is_file() or campaign.entry.preset is None:
+        return [*glmc, "--resume", str(campaign.run)]
+    overrides = [argument for pair in campaign.entry.overrides for argument in ("--set", pair)]
+    return [*glmc, "--preset", campaign.entry.preset, "--data-root", str(DATA), "--output", str(campaign.run),
+            "--resume-if-exists", *overrides]
 
 
 def piece(campaign: Campaign) -> int:
@@ -271,8 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     parser.add_argument("command", choices=["restore", "start", "pause", "status", "_piece"])
     args = parser.parse_args(argv)
-    campaign = Campaign(args.root.resolve())
     try:
+        campaign = current(args.root.resolve(), read_queue())
         if args.command == "restore":
             print("\n".join(restore(campaign)))
         elif args.command == "start":
