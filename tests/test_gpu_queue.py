@@ -187,6 +187,19 @@ def test_the_queue_benches_first_and_skips_the_authors_row_the_cpu_campaign_fini
     cpu_run.mkdir(parents=True)
     (cpu_run / "summary.json").write_text("{}")
     assert authors.done()
+    names = [item.name for item in items]
+    assert names.index("5 standard IF100: GLMC, CE, Balanced Softmax") + 1 == names.index(
+        "5b standard IF100, Balanced Softmax at its own paper's recipe")
+    for item, preset in ((items[names.index("5b standard IF100, Balanced Softmax at its own paper's recipe")],
+                          "cifar10-lt-if100-balanced-softmax-own-recipe"),
+                         (items[names.index("5c standard IF100, LDAM-DRW at its own paper's recipe")],
+                          "cifar10-lt-if100-ldam-drw-own-recipe")):
+        (command,) = item.commands()
+        assert command[command.index("--only") + 1].endswith(", own recipe") and not item.done()
+        cpu_row = sandbox / "results" / "cifar10-lt" / f"{preset}-cpu"  # the queue's run names (tools/cpu_queue.yaml)
+        cpu_row.mkdir(parents=True)
+        (cpu_row / "summary.json").write_text("{}")
+        assert item.done()
 
 
 def compile_flag(command: list[str]) -> str | None:

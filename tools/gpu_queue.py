@@ -286,7 +286,9 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
 def queue() -> list[Item]:
     """The campaign fitted to the loans (about LOAN_MINUTES of GPU work each): the two CIFAR benches first (the first
     GPU figures, and every run's predicted time), then the authors' IF100 row unless the CPU campaign has finished it,
-    then the rest in the campaign issue's order; the rows of several runs share the GPU where that was measured faster."""
+    then the rest in the campaign issue's order, the two baselines at their own recipes (unless the CPU campaign has
+    finished them) after the standard IF100 rows; the rows of several runs share the GPU where that was measured
+    faster."""
     photos = str(WORK / "photos")
     authors = "cifar10-lt-if100-authors"
     return [
@@ -305,6 +307,13 @@ def queue() -> list[Item]:
                                 share_if_faster="cifar10-lt-if100")],
              [mark("cifar10-lt-standard", preset) for preset in
               ("cifar10-lt-if100", "cifar10-lt-if100-ce", "cifar10-lt-if100-balanced-softmax")]),
+        *(Item(f"5{letter} standard IF100, {title} at its own paper's recipe",
+               lambda row=row: [reproduce("cifar10-lt-standard", row)],
+               [mark("cifar10-lt-standard", preset)],
+               elsewhere=[f"cifar10-lt/{preset}-cpu/summary.json"])  # the CPU campaign's queue (tools/cpu_queue.yaml)
+          for letter, title, row, preset in (
+              ("b", "Balanced Softmax", "Balanced Softmax IF100, own recipe", "cifar10-lt-if100-balanced-softmax-own-recipe"),
+              ("c", "LDAM-DRW", "LDAM-DRW IF100, own recipe", "cifar10-lt-if100-ldam-drw-own-recipe"))),
         Item("6 authors IF50, IF10",
              lambda: [reproduce("glmc-cifar10-lt-authors", "IF50", "IF10", compile_if_faster=authors, share_if_faster=authors)],
              [mark("glmc-cifar10-lt-authors", "cifar10-lt-if50-authors"), mark("glmc-cifar10-lt-authors", "cifar10-lt-if10-authors")]),
