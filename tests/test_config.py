@@ -178,6 +178,20 @@ def test_a_grid_preset_gives_method_options_only_to_methods_that_have_them():
     assert presets["s-authors"]["values"] == {"method": {"label_weighting": 0.5}, "model": {"backbone": "resnet32-wide"}}
 
 
+def test_a_recipe_goes_on_top_of_its_method_and_its_values_by_setting_on_top_of_both():
+    from glmc.config import grid_presets
+
+    grid = {"settings": {"a": {"title": "A", "published": "p", "values": {"train": {"epochs": 200, "batch_size": 64}}},
+                         "b": {"title": "B", "published": "p", "values": {"train": {"epochs": 200, "batch_size": 64}}}},
+            "authors": {"values": {}}, "methods": {"ce": {"title": "CE"}},
+            "recipes": {"own": {"title": "own", "method": "ce", "values": {"train": {"batch_size": 512, "epochs": 100}},
+                                "by_setting": {"b": {"train": {"epochs": 300}}}}}}
+    presets = grid_presets(grid)
+    assert presets["a-own"]["values"]["train"] == {"epochs": 100, "batch_size": 512}
+    assert presets["b-own"]["values"]["train"] == {"epochs": 300, "batch_size": 512}
+    assert presets["b-own"]["values"]["method"] == {"name": "ce"} and presets["b-own"]["description"] == "B, own"
+
+
 def test_an_option_the_method_does_not_have_is_an_error_naming_its_options():
     with pytest.raises(ConfigError, match=r"method glmc has no option 'focal_gamma' \(its options: beta, label_weighting"):
         build_config("quickstart", {"method.focal_gamma": "3"})

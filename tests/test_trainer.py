@@ -250,6 +250,7 @@ def test_resume_changes_where_and_how_a_run_goes_on_never_its_recipe(finished_ru
     done = glmc("train", "--resume", str(output), "--set", "train.precision=fp32", "--set", "train.max_steps=none",
                 "--device", "cpu", "--quiet", cwd=tmp_path)
     assert done.returncode == 0, done.stderr  # a finished run: nothing to train, nothing written
+    assert {name: (output / name).read_bytes() for name in before} == before
 
 
 def test_eval_refuses_weights_of_another_architecture(finished_run, tmp_path):

@@ -14,6 +14,7 @@ generator and the pixels are computed for the rows a process keeps, as `glmc.aug
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -238,7 +239,9 @@ class PolicyTable:
     signed: Tensor  # S x 2 bool
 
     @classmethod
+    @functools.lru_cache(maxsize=8)
     def of(cls, policy: str, device: torch.device) -> "PolicyTable":
+        """The table of a policy of POLICIES on `device`, made once per policy and device."""
         rows = POLICIES[policy]
         column = lambda f, dtype: torch.tensor([[f(*op) for op in row] for row in rows], dtype=dtype, device=device)
         return cls(operation=column(lambda name, p, m: OPERATION_NAMES.index(name), torch.long),
