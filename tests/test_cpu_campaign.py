@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -224,3 +226,64 @@ def test_a_queue_that_is_not_a_list_of_runs_is_one_line(campaign_script, tmp_pat
     bad.write_text("- {record: results/x}\n")
     with pytest.raises(campaign_script.CampaignError, match="not a list of runs"):
         campaign_script.read_queue(bad)
+
+
+def live_run(run: Path, code: str, epoch: int, step: int, checkpoint: bytes) -> None:
+    """A live run folder as a piece leaves it: records, its checkpoint and where it stopped (194 steps an epoch)."""
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "checkpoint_last.pt").write_bytes(checkpoint)
+    (run / "checkpoint_last.pt.sha256").write_text(f"{hashlib.sha256(checkpoint).hexdigest()}  checkpoint_last.pt\n")
+    (run / "config.yaml").write_text(yaml.safe_dump({"train": {"epochs": 200}}))
+    (run / "metrics.jsonl").write_text(json.dumps({"epoch": 80, "top1": 65.85}) + "\n")
+    session = {"session": 2, "started": "2026-12-05T03:20:03Z", "command": "glmc train --resume x",
+               "from": {"epoch": 80, "step": 3, "global_step": 80 * 194 + 3}, "host": "vm", "device": "cpu",
+               "processes": 1, "precision": {"train": "bf16", "eval": "fp32"}, "git_commit": code,
+               "ended": "2026-12-05T04:05:00Z", "seconds": 2696.8, "outcome": "SIGTERM",
+               "reached": {"epoch": epoch, "step": step, "global_step": epoch * 194 + step}}
+    (run / "sessions.jsonl").write_text(json.dumps(session) + "\n")
+
+
+def test_fallback_commits_the_live_run_then_takes_its_checkpoint_out_and_names_the_commit_in_run_md(
+        campaign_script, repository, tmp_path):
+    root, code, _ = repository
+    campaign = campaign_script.Campaign(root)
+    run_md = root / campaign_script.RECORD / "RUN.md"
+    run_md.write_text(run_md.read_text() + "\n## Pieces\n\n| piece | steps |\n|---|---|\n| 1 | 8 |\n")
+    git(root, "commit", "-qam", "RUN.md gains a pieces table after the fallback table")
+    checkpoint = b"the live run's checkpoint at epoch 90"
+    live_run(campaign.run, code, 80, 150, checkpoint)
+    with pytest.raises(campaign_script.CampaignError, match="147 steps since the last fallback, less than an epoch"):
+        campaign_script.fallback(campaign)  # the committed record reached 80 epochs + 3 steps
+    live_run(campaign.run, code, 90, 5, checkpoint)
+
+    said = campaign_script.fallback(campaign)
+    commit = campaign_script.last_fallback(run_md)
+    assert said[0] == f"commit {commit}: the fallback at 90 epochs and 5 steps (17,465 of 38,800 steps) (0.0 MB)"
+    record = campaign_script.RECORD.as_posix()
+    assert git(root, "show", f"{commit}:{record}/checkpoint_last.pt") == checkpoint.decode()
+    assert json.loads(git(root, "show", f"{commit}:{record}/sessions.jsonl"))["reached"]["epoch"] == 90
+    assert git(root, "rev-parse", "--short=12", "HEAD~1") == commit
+    assert f"{record}/checkpoint_last.pt" not in git(root, "ls-files", record).split()
+    assert not (root / record / "checkpoint_last.pt").exists() and git(root, "status", "--porcelain", "--", record) == ""
+    lines = run_md.read_text().splitlines()
+    row = lines.index(f"| commit {commit} | 90 epochs and 5 steps (17,465 of 38,800 steps) | 0.0 MB |")
+    assert lines[row - 1].startswith("| commit ") and lines[row + 1] == ""  # the last row of the fallback table
+    assert lines[-1] == "| 1 | 8 |"  # the table after it is untouched
+
+    shutil.rmtree(campaign.run)  # the machine comes back without it: restore puts this fallback back
+    campaign_script.restore(campaign, write_materializer(tmp_path / "materialize.py"))
+    assert (campaign.run / "checkpoint_last.pt").read_bytes() == checkpoint
+
+
+def test_fallback_needs_a_paused_run_and_a_fallback_table(campaign_script, repository):
+    root, code, _ = repository
+    campaign = campaign_script.Campaign(root)
+    live_run(campaign.run, code, 100, 0, b"checkpoint")
+    (root / campaign_script.RECORD / "RUN.md").write_text("# the run\n")
+    with pytest.raises(campaign_script.CampaignError, match="has no fallback table"):
+        campaign_script.fallback(campaign)
+    campaign.lock_file.write_text("4242\n")
+    with campaign.lock_file.open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(campaign_script.CampaignError, match="pause it first"):
+            campaign_script.fallback(campaign)

@@ -4,6 +4,7 @@
     python tools/cpu_campaign.py start     # the next piece, in the background (its own session)
     python tools/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
     python tools/cpu_campaign.py status    # running or not, how far, the last evaluation
+    python tools/cpu_campaign.py fallback  # the end of a stretch of work: the fallback commit, and the next one
 
 The runs, in order, are listed in tools/cpu_queue.yaml; every command acts on the first one that has
 not finished (no summary.json in its live folder or in its committed record folder). A run not
@@ -17,6 +18,11 @@ committed RUN.md names (records and checkpoint from the same commit, the checkpo
 checked before the folder is put in place), the worktree at the commit the run's own
 sessions.jsonl names (or, before its first piece, the queue's), the data with the shared
 materialiser.
+
+`fallback`, with no piece running, makes the two commits that end a stretch of work that advanced the
+run by an epoch or more: the run folder's records and last checkpoint (tools/finish_run.py
+--unfinished) in place of the committed record, then the checkpoint out of the tree again with a
+row naming that commit added to RUN.md's fallback table (| commit | reached | size |).
 
 `start` runs `glmc train --resume` (before the first checkpoint: `glmc train --preset ...
 --resume-if-exists`) from that worktree (PYTHONPATH), so the code under the run never changes while
@@ -228,12 +234,16 @@ def restore(campaign: Campaign, materializer: Path = SHARED_MATERIALIZER) -> lis
     return done
 
 
+def reached(run: Path) -> dict | None:
+    """Where the run's last piece ended (epochs done, steps into the next, global step), or None."""
+    return next((s["reached"] for s in reversed(read_sessions(run)) if "reached" in s), None)
+
+
 def position(run: Path) -> str:
-    sessions = read_sessions(run)
-    reached = next((s["reached"] for s in reversed(sessions) if "reached" in s), None)
-    if reached is None:
+    where = reached(run)
+    if where is None:
         return "not started"
-    return f"{reached['epoch']} epochs + {reached['step']} steps ({reached['global_step']:,} steps)"  # epochs done
+    return f"{where['epoch']} epochs + {where['step']} steps ({where['global_step']:,} steps)"  # epochs done
 
 
 def cpu_description() -> str:
@@ -319,6 +329,67 @@ def pause(campaign: Campaign, timeout_s: float = PAUSE_TIMEOUT_S) -> bool:
     return True
 
 
+FALLBACK_HEADER = "| commit | reached | size |"
+
+
+def fallback(campaign: Campaign) -> list[str]:
+    """The end of a stretch of work: commit the live run folder as the run's fallback (records and last checkpoint
+    with its SHA-256, in place of the committed record), then take the checkpoint out of the tree again and name that
+    commit in RUN.md's fallback table, in a second commit. None for a stretch that added less than an epoch."""
+    if running_pid(campaign) is not None:
+        raise CampaignError(f"a piece is running (pid {running_pid(campaign)}); pause it first")
+    live, committed = reached(campaign.run), reached(campaign.record)
+    if live is None or not (campaign.run / CHECKPOINT).is_file():
+        raise CampaignError(f"{campaign.run} has no {CHECKPOINT} and sessions to commit")
+    per_epoch = steps_per_epoch(live) or steps_per_epoch(committed or {})
+    if committed is not None and per_epoch and live["global_step"] - committed["global_step"] < per_epoch:
+        raise CampaignError(f"{live['global_step'] - committed['global_step']} steps since the last fallback, less than "
+                            "an epoch: no fallback for this stretch")
+    run_md = campaign.record / "RUN.md"
+    table = run_md.read_text().splitlines() if run_md.is_file() else []
+    if FALLBACK_HEADER not in table:
+        raise CampaignError(f"{run_md} has no fallback table ('{FALLBACK_HEADER}' and its rows): write it first")
+    record = campaign.entry.record.as_posix()
+    checkpoint, checksum = f"{record}/{CHECKPOINT}", f"{record}/{CHECKPOINT}.sha256"
+    finish = subprocess.run([sys.executable, str(ROOT / "tools" / "finish_run.py"), str(campaign.run), str(campaign.record),
+                             "--unfinished"], capture_output=True, text=True)
+    if finish.returncode != 0:
+        raise CampaignError(f"tools/finish_run.py: {finish.stderr.strip().splitlines()[-1]}")
+    size = f"{(campaign.record / CHECKPOINT).stat().st_size / 1e6:.1f} MB"
+    where = describe(live, per_epoch, campaign.run)
+    git(campaign.root, "add", "--", record)
+    git(campaign.root, "commit", "-q", "-m", f"Fallback of {campaign.entry.name}: the run folder at {where} with its last "
+                                             f"checkpoint and optimiser state ({size}, SHA-256 beside it)")
+    commit = git(campaign.root, "rev-parse", "--short=12", "HEAD").strip()
+    git(campaign.root, "rm", "-q", "--cached", "--", checkpoint, checksum)
+    (campaign.root / checkpoint).unlink()
+    (campaign.root / checksum).unlink()
+    end = table.index(FALLBACK_HEADER) + 1
+    while end < len(table) and table[end].startswith("|"):  # the table's separator and rows
+        end += 1
+    table.insert(end, f"| commit {commit} | {where} | {size} |")
+    run_md.write_text("\n".join(table) + "\n")
+    git(campaign.root, "add", "--", f"{record}/RUN.md")
+    git(campaign.root, "commit", "-q", "-m", f"The fallback checkpoint of {campaign.entry.name} leaves the tree (git keeps "
+                                             f"it in {commit}, which RUN.md names as the run's last fallback)")
+    return [f"commit {commit}: the fallback at {where} ({size})",
+            f"commit {git(campaign.root, 'rev-parse', '--short=12', 'HEAD').strip()}: its checkpoint out of the tree, "
+            f"named in {run_md.relative_to(campaign.root)}", finish.stdout.strip()]
+
+
+def steps_per_epoch(where: dict) -> int | None:
+    """From a `reached` record: global step = epochs done x steps per epoch + steps into the next."""
+    return (where["global_step"] - where["step"]) // where["epoch"] if where.get("epoch") else None
+
+
+def describe(where: dict, per_epoch: int | None, run: Path) -> str:
+    """`120 epochs and 29 steps (23,309 of 38,800 steps)`, as RUN.md's fallback table says it."""
+    epochs = yaml.safe_load((run / "config.yaml").read_text())["train"]["epochs"] if (run / "config.yaml").is_file() else None
+    total = f" of {epochs * per_epoch:,}" if epochs and per_epoch else ""
+    step = "1 step" if where["step"] == 1 else f"{where['step']} steps"
+    return f"{where['epoch']} epochs and {step} ({where['global_step']:,}{total} steps)"
+
+
 def status(campaign: Campaign) -> list[str]:
     reached = f"{position(campaign.run)} at the last piece's end" if campaign.run.is_dir() else "missing (restore it)"
     lines = [f"run: {campaign.run}: {reached}"]
@@ -340,7 +411,7 @@ def status(campaign: Campaign) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
-    parser.add_argument("command", choices=["restore", "start", "pause", "status", "_piece"])
+    parser.add_argument("command", choices=["restore", "start", "pause", "status", "fallback", "_piece"])
     args = parser.parse_args(argv)
     try:
         campaign = current(args.root.resolve(), read_queue())
@@ -352,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             print("paused: " + position(campaign.run) if pause(campaign) else "no piece was running")
         elif args.command == "status":
             print("\n".join(status(campaign)))
+        elif args.command == "fallback":
+            print("\n".join(fallback(campaign)))
         else:
             return piece(campaign)
     except CampaignError as error:
