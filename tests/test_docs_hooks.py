@@ -1,4 +1,4 @@
-"""The documentation site's build hooks: equations become MathML, the CLI reference is the parser's."""
+"""The documentation site's build hooks: equations become MathML, the CLI reference is the parser's; clean pages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import pytest
 
 from glmc.cli import build_parser
 
-HOOKS = Path(__file__).resolve().parents[1] / "docs" / "hooks"
+ROOT = Path(__file__).resolve().parents[1]
+HOOKS = ROOT / "docs" / "hooks"
 
 
 def load_hook(name: str):
@@ -46,3 +47,13 @@ def test_the_cli_reference_replaces_only_its_marker(monkeypatch):
     assert page.startswith("# Reference") and hook.MARKER not in page and "## `glmc train`" in page
     assert "/somewhere/private" not in page  # defaults as a user without the variable sees them
     assert hook.on_page_markdown("no marker here", page=None) == "no marker here"
+
+
+def test_no_page_holds_control_characters():
+    """A tab or form feed in a page is almost always a LaTeX command that lost its backslash (\\text -> tab + "ext",
+    \\frac -> form feed + "rac") when the page was written from a Python string; the site would render it as text."""
+    pages = [*ROOT.joinpath("docs").rglob("*.md"), ROOT / "README.md", ROOT / "CONTRIBUTING.md"]
+    for page in pages:
+        bad = [(number, line) for number, line in enumerate(page.read_text().splitlines(), 1)
+               if any(ord(c) < 32 for c in line)]
+        assert not bad, f"{page.relative_to(ROOT)}:{bad[0][0]}: {bad[0][1]!r}"
