@@ -53,10 +53,10 @@ RECORD_FILES = (CONFIG_FILE, CLASSES_FILE, METRICS_FILE, SUMMARY_FILE, SESSIONS_
 MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device", "train.compile",
                 "train.compile_mode")
 # What `glmc train --resume` may change on top of the run's config: the machine's keys, the precision its CPU or
-# GPU supports, when to checkpoint and where to stop, the evaluation batch. Anything else would make one run of
-# two recipes.
+# GPU supports, when to checkpoint and where to stop, how often and in what batches it is evaluated. Anything else
+# would make one run of two recipes.
 RESUME_KEYS = (*MACHINE_KEYS, "train.precision", "eval.precision", "eval.interim_precision", "train.max_steps",
-               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_batch_size")
+               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_every", "train.eval_batch_size")
 
 
 class Resume(enum.Enum):
