@@ -22,8 +22,8 @@ from torch import Tensor
 
 FILL = 128  # the grey that geometric operations show where they move pixels in from outside the image
 
-# (operation, probability, magnitude bin 0-9) twice per sub-policy: the CIFAR-10 policy of Cubuk et al., Table 6 of
-# the AutoAugment paper's appendix, as listed in the PIL implementation (CIFAR10Policy).
+# (operation, probability, magnitude bin 0-9) twice per sub-policy: the CIFAR-10 policy Cubuk et al. found, as the PIL
+# implementation lists it (CIFAR10Policy).
 CIFAR10_POLICY: tuple[tuple[tuple[str, float, int], tuple[str, float, int]], ...] = (
     (("invert", 0.1, 7), ("contrast", 0.2, 6)),
     (("rotate", 0.7, 2), ("translate-x", 0.3, 9)),
