@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -297,3 +298,32 @@ def test_a_list_value_comes_from_the_command_line_or_yaml_and_is_checked():
         build_config(None, {"optim.decay_at": "0.9,0.8"})
     with pytest.raises(ConfigError, match="decay_factor must be in"):
         build_config(None, {"optim.decay_factor": "0"})
+
+
+def test_glmc_presets_shows_a_presets_whole_config_and_what_two_differ_in(capsys):
+    from glmc.cli import main
+    from glmc.config import config_from_dict, flatten
+
+    name = "cifar10-lt-if100-balanced-softmax-own-recipe"
+    assert main(["presets", name]) == 0
+    shown = capsys.readouterr().out
+    assert shown.startswith(f"# {name}: CIFAR-10-LT IF100, Balanced Softmax at Ren et al.'s own recipe\n")
+    assert config_from_dict(yaml.safe_load(shown)) == build_config(name)  # what train would use, every key
+
+    assert main(["presets", "cifar10-lt-if100-balanced-softmax", name]) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["cifar10-lt-if100-balanced-softmax", name]
+    glmc_recipe, own = (flatten(build_config(n).to_dict()) for n in ("cifar10-lt-if100-balanced-softmax", name))
+    assert [row.split()[0] for row in rows] == [key for key in own if own[key] != glmc_recipe[key]]
+    assert "optim.schedule       cosine" in "\n".join(rows) and rows[-1].split()[1:] == ["False", "True"]
+    assert main(["presets", "quickstart", "quickstart"]) == 0 and "(the same config)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("names, message", [(["a", "b", "c"], "shows one preset or compares two, got 3"),
+                                            (["quickstrat"], "unknown preset 'quickstrat'; did you mean 'quickstart'")])
+def test_glmc_presets_refuses_bad_names_in_one_line(names, message, capsys):
+    from glmc.cli import main
+
+    assert main(["presets", *names]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1

@@ -142,17 +142,36 @@ def run_data(args: argparse.Namespace) -> int:
 
 
 def add_presets_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("presets", help="list the presets")
+    parser = commands.add_parser("presets", help="list the presets; show one's whole config, or what two differ in")
+    parser.add_argument("names", nargs="*", metavar="PRESET",
+                        help="one preset: its whole config as `glmc train --preset` uses it; two: the keys they differ in")
     parser.set_defaults(run=run_presets)
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from glmc.config import load_presets
+    from glmc.config import build_config, dump_config, flatten, load_presets
 
     presets = load_presets()
-    width = max(map(len, presets))
-    for name, preset in presets.items():
-        print(f"{name:<{width}}  {preset.get('description', '')}")
+    if not args.names:
+        width = max(map(len, presets))
+        for name, preset in presets.items():
+            print(f"{name:<{width}}  {preset.get('description', '')}")
+        return 0
+    if len(args.names) > 2:
+        raise GlmcError(f"glmc presets shows one preset or compares two, got {len(args.names)}")
+    configs = [build_config(name) for name in args.names]  # an unknown name is one line naming the close ones
+    if len(configs) == 1:
+        print(f"# {args.names[0]}: {presets[args.names[0]].get('description', '')}")
+        print(dump_config(configs[0]), end="")
+        return 0
+    first, second = (flatten(config.to_dict()) for config in configs)
+    differing = [key for key in dict.fromkeys([*first, *second]) if first.get(key, "-") != second.get(key, "-")]
+    rows = [("", *args.names), *((key, *(str(values.get(key, "-")) for values in (first, second))) for key in differing)]
+    widths = [max(len(row[column]) for row in rows) for column in range(2)]
+    for row in rows:
+        print(f"{row[0]:<{widths[0]}}  {row[1]:<{widths[1]}}  {row[2]}".rstrip())
+    if not differing:
+        print("(the same config)")
     return 0
 
 
