@@ -16,7 +16,7 @@ FINGERPRINT = "sha256:f7669c469c9dd" + "0" * 51
 
 
 def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, top1=(80.5, 81.25), epoch=200,
-              shot_bounds="standard", sam_rho=0.0, few=None):
+              shot_bounds="standard", sam_rho=0.0, few=None, config=None):
     """A run folder with a summary.json shaped like glmc.records.make_summary's."""
     folder.mkdir(parents=True)
     final = {"epoch": epoch, "global_step": 1, "top1": top1[0], "top5": 99.0, "many": 90.0, "medium": 70.123,
@@ -29,7 +29,7 @@ def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, 
         "method": method,
         "backbone": "resnet32",
         "epochs": 200,
-        "config": {"optim": {"sam_rho": sam_rho}},
+        "config": config or {"optim": {"sam_rho": sam_rho}},
     }
     (folder / "summary.json").write_text(json.dumps(summary))
     return folder
@@ -100,3 +100,19 @@ def test_compare_reads_a_real_run_folder(tmp_path):
     row = run_row(tmp_path / "run")
     assert (row.method, row.fingerprint, row.epochs) == ("focal", summary["fingerprint"], "1 of 2")
     assert row.top1_final == summary["final"]["top1"] and row.test_set == "synthetic-lt test (10 classes, 1000 images)"
+
+
+def test_the_footer_names_what_else_the_runs_differ_in_beyond_method_and_seed(tmp_path):
+    glmc_recipe = {"optim": {"lr": 0.01}, "train": {"batch_size": 64, "seed": 0}, "method": {"name": "glmc"}}
+    own = {"optim": {"lr": 0.1, "schedule": "ramp-cosine"}, "train": {"batch_size": 512, "seed": 1},
+           "method": {"name": "balanced-softmax"}, "data": {"autoaugment": "cifar10"}}
+    rows, notes = compare_runs([write_run(tmp_path / "glmc", config=glmc_recipe),
+                                write_run(tmp_path / "bs", method="balanced-softmax", config=own)])
+    (line,) = [line for line in render_text(rows, notes).splitlines() if line.startswith("the runs also differ")]
+    assert line == ("the runs also differ in (values in row order): data.autoaugment none / cifar10; "
+                    "optim.lr 0.01 / 0.1; optim.schedule cosine / ramp-cosine; train.batch_size 64 / 512")
+    gammas = [write_run(tmp_path / f"gamma-{g}", config={"method": {"name": "glmc", "consistency_weight": g}})
+              for g in (1.0, 4.0)]
+    assert "method.consistency_weight 1.0 / 4.0" in render_text(*compare_runs(gammas))  # one method: its options count
+    seeds = [write_run(tmp_path / f"seed-{s}", config={"train": {"seed": s}}) for s in (0, 1)]
+    assert "also differ" not in render_text(*compare_runs(seeds))

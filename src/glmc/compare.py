@@ -16,7 +16,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Sequence
 
-from glmc.config import flatten
+from glmc.config import flatten, stored_config
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
 from glmc.rundir import BEST_LABEL, MACHINE_KEYS, SUMMARY_FILE, load_run
@@ -73,10 +73,19 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             medium=final["medium"],
             few=final["few"],
             ece=final.get("ece"),
-            setting=json.dumps({k: v for k, v in flatten(record.config).items() if k not in SEED_FREE}, sort_keys=True),
+            setting=json.dumps({k: v for k, v in resolved(record.config).items() if k not in SEED_FREE}, sort_keys=True),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
+
+
+def resolved(config: dict) -> dict:
+    """The run's config, flattened, with every key this version has: a run of an older glmc lacks the keys added
+    since, which hold their defaults, then as now. The config as stored where this version cannot read it."""
+    try:
+        return flatten(stored_config(config).to_dict())
+    except GlmcError:
+        return flatten(config)
 
 
 def method_label(method: str, config: dict) -> str:
@@ -126,13 +135,31 @@ def table_cells(row: RunRow) -> list[str]:
 def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
     test_sets = sorted({row.test_set for row in rows})
     bounds = sorted({row.shot_bounds for row in rows})
+    recipes = recipe_differences(rows)
     return [
         f"* {'; '.join(sorted({row.best_label for row in rows}))}; the headline is the final epoch. "
         f"many/medium/few: final epoch, {' / '.join(bounds)} bounds.",
         "ECE: expected calibration error of the final epoch, percent, 15 equal-width confidence bins.",
         f"test set: {'; '.join(test_sets)}",
+        *([f"the runs also differ in (values in row order): {'; '.join(recipes)}"] if recipes else []),
         *notes,
     ]
+
+
+def recipe_differences(rows: Sequence[RunRow]) -> list[str]:
+    """The config keys the runs differ in besides method, backbone, seed and machine, each as `key a / b / ...` in row
+    order: what to know before reading a difference of top-1 as one of method. A method's options count only between
+    runs of one method."""
+    settings = [json.loads(row.setting) if row.setting else {} for row in rows]
+    one_method = len({setting.get("method.name") for setting in settings}) == 1
+    differences = []
+    for key in dict.fromkeys(key for setting in settings for key in setting):
+        if key in ("method.name", "model.backbone") or (key.startswith("method.") and not one_method):
+            continue
+        values = [setting.get(key, "-") for setting in settings]
+        if len({json.dumps(value) for value in values}) > 1:
+            differences.append(f"{key} {' / '.join(map(str, values))}")
+    return differences
 
 
 def render_text(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
