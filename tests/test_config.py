@@ -327,3 +327,30 @@ def test_glmc_presets_refuses_bad_names_in_one_line(names, message, capsys):
     assert main(["presets", *names]) == 2
     error = capsys.readouterr().err
     assert message in error and error.count("\n") == 1
+
+
+def test_the_preset_of_a_method_on_a_setting_is_found_for_grid_presets_only():
+    from glmc.config import method_preset
+
+    assert method_preset("cifar10-lt-if100", "cutmix") == "cifar10-lt-if100-cutmix"
+    assert method_preset("cifar10-lt-if100-cutmix", "glmc") == "cifar10-lt-if100"
+    assert method_preset("cifar10-lt-if100-ce", "focal") == "cifar10-lt-if100-focal"
+    assert method_preset("cifar10-lt-if100", "glmc") is None  # itself
+    assert method_preset("cifar10-lt-if100-authors", "ce") is None  # no -authors-ce preset
+    assert method_preset("cifar10-lt-if100-ldam-drw-own-recipe", "ce") is None  # CE at Cao et al.'s recipe is a choice
+    assert method_preset("quickstart", "ce") is None
+
+
+def test_switching_a_grid_presets_method_notes_the_preset_that_trains_it_where_they_differ(tmp_path, capsys):
+    from glmc.cli import main
+
+    def note(preset: str, method: str) -> str:
+        assert main(["train", "--preset", preset, "--set", f"method.name={method}", "--data-root", str(tmp_path),
+                     "--output", str(tmp_path / "run")]) == 2  # no CIFAR-10 here: it stops before training
+        return "".join(line for line in capsys.readouterr().err.splitlines(True) if "note:" in line)
+
+    said = note("cifar10-lt-if100", "cutmix")  # cutmix_label: the method's default, where the cutmix preset says area
+    assert "--preset cifar10-lt-if100-cutmix is cutmix as glmc's presets train it" in said and said.count("\n") == 1
+    assert "--preset cifar10-lt-if100 is glmc" in note("cifar10-lt-if100-cutmix", "glmc")  # gamma 1, not the setting's 4
+    assert note("cifar10-lt-if100", "ce") == ""  # the same config as cifar10-lt-if100-ce: nothing to say
+    assert not (tmp_path / "run").exists()

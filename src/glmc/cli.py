@@ -225,7 +225,7 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from glmc.config import build_config, load_config_file
+    from glmc.config import build_config, load_config_file, method_preset
     from glmc.rundir import Resume, RunFolder
     from glmc.trainer import train
 
@@ -242,6 +242,11 @@ def run_train(args: argparse.Namespace) -> int:
                 raise GlmcError("give --preset or --config, not both (a config file names its preset)")
             preset, values = load_config_file(args.config)
         config = build_config(preset, {**values, **overrides})
+        other = method_preset(preset, config.method.name) if preset and "method.name" in overrides else None
+        if other and build_config(other, {**values, **overrides}) != config:  # a note only where the two differ
+            print(f"glmc: note: {preset} with method.name={config.method.name} keeps {preset}'s options where "
+                  f"{config.method.name} has them and its defaults elsewhere; --preset {other} is "
+                  f"{config.method.name} as glmc's presets train it on this setting", file=sys.stderr)
         if args.resume_if_exists and not args.output:
             raise GlmcError("--resume-if-exists needs --output DIR: the folder to continue or start")
         output = Path(args.output or f"runs/{preset or 'run'}-{time.strftime('%Y%m%d-%H%M%S')}")

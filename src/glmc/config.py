@@ -379,7 +379,8 @@ def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
     setting's tau or gamma where its method reads them.
     """
     settings, authors, methods = grid["settings"], grid["authors"], grid["methods"]
-    presets = {name: {"description": f"{s['title']}, standard protocol", "values": s["values"]} for name, s in settings.items()}
+    presets = {name: {"description": f"{s['title']}, standard protocol", "values": s["values"], "setting": name}
+               for name, s in settings.items()}
     presets |= {f"{name}-authors": {"description": f"the authors' {s['title']} run ({s['published']})",
                                     "values": deep_merge(s["values"], authors["values"])} for name, s in settings.items()}
     for name, setting in settings.items():
@@ -387,13 +388,26 @@ def grid_presets(grid: Mapping[str, Any]) -> dict[str, dict]:
             values = deep_merge(setting["values"], {"method": {"name": method}}, entry.get("values", {}))
             own = set(option_names(method)) | {"name"}
             values["method"] = {key: value for key, value in values["method"].items() if key in own}
-            presets[f"{name}-{method}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
+            presets[f"{name}-{method}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values,
+                                           "setting": name}
     for recipe, entry in grid.get("recipes", {}).items():
         for name, setting in settings.items():
             values = deep_merge(presets[f"{name}-{entry['method']}"]["values"], entry["values"],
                                 entry.get("by_setting", {}).get(name, {}))
             presets[f"{name}-{recipe}"] = {"description": f"{setting['title']}, {entry['title']}", "values": values}
     return presets
+
+
+def method_preset(preset: str, method: str) -> str | None:
+    """The preset that trains `method` on the setting of `preset`, a grid's GLMC preset or one of its
+    `<setting>-<method>` presets, where that is another preset; else None. `--preset P --set method.name=M` keeps P's
+    options that M has and M's defaults for the rest, which is not always the M of glmc's tables."""
+    presets = load_presets()
+    setting = presets.get(preset, {}).get("setting")
+    if setting is None:
+        return None
+    candidate = setting if method == "glmc" else f"{setting}-{method}"
+    return candidate if candidate in presets and candidate != preset else None
 
 
 def deep_merge(*mappings: Mapping[str, Any]) -> dict[str, Any]:
