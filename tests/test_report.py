@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 
 from glmc import plots, report
@@ -183,3 +184,16 @@ def test_a_validation_selected_best_epoch_is_labelled_so(tiny_run, tmp_path):
     assert "the best epoch is selected on the validation set" in page and "selected on the test set" not in page
     both = report.make_report([run, tiny_run], output=tmp_path / "both", confusion=False).read_text()
     assert "(validation-selected)" in both and "(test-selected)" in both
+
+
+def test_a_comparison_names_what_else_the_runs_differ_in(tiny_run, tmp_path):
+    other = tmp_path / "other-lr"
+    shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    config = yaml.safe_load((other / "config.yaml").read_text())
+    lr = config["optim"]["lr"]
+    config["optim"]["lr"] = lr * 2
+    (other / "config.yaml").write_text(yaml.safe_dump(config))
+    page = report.make_report([tiny_run, other], output=tmp_path / "both", confusion=False).read_text()
+    assert f"The runs also differ in (values in row order): optim.lr {lr} / {lr * 2}." in page
+    same = report.make_report([tiny_run, tiny_run], output=tmp_path / "same", confusion=False).read_text()
+    assert "also differ" not in same

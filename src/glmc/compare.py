@@ -73,10 +73,15 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             medium=final["medium"],
             few=final["few"],
             ece=final.get("ece"),
-            setting=json.dumps({k: v for k, v in resolved(record.config).items() if k not in SEED_FREE}, sort_keys=True),
+            setting=json.dumps(setting_of(record.config), sort_keys=True),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
+
+
+def setting_of(config: dict) -> dict:
+    """What makes a run the run it is: its resolved config less its seed and machine keys, flattened."""
+    return {key: value for key, value in resolved(config).items() if key not in SEED_FREE}
 
 
 def resolved(config: dict) -> dict:
@@ -147,10 +152,13 @@ def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
 
 
 def recipe_differences(rows: Sequence[RunRow]) -> list[str]:
-    """The config keys the runs differ in besides method, backbone, seed and machine, each as `key a / b / ...` in row
-    order: what to know before reading a difference of top-1 as one of method. A method's options count only between
-    runs of one method."""
-    settings = [json.loads(row.setting) if row.setting else {} for row in rows]
+    return config_differences([json.loads(row.setting) if row.setting else {} for row in rows])
+
+
+def config_differences(settings: Sequence[dict]) -> list[str]:
+    """The keys runs' settings (`setting_of`) differ in besides method and backbone, each as `key a / b / ...` in
+    the runs' order: what to know before reading a difference of top-1 as one of method. A method's options count
+    only between runs of one method."""
     one_method = len({setting.get("method.name") for setting in settings}) == 1
     differences = []
     for key in dict.fromkeys(key for setting in settings for key in setting):

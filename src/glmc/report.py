@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from glmc import plots
+from glmc.compare import config_differences, setting_of
 from glmc.devices import resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import confusion_counts, restore_for_evaluation
@@ -51,6 +52,7 @@ class RunData:
     records: list[dict]
     config_text: str
     sessions: list[dict] = field(default_factory=list)  # the run's sessions.jsonl
+    config: dict = field(default_factory=dict)  # config.yaml, or the summary's copy
     confusion: np.ndarray | None = None  # K x K counts, rows true, in label order
     confusion_note: str = ""  # why there is no confusion matrix
 
@@ -87,7 +89,7 @@ def load_report_run(path: str | os.PathLike, name: str) -> RunData:
     record = load_run(path)
     if not record.records:
         raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
-    return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions)
+    return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions, config=record.config)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -362,7 +364,10 @@ def write_run_report(run: RunData, folder: Path) -> Path:
 def write_comparison_report(runs: Sequence[RunData], folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     overlays = draw_overlays(runs, folder)
+    differences = config_differences([setting_of(run.config) for run in runs])
     body = ["<h2>Runs</h2>", comparison_table(runs), '<p class="muted">Final epoch; each best top-1 names the set its epoch was selected on.</p>',
+            *([f'<p class="note">The runs also differ in (values in row order): {esc("; ".join(differences))}.</p>']
+              if differences else []),
             *(figure_html(folder, picture) for picture in overlays)]
     for index, run in enumerate(runs):
         subfolder = f"{index + 1}-{re.sub(r'[^A-Za-z0-9._-]+', '_', run.name).strip('_')}"
