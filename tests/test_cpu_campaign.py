@@ -173,7 +173,10 @@ def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_p
 
 
 def test_start_refuses_a_missing_or_finished_run_with_the_command_that_fixes_it(campaign_script, tmp_path, tiny_run,
-                                                                                capsys):
+                                                                                capsys, monkeypatch):
+    queue = tmp_path / "queue.yaml"  # the authors' run alone, whatever the committed queue holds after it
+    queue.write_text(yaml.safe_dump([{"run": campaign_script.NAME, "record": str(campaign_script.RECORD)}]))
+    monkeypatch.setattr(campaign_script, "QUEUE", queue)
     assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2
     assert "run `python tools/cpu_campaign.py restore` first" in capsys.readouterr().err
     campaign = campaign_script.Campaign(tmp_path)
@@ -182,7 +185,7 @@ def test_start_refuses_a_missing_or_finished_run_with_the_command_that_fixes_it(
     with pytest.raises(campaign_script.CampaignError, match=r"has finished \(summary.json\)"):
         campaign_script.start(campaign)
     assert campaign_script.main(["--root", str(tmp_path), "start"]) == 2  # the queue's only run has finished
-    assert "every run of tools/cpu_queue.yaml has finished: queue the next one" in capsys.readouterr().err
+    assert f"every run of {queue} has finished: queue the next one" in capsys.readouterr().err
 
 
 def test_the_committed_queue_begins_with_the_authors_run(campaign_script):

@@ -81,7 +81,8 @@ class QueuedRun:
 AUTHORS = QueuedRun(NAME, RECORD)
 
 
-def read_queue(path: Path = QUEUE) -> list[QueuedRun]:
+def read_queue(path: Path | None = None) -> list[QueuedRun]:
+    path = path or QUEUE
     try:
         entries = yaml.safe_load(path.read_text())
         return [QueuedRun(name=entry["run"], record=Path(entry["record"]), preset=entry.get("preset"),
@@ -133,7 +134,8 @@ def current(root: Path, queue: list[QueuedRun]) -> Campaign:
         campaign = Campaign(root, entry)
         if not campaign.finished:
             return campaign
-    raise CampaignError(f"every run of {QUEUE.relative_to(ROOT)} has finished: queue the next one")
+    queue = QUEUE.relative_to(ROOT) if QUEUE.is_relative_to(ROOT) else QUEUE
+    raise CampaignError(f"every run of {queue} has finished: queue the next one")
 
 
 def git(root: Path, *args: str) -> str:
