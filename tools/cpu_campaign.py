@@ -340,7 +340,7 @@ def fallback(campaign: Campaign) -> list[str]:
     commit in RUN.md's fallback table, in a second commit. None for a stretch that added less than an epoch."""
     if running_pid(campaign) is not None:
         raise CampaignError(f"a piece is running (pid {running_pid(campaign)}); pause it first")
-    live, committed = reached(campaign.run), reached(campaign.record)
+    live, committed = reached(campaign.run), committed_reached(campaign)
     if live is None or not (campaign.run / CHECKPOINT).is_file():
         raise CampaignError(f"{campaign.run} has no {CHECKPOINT} and sessions to commit")
     per_epoch = steps_per_epoch(live) or steps_per_epoch(committed or {})
@@ -377,6 +377,14 @@ def fallback(campaign: Campaign) -> list[str]:
     return [f"commit {commit}: the fallback at {where} ({size})",
             f"commit {git(campaign.root, 'rev-parse', '--short=12', 'HEAD').strip()}: its checkpoint out of the tree, "
             f"named in {run_md.relative_to(campaign.root)}", finish.stdout.strip()]
+
+
+def committed_reached(campaign: Campaign) -> dict | None:
+    """Where the record committed at HEAD stands (its sessions.jsonl there, whatever the working tree holds)."""
+    shown = subprocess.run(["git", "-C", str(campaign.root), "show", f"HEAD:{campaign.entry.record.as_posix()}/sessions.jsonl"],
+                           capture_output=True, text=True)
+    sessions = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()] if shown.returncode == 0 else []
+    return next((s["reached"] for s in reversed(sessions) if "reached" in s), None)
 
 
 def steps_per_epoch(where: dict) -> int | None:
