@@ -143,7 +143,7 @@ def wait_for(condition, timeout_s: float = 120.0) -> None:
 
 
 def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_pauses_with_its_checkpoint_saved(
-        campaign_script, tmp_path):
+        campaign_script, tmp_path):  # with a value set for this piece on, which the run's config keeps
     campaign = campaign_script.Campaign(tmp_path)
     commit = stopped_run(campaign.run)
     if not commit:
@@ -152,7 +152,7 @@ def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_p
     campaign.worktree(commit).symlink_to(ROOT)  # the run's commit is this checkout's HEAD
     before = campaign_script.read_sessions(campaign.run)
 
-    pid = campaign_script.start(campaign)
+    pid = campaign_script.start(campaign, ["train.eval_every=3"])
     try:
         with pytest.raises(campaign_script.CampaignError, match=f"already running \\(pid {pid}\\)"):
             campaign_script.start(campaign)  # at once: the lock is taken before the piece runs
@@ -165,6 +165,8 @@ def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_p
     assert sessions[-1]["outcome"] == "SIGTERM" and sessions[-1]["reached"]["global_step"] > 2
     start_line, end_line = campaign.log.read_text().splitlines()
     assert "start at 0 epochs + 2 steps" in start_line and "CPUs" in start_line and "family" in start_line
+    assert start_line.endswith(" --set train.eval_every=3")
+    assert yaml.safe_load((campaign.run / "config.yaml").read_text())["train"]["eval_every"] == 3
     assert end_line.endswith(f"end rc=143 at {campaign_script.position(campaign.run)}")
     assert campaign_script.running_pid(campaign) is None
     assert "piece: not running" in campaign_script.status(campaign)
@@ -215,9 +217,13 @@ def test_once_a_run_has_finished_the_campaign_starts_the_next_from_its_preset_an
     assert campaign_script.train_command(campaign)[4:] == [
         "--preset", "quickstart", "--data-root", "data/cifar10", "--output", str(campaign.run), "--resume-if-exists",
         "--set", "train.seed=1"]
+    assert campaign_script.train_command(campaign, ["train.eval_every=5"])[-4:] == [
+        "--set", "train.seed=1", "--set", "train.eval_every=5"]  # the queue's values, then this piece's
     campaign.run.mkdir(parents=True)
     (campaign.run / "checkpoint_last.pt").write_bytes(b"its first checkpoint")
     assert campaign_script.train_command(campaign)[4:] == ["--resume", str(campaign.run)]
+    assert campaign_script.train_command(campaign, ["train.eval_every=1"])[4:] == [
+        "--resume", str(campaign.run), "--set", "train.eval_every=1"]
 
     (campaign.run / "summary.json").write_text("{}")
     with pytest.raises(campaign_script.CampaignError, match="every run of tools/cpu_queue.yaml has finished"):

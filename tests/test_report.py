@@ -186,6 +186,17 @@ def test_a_validation_selected_best_epoch_is_labelled_so(tiny_run, tmp_path):
     assert "(validation-selected)" in both and "(test-selected)" in both
 
 
+def legend_texts(figure) -> list[str]:
+    return [text.get_text() for axis in figure.axes if axis.get_legend() for text in axis.get_legend().get_texts()]
+
+
+@pytest.mark.parametrize("chosen_on", ["validation", "test"])
+def test_the_learning_curves_mark_the_best_epoch_with_the_set_it_was_chosen_on(tiny_run, chosen_on):
+    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    marks = [text for text in legend_texts(plots.learning_curves(records, "run", 1, chosen_on)) if "best epoch" in text]
+    assert marks == [f"best epoch\n(epoch 1,\n{chosen_on}-selected)"]
+
+
 def test_a_comparison_names_what_else_the_runs_differ_in(tiny_run, tmp_path):
     other = tmp_path / "other-lr"
     shutil.copytree(tiny_run, other, ignore=shutil.ignore_patterns("*.pt*", "report"))

@@ -2,6 +2,7 @@
 
     python tools/cpu_campaign.py restore   # what the run needs, rebuilt where the machine came back without it
     python tools/cpu_campaign.py start     # the next piece, in the background (its own session)
+    python tools/cpu_campaign.py start --set train.eval_every=1   # ... evaluating every epoch from here on
     python tools/cpu_campaign.py pause     # SIGTERM: the run finishes its step, saves, exits; waits for that
     python tools/cpu_campaign.py status    # running or not, how far, the last evaluation
     python tools/cpu_campaign.py fallback  # the end of a stretch of work: the fallback commit, and the next one
@@ -26,7 +27,9 @@ row naming that commit added to RUN.md's fallback table (| commit | reached | si
 
 `start` runs `glmc train --resume` (before the first checkpoint: `glmc train --preset ...
 --resume-if-exists`) from that worktree (PYTHONPATH), so the code under the run never changes while
-other work lands. Every piece's start (the CPU model and whether it has bf16 natively, which decides
+other work lands. `start --set KEY=VALUE` adds values to that command; a resumed run takes machine keys
+only (evaluation cadence, checkpoint interval, precisions) and writes them into its config, so the pieces
+after keep them. Every piece's start (the CPU model and whether it has bf16 natively, which decides
 the run's `auto` precision) and end (exit code) go to runs/campaign.log, its output to
 runs/campaign.log.out.
 """
@@ -47,6 +50,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -200,9 +204,18 @@ def not_started(campaign: Campaign) -> bool:
             and not fallbacks(campaign.record / "RUN.md"))
 
 
+def parse_sessions(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
 def read_sessions(run: Path) -> list[dict]:
     path = run / "sessions.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    return parse_sessions(path.read_text()) if path.is_file() else []
+
+
+def last_reached(sessions: list[dict]) -> dict | None:
+    """Where the last piece of a sessions list ended (epochs done, steps into the next, global step), or None."""
+    return next((s["reached"] for s in reversed(sessions) if "reached" in s), None)
 
 
 def restore(campaign: Campaign, materializer: Path = SHARED_MATERIALIZER) -> list[str]:
@@ -237,8 +250,7 @@ def restore(campaign: Campaign, materializer: Path = SHARED_MATERIALIZER) -> lis
 
 
 def reached(run: Path) -> dict | None:
-    """Where the run's last piece ended (epochs done, steps into the next, global step), or None."""
-    return next((s["reached"] for s in reversed(read_sessions(run)) if "reached" in s), None)
+    return last_reached(read_sessions(run))
 
 
 def position(run: Path) -> str:
@@ -268,7 +280,8 @@ def running_pid(campaign: Campaign) -> int | None:
     return None
 
 
-def start(campaign: Campaign) -> int:
+def start(campaign: Campaign, overrides: Sequence[str] = ()) -> int:
+    """The next piece, in the background; `overrides` (KEY=VALUE) go to its glmc train as --set."""
     if not (campaign.run / CHECKPOINT).is_file() and not not_started(campaign):
         raise CampaignError(f"{campaign.run / CHECKPOINT} is missing: run `python tools/cpu_campaign.py restore` first")
     if (campaign.run / "summary.json").is_file():
@@ -281,7 +294,8 @@ def start(campaign: Campaign) -> int:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise CampaignError(f"a piece is already running (pid {running_pid(campaign)}); pause it first") from None
-        piece = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--root", str(campaign.root), "_piece"],
+        piece = subprocess.Popen([sys.executable, str(Path(__file__).resolve()), "--root", str(campaign.root), "_piece",
+                                  *set_arguments(overrides)],
                                  stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                  pass_fds=(lock.fileno(),))
         lock.truncate(0)
@@ -295,24 +309,28 @@ def log(campaign: Campaign, line: str) -> None:
         file.write(f"{stamp} {line}\n")
 
 
-def train_command(campaign: Campaign) -> list[str]:
+def set_arguments(overrides: Sequence[str]) -> list[str]:
+    return [argument for pair in overrides for argument in ("--set", pair)]
+
+
+def train_command(campaign: Campaign, overrides: Sequence[str] = ()) -> list[str]:
     """`glmc train --resume`; before the run's first checkpoint, the command that starts it (or continues the
-    folder a piece stopped before its first checkpoint)."""
+    folder a piece stopped before its first checkpoint). `overrides` come last: the run's config keeps them."""
     glmc = [sys.executable, "-m", "glmc", "train"]
     if (campaign.run / CHECKPOINT).is_file() or campaign.entry.preset is None:
-        return [*glmc, "--resume", str(campaign.run)]
-    overrides = [argument for pair in campaign.entry.overrides for argument in ("--set", pair)]
+        return [*glmc, "--resume", str(campaign.run), *set_arguments(overrides)]
     return [*glmc, "--preset", campaign.entry.preset, "--data-root", str(DATA), "--output", str(campaign.run),
-            "--resume-if-exists", *overrides]
+            "--resume-if-exists", *set_arguments((*campaign.entry.overrides, *overrides))]
 
 
-def piece(campaign: Campaign) -> int:
+def piece(campaign: Campaign, overrides: Sequence[str] = ()) -> int:
     """One piece, in the foreground of its own session: the training, its start and end in the log."""
     worktree = campaign.worktree(run_commit(campaign))
     signal.signal(signal.SIGTERM, lambda *_: None)  # `pause` signals the whole group: the training saves, this waits
-    log(campaign, f"start at {position(campaign.run)} on {cpu_description()}, glmc from {worktree}")
+    given = "".join(f" --set {pair}" for pair in overrides)
+    log(campaign, f"start at {position(campaign.run)} on {cpu_description()}, glmc from {worktree}{given}")
     environment = {**os.environ, "PYTHONPATH": str(worktree / "src")}
-    code = subprocess.run(train_command(campaign), cwd=campaign.root, env=environment).returncode
+    code = subprocess.run(train_command(campaign, overrides), cwd=campaign.root, env=environment).returncode
     log(campaign, f"end rc={code} at {position(campaign.run)}")
     return code
 
@@ -338,8 +356,8 @@ def fallback(campaign: Campaign) -> list[str]:
     """The end of a stretch of work: commit the live run folder as the run's fallback (records and last checkpoint
     with its SHA-256, in place of the committed record), then take the checkpoint out of the tree again and name that
     commit in RUN.md's fallback table, in a second commit. None for a stretch that added less than an epoch."""
-    if running_pid(campaign) is not None:
-        raise CampaignError(f"a piece is running (pid {running_pid(campaign)}); pause it first")
+    if (pid := running_pid(campaign)) is not None:
+        raise CampaignError(f"a piece is running (pid {pid}); pause it first")
     live, committed = reached(campaign.run), committed_reached(campaign)
     if live is None or not (campaign.run / CHECKPOINT).is_file():
         raise CampaignError(f"{campaign.run} has no {CHECKPOINT} and sessions to commit")
@@ -383,8 +401,7 @@ def committed_reached(campaign: Campaign) -> dict | None:
     """Where the record committed at HEAD stands (its sessions.jsonl there, whatever the working tree holds)."""
     shown = subprocess.run(["git", "-C", str(campaign.root), "show", f"HEAD:{campaign.entry.record.as_posix()}/sessions.jsonl"],
                            capture_output=True, text=True)
-    sessions = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()] if shown.returncode == 0 else []
-    return next((s["reached"] for s in reversed(sessions) if "reached" in s), None)
+    return last_reached(parse_sessions(shown.stdout)) if shown.returncode == 0 else None
 
 
 def steps_per_epoch(where: dict) -> int | None:
@@ -422,13 +439,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=ROOT, help=argparse.SUPPRESS)
     parser.add_argument("command", choices=["restore", "start", "pause", "status", "fallback", "_piece"])
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="start: given to the piece's glmc train (on a resumed run, machine keys only, such as "
+                             "train.eval_every); the run's config keeps it for the pieces after")
     args = parser.parse_args(argv)
     try:
         campaign = current(args.root.resolve(), read_queue())
         if args.command == "restore":
             print("\n".join(restore(campaign)))
         elif args.command == "start":
-            print(f"piece started (pid {start(campaign)}); its output goes to runs/campaign.log.out")
+            print(f"piece started (pid {start(campaign, args.set)}); its output goes to runs/campaign.log.out")
         elif args.command == "pause":
             print("paused: " + position(campaign.run) if pause(campaign) else "no piece was running")
         elif args.command == "status":
@@ -436,7 +456,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "fallback":
             print("\n".join(fallback(campaign)))
         else:
-            return piece(campaign)
+            return piece(campaign, args.set)
     except CampaignError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

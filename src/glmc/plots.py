@@ -110,8 +110,10 @@ def loss_parts(records: Sequence[dict]) -> tuple[list[str], list[str]]:
     return [n for n in names if n not in NON_LOSS_PARTS], [n for n in names if n in NON_LOSS_PARTS]
 
 
-def learning_curves(records: Sequence[dict], title: str, best_epoch: int | None = None) -> Figure:
-    """Losses (total and parts), accuracy (top-1/5, many/medium/few), lr and GLMC's weights per epoch."""
+def learning_curves(records: Sequence[dict], title: str, best_epoch: int | None = None,
+                    selected_on: str = "test") -> Figure:
+    """Losses (total and parts), accuracy (top-1/5, many/medium/few), lr and GLMC's weights per epoch; the best
+    epoch, where given, is marked with the set it was chosen on ("test" or "validation")."""
     x = epoch_axis(records)
     marker = marker_for(len(records))
     parts, weights = loss_parts(records)
@@ -130,7 +132,8 @@ def learning_curves(records: Sequence[dict], title: str, best_epoch: int | None 
     for group in SHOT_GROUPS:
         accuracy_ax.plot(x, series(records, group), color=SHOT_COLOURS[group], marker=marker, markersize=3, label=group)
     if best_epoch is not None:
-        accuracy_ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1, label=f"best top-1\n(epoch {best_epoch},\ntest-selected)")
+        accuracy_ax.axvline(best_epoch, color="grey", linestyle="--", linewidth=1,
+                            label=f"best epoch\n(epoch {best_epoch},\n{selected_on}-selected)")
     accuracy_ax.set_ylim(0, 100)
     style_axis(accuracy_ax, "test accuracy", "accuracy (%)")
     outside_legend(accuracy_ax)

@@ -59,6 +59,11 @@ def best_label(record: dict) -> str:
     return BEST_ON_VALIDATION_LABEL if "val" in record else BEST_LABEL
 
 
+def selection_set(best: dict) -> str:
+    """The set a summary's best record was chosen on, "validation" or "test", read from its label."""
+    return "validation" if best.get("label") == BEST_ON_VALIDATION_LABEL else "test"
+
+
 def evaluation_line(record: dict, epochs: int) -> str:
     loss = record["losses"].get("loss", float("nan"))
     test = (f"top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  {format_shots(record, width=5)}  "
@@ -70,8 +75,7 @@ def evaluation_line(record: dict, epochs: int) -> str:
 
 def shots_table(summary: dict) -> str:
     final, best = summary["final"], summary["best"]
-    chosen = "validation-selected" if best.get("label") == BEST_ON_VALIDATION_LABEL else "test-selected"
-    rows = [("final", final), (f"best (epoch {best['epoch']}, {chosen})", best)]
+    rows = [("final", final), (f"best (epoch {best['epoch']}, {selection_set(best)}-selected)", best)]
     if final.get("top1") is None:  # eval.test=false: only the validation set was evaluated
         rows = [("final, validation set", final["val"]), (f"best (epoch {best['epoch']}), validation set", best["val"])]
     width = max(len(name) for name, _ in rows)

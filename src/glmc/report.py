@@ -35,7 +35,8 @@ from glmc.evaluation import confusion_counts, restore_for_evaluation
 from glmc.files import file_sha256
 from glmc.lock import FolderInUse
 from glmc.metrics import SHOT_GROUPS, format_percent
-from glmc.rundir import BEST_ON_VALIDATION_LABEL, LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
+from glmc.records import selection_set
+from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
 REPORT_FILE = "report.html"
@@ -169,7 +170,8 @@ def draw_run_pictures(run: RunData, folder: Path) -> list[Picture]:
     final, best = run.summary["final"], run.summary["best"]
     classes = run.class_order()
     figures = [
-        ("learning_curves.png", plots.learning_curves(run.records, f"{run.name}: learning curves", best["epoch"]),
+        ("learning_curves.png", plots.learning_curves(run.records, f"{run.name}: learning curves", best["epoch"],
+                                                                 selection_set(best)),
          "Losses (total and each part), test accuracy, learning rate and method weights per epoch."),
         ("per_class.png", plots.per_class_accuracy(final["per_class"], classes,
                                                    f"{run.name}: per-class test accuracy (final epoch {final['epoch']})"),
@@ -336,19 +338,15 @@ def comparison_table(runs: Sequence[RunData]) -> str:
     rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
              f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
              *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)),
-             f"{format_percent(r.summary['best']['top1'])} ({'validation' if validation_selected(r.summary) else 'test'}-selected)"]
+             f"{format_percent(r.summary['best']['top1'])} ({selection_set(r.summary['best'])}-selected)"]
             for r in runs]
     return table(["run", "method", "backbone", "dataset", "IF", "fingerprint", "epochs", "top-1", "many", "medium", "few",
                   "best top-1"], rows)
 
 
-def validation_selected(summary: dict) -> bool:
-    return summary["best"].get("label") == BEST_ON_VALIDATION_LABEL
-
-
 def selected_on(summary: dict) -> str:
     """How the run's best epoch was chosen, as a clause: on the validation set where the run had one."""
-    return f"best epoch is selected on the {'validation' if validation_selected(summary) else 'test'} set"
+    return f"best epoch is selected on the {selection_set(summary['best'])} set"
 
 
 # ---------------------------------------------------------------- the command
