@@ -14,7 +14,7 @@ from PIL import Image
 from glmc import plots, report
 from glmc.cli import main
 from glmc.lock import take
-from glmc.rundir import BEST_ON_VALIDATION_LABEL
+from glmc.rundir import BEST_ON_VALIDATION_LABEL, load_run
 from glmc.shots import STANDARD
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -192,7 +192,7 @@ def legend_texts(figure) -> list[str]:
 
 @pytest.mark.parametrize("chosen_on", ["validation", "test"])
 def test_the_learning_curves_mark_the_best_epoch_with_the_set_it_was_chosen_on(tiny_run, chosen_on):
-    records = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    records = load_run(tiny_run).records
     marks = [text for text in legend_texts(plots.learning_curves(records, "run", 1, chosen_on)) if "best epoch" in text]
     assert marks == [f"best epoch\n(epoch 1,\n{chosen_on}-selected)"]
 

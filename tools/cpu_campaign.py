@@ -327,7 +327,7 @@ def piece(campaign: Campaign, overrides: Sequence[str] = ()) -> int:
     """One piece, in the foreground of its own session: the training, its start and end in the log."""
     worktree = campaign.worktree(run_commit(campaign))
     signal.signal(signal.SIGTERM, lambda *_: None)  # `pause` signals the whole group: the training saves, this waits
-    given = "".join(f" --set {pair}" for pair in overrides)
+    given = "".join(f" {argument}" for argument in set_arguments(overrides))
     log(campaign, f"start at {position(campaign.run)} on {cpu_description()}, glmc from {worktree}{given}")
     environment = {**os.environ, "PYTHONPATH": str(worktree / "src")}
     code = subprocess.run(train_command(campaign, overrides), cwd=campaign.root, env=environment).returncode
