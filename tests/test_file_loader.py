@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import IMAGE_CLASSES, write_image_tree
+from helpers.locked_items import HELD, LockedItems
 from glmc.augment import CifarAugment, ImageNetColour, Normalise, blur_kernel_size
 from glmc.cli import main
 from glmc.data.files import (
@@ -22,9 +24,10 @@ from glmc.data.files import (
     FileTestSet,
     FileTwoStreamLoader,
     UnreadableImage,
-    decode_rgb,
-    random_resized_box,
     centre_view,
+    decode_rgb,
+    make_loader,
+    random_resized_box,
 )
 from glmc.data.images import ImageFiles
 from glmc.data.loader import TwoStreamLoader
@@ -139,6 +142,20 @@ def test_batches_do_not_depend_on_the_number_of_workers(tree):
     assert len(serial) == len(parallel) == math.ceil(len(files) / 6)
     for one, other in zip(serial, parallel):
         assert all(torch.equal(x, y) for x, y in zip(one, other))
+
+
+def test_workers_start_while_another_thread_holds_a_lock():
+    """A fork would copy the lock held and the worker would wait on it for ever (a rare hang of
+    evaluations under torchrun, whose process group keeps threads of its own)."""
+    batches = []
+    reader = threading.Thread(target=lambda: batches.extend(
+        indices.tolist() for indices, *_ in make_loader(LockedItems(), iter([[0, 1], [2]]), workers=1, pin=False)),
+        daemon=True)
+    with HELD:
+        reader.start()
+        reader.join(timeout=60)
+    assert not reader.is_alive(), "the worker hung on a lock held in the loading process when it started"
+    assert batches == [[0, 1], [2]]
 
 
 def test_resuming_mid_epoch_yields_the_same_batches(tree):

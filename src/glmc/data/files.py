@@ -20,6 +20,7 @@ left out of its batch and counted (`"skip"`).
 from __future__ import annotations
 
 import math
+import multiprocessing
 import os
 import time
 import warnings
@@ -187,7 +188,20 @@ class Unreadable:
 
 def make_loader(dataset: Dataset, keys: Iterator[list], workers: int, pin: bool) -> DataLoader:
     return DataLoader(dataset, batch_sampler=keys, num_workers=workers, collate_fn=collate, pin_memory=pin,
-                      prefetch_factor=4 if workers else None)
+                      prefetch_factor=4 if workers else None,
+                      multiprocessing_context=worker_start() if workers else None)
+
+
+def worker_start() -> multiprocessing.context.BaseContext:
+    """Workers are forked from a server process started clean, never from the training process.
+
+    A fork copies each lock as it is at that instant, and a lock another thread of the training
+    process holds then (a process group's, the progress bar's, the run folder's lease renewal)
+    stays held in the child for ever: the worker, and the loader waiting on it, would hang. The
+    server imports this module once, so a worker starts as fast as a fork of the trainer."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([__name__])
+    return context
 
 
 class FileTwoStreamLoader:
