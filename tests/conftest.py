@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -150,10 +152,40 @@ def write_image_tree(root: Path, train_counts=(9, 5, 3), test_per_class: int = 3
 
 # ---------------------------------------------------------------- torchrun
 
-TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # two processes on two cores: one thread each
+TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1",  # two processes on two cores: one thread each
+                "PYTHONFAULTHANDLER": "1"}  # SIGABRT prints every thread's stack: what a hung rank waited on
 
 
 def torchrun_command(*target: str, processes: int = 2, restarts: int = 0) -> list[str]:
     """torchrun of `target` (a script, or "-m", a module and its arguments) in `processes` CPU processes."""
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
             f"--max-restarts={restarts}", *target]
+
+
+def run_torchrun(command: list[str], timeout: float) -> subprocess.CompletedProcess:
+    """Run a torchrun command to its end; past `timeout` seconds, fail with where each process waited.
+
+    torchrun starts its ranks in sessions of their own, so a timeout that killed torchrun alone
+    would leave them (and their loader workers) running: every descendant is aborted, which
+    prints its threads' stacks to the captured stderr, then killed."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        family = [*descendants(process.pid), process.pid]  # torchrun last: it reports its ranks' ends
+        for sig in (signal.SIGABRT, signal.SIGKILL):
+            for pid in family:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            time.sleep(2)
+        stdout, stderr = process.communicate()
+        pytest.fail(f"torchrun ran past {timeout:.0f} s and was aborted; its stderr ends:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid`, deepest first."""
+    children = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [below for child in map(int, children) for below in (*descendants(child), child)]

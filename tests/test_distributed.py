@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TORCHRUN_ENV, torchrun_command, write_image_tree
+from conftest import run_torchrun, torchrun_command, write_image_tree
 from glmc.cli import main
 
 TRAIN_ARGS = ["--set", "data.dataset=folder", "--set", "model.backbone=resnet10", "--set", "data.image_size=24",
@@ -20,8 +20,7 @@ TRAIN_ARGS = ["--set", "data.dataset=folder", "--set", "model.backbone=resnet10"
 
 
 def torchrun(*args: str, processes: int = 2) -> subprocess.CompletedProcess:
-    done = subprocess.run(torchrun_command("-m", "glmc", *args, processes=processes), capture_output=True, text=True,
-                          env=TORCHRUN_ENV, timeout=300)
+    done = run_torchrun(torchrun_command("-m", "glmc", *args, processes=processes), timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
@@ -86,7 +85,7 @@ def test_every_registered_method_trains_under_torchrun():
     from glmc.methods import METHODS
 
     script = Path(__file__).parent / "helpers" / "every_method_ddp.py"
-    done = subprocess.run(torchrun_command(str(script)), capture_output=True, text=True, env=TORCHRUN_ENV, timeout=600)
+    done = run_torchrun(torchrun_command(str(script)), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     results = {r["method"]: r for r in map(json.loads, done.stdout.splitlines())}
     assert sorted(results) == METHODS.names()
