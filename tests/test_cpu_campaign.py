@@ -120,6 +120,14 @@ def test_restore_says_what_is_wrong_when_the_record_names_no_fallback(campaign_s
     assert "names no fallback commit" in capsys.readouterr().err
 
 
+def test_set_given_to_a_command_other_than_start_is_refused_before_it_acts(campaign_script, repository, capsys):
+    root, _, _ = repository
+    assert campaign_script.main(["--root", str(root), "restore", "--set", "train.eval_every=1"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "--set is for start" in error
+    assert not (root / "runs").exists()  # restore did not run
+
+
 def stopped_run(run: Path) -> str:
     """A real run stopped before its end (checkpoint, no summary), recorded as run by this checkout's HEAD."""
     from glmc.config import build_config

@@ -443,6 +443,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="start: given to the piece's glmc train (on a resumed run, machine keys only, such as "
                              "train.eval_every); the run's config keeps it for the pieces after")
     args = parser.parse_args(argv)
+    if args.set and args.command not in ("start", "_piece"):
+        print(f"error: --set is for start (the values a piece trains with); {args.command} takes none", file=sys.stderr)
+        return 2
     try:
         campaign = current(args.root.resolve(), read_queue())
         if args.command == "restore":
