@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+from safetensors.torch import load_file
+
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.weights import evaluation_path
@@ -48,3 +51,23 @@ def test_an_unfinished_run_is_committed_with_its_checkpoint_and_continues_from_t
     assert not (dest / "checkpoint_last-fp16.safetensors").exists() and "| epoch 1, step 5 | finished |" in done.stdout
     assert main(["train", "--resume", str(dest), "--set", "train.max_steps=none", "--quiet"]) == 0
     assert json.loads((dest / "summary.json").read_text())["final"]["epoch"] == 2
+
+
+def test_a_calibration_is_committed_beside_the_final_weights_with_only_the_classifier_changed(tiny_run, tmp_path):
+    dest = tmp_path / "result"
+    done = finish_run(str(tiny_run), str(dest), "--data-root", str(tmp_path), "--calibration", "maxnorm")
+    assert done.returncode == 0, done.stderr
+    calibration = json.loads((dest / "checkpoint_last-maxnorm.json").read_text())
+    recorded = json.loads(evaluation_path(dest / "checkpoint_last-maxnorm-fp16.safetensors").read_text())
+    assert calibration["calibration"] == "maxnorm" and abs(recorded["top1"] - calibration["after"]["top1"]) <= 1.0
+    assert f"with maxnorm, top-1 {recorded['top1']:.2f}" in done.stdout
+    final, calibrated = (load_file(dest / name) for name in ("checkpoint_last-fp16.safetensors",
+                                                              "checkpoint_last-maxnorm-fp16.safetensors"))
+    changed = {name for name in final if not torch.equal(final[name], calibrated[name])}
+    assert changed == {"heads.fc_cb.weight", "heads.fc_cb.bias"}
+
+
+def test_a_calibration_of_an_unfinished_run_is_refused(tmp_path):
+    done = finish_run(str(tmp_path), str(tmp_path / "dest"), "--unfinished", "--calibration", "maxnorm")
+    assert done.returncode == 2 and "--calibration needs a finished run" in done.stderr
+    assert not (tmp_path / "dest").exists()

@@ -1,6 +1,6 @@
 """Turn a finished run folder into a committed result: its records, compact weights and report.
 
-    python tools/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu]
+    python tools/finish_run.py RUN_DIR DEST --data-root DIR [--device cpu] [--calibration METHOD ...]
     python tools/finish_run.py RUN_DIR DEST --unfinished
 
 DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jsonl from RUN_DIR; the final weights
@@ -9,6 +9,10 @@ their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests
 re-checks to 0.05 points); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
 says how the run was made, is the author's to write; the script prints the table of the run's
 sessions (one per `glmc train` that worked on it) for it.
+
+--calibration METHOD (repeatable): `glmc calibrate` of the final checkpoint with METHOD's defaults,
+committed the same way: its metrics JSON (`checkpoint_last-METHOD.json`) and its fp16 weights with
+their evaluation.
 
 --unfinished: for a run that has to stop before its end. DEST gets the records and the last
 checkpoint with its SHA-256, so that `glmc train --resume` of a copy of DEST continues the run
@@ -50,11 +54,20 @@ def copy_records(run: Path, dest: Path, unfinished: bool = False) -> None:
             shutil.copy2(run / name, dest / name)
 
 
-def export_and_evaluate(run: Path, dest: Path, data_root: str, device: str) -> dict:
-    weights = dest / compact_path(LAST_CHECKPOINT).name
-    glmc("export", str(run / LAST_CHECKPOINT), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
+def export_and_evaluate(checkpoint: Path, dest: Path, data_root: str, device: str) -> dict:
+    weights = dest / compact_path(checkpoint).name
+    glmc("export", str(checkpoint), "--format", "safetensors", "--dtype", "fp16", "--output", str(weights))
     return write_evaluation(weights, json.loads(glmc("eval", str(weights), "--data-root", data_root, "--device", device,
                                                     "--json").stdout))
+
+
+def calibrate_and_export(run: Path, dest: Path, method: str, data_root: str, device: str) -> dict:
+    """The final checkpoint calibrated with `method`'s defaults: its metrics JSON and fp16 weights into `dest`."""
+    calibrated = run / f"{Path(LAST_CHECKPOINT).stem}-{method}.pt"
+    glmc("calibrate", str(run / LAST_CHECKPOINT), "--method", method, "--output", str(calibrated), "--data-root",
+         data_root, "--device", device, "--overwrite")
+    shutil.copy2(calibrated.with_suffix(".json"), dest / calibrated.with_suffix(".json").name)
+    return export_and_evaluate(calibrated, dest, data_root, device)
 
 
 def copy_report(run: Path, dest: Path, data_root: str, device: str) -> None:
@@ -77,19 +90,26 @@ def main() -> int:
     parser.add_argument("--data-root", help="the data the run trained on (needed unless --unfinished)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--unfinished", action="store_true", help="the records and the last checkpoint, to continue later")
+    parser.add_argument("--calibration", action="append", default=[], metavar="METHOD",
+                        help="also commit the final checkpoint calibrated by glmc calibrate --method METHOD")
     args = parser.parse_args()
     if not (args.unfinished or args.data_root):
         parser.error("--data-root is needed to evaluate the final weights")
+    if args.unfinished and args.calibration:
+        parser.error("--calibration needs a finished run")
     args.dest.mkdir(parents=True, exist_ok=True)
     copy_records(args.run, args.dest, args.unfinished)
     if args.unfinished:
         print(f"{args.dest}: the run as it stands, with its last checkpoint; continue a copy of it with glmc train --resume")
         print_sessions(args.run)
         return 0
-    evaluation = export_and_evaluate(args.run, args.dest, args.data_root, args.device)
+    evaluation = export_and_evaluate(args.run / LAST_CHECKPOINT, args.dest, args.data_root, args.device)
     copy_report(args.run, args.dest, args.data_root, args.device)
     final = json.loads((args.dest / SUMMARY_FILE).read_text())["final"]
     print(f"{args.dest}: final top-1 {final['top1']:.2f} in training, {evaluation['top1']:.2f} from the fp16 weights in fp32")
+    for method in args.calibration:
+        calibrated = calibrate_and_export(args.run, args.dest, method, args.data_root, args.device)
+        print(f"{args.dest}: with {method}, top-1 {calibrated['top1']:.2f} from its fp16 weights in fp32")
     print_sessions(args.run)
     return 0
 
