@@ -70,6 +70,18 @@ def test_resume_under_torchrun_continues_exactly(tree, two_process_run, tmp_path
     assert all(torch.equal(resumed[name], expected[name]) for name in expected)
 
 
+def test_a_hung_torchrun_fails_the_test_and_leaves_no_process_behind():
+    """As torchrun does with its ranks, the command starts a child in a session of its own."""
+    hang = ("import subprocess, sys, time; child = subprocess.Popen(['sleep', '600'], start_new_session=True); "
+            "print(child.pid, file=sys.stderr, flush=True); time.sleep(600)")
+    with pytest.raises(pytest.fail.Exception, match="ran past 3 s and was aborted") as failure:
+        run_torchrun([sys.executable, "-c", hang], timeout=3)
+    stderr = str(failure.value).split("its stderr ends:\n")[1]
+    assert "Fatal Python error: Aborted" in stderr and 'File "<string>"' in stderr  # where it waited
+    child = int(stderr.split()[0])
+    assert not Path(f"/proc/{child}").exists() or Path(f"/proc/{child}/stat").read_text().split()[2] == "Z"
+
+
 def test_sync_batchnorm_on_cpu_processes_is_a_clear_error(tree, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "glmc",
                "train", "--data-root", str(tree), "--output", str(tmp_path / "sync"), *TRAIN_ARGS,
