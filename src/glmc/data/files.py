@@ -198,7 +198,7 @@ def worker_start() -> multiprocessing.context.BaseContext:
     A fork copies each lock as it is at that instant, and a lock another thread of the training
     process holds then (a process group's, the progress bar's, the run folder's lease renewal)
     stays held in the child for ever: the worker, and the loader waiting on it, would hang. The
-    server imports this module once, so a worker starts as fast as a fork of the trainer."""
+    server imports this module (and torch with it) once; each worker is a fork of the server."""
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload([__name__])
     return context
