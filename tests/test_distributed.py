@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,7 +85,7 @@ def test_sync_batchnorm_on_cpu_processes_is_a_clear_error(tree, tmp_path):
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "glmc",
                "train", "--data-root", str(tree), "--output", str(tmp_path / "sync"), *TRAIN_ARGS,
                "--set", "train.sync_batchnorm=true"]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    done = run_torchrun(command, timeout=300)
     assert done.returncode != 0
     assert "train.sync_batchnorm needs CUDA devices" in done.stderr
     assert not (tmp_path / "sync" / "config.yaml").exists()  # refused before the run folder was written

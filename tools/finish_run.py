@@ -28,6 +28,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from glmc.calibration import default_output, metrics_path
 from glmc.checkpoint import checksum_path
 from glmc.compare import markdown_row
 from glmc.weights import compact_path, write_evaluation
@@ -63,10 +64,10 @@ def export_and_evaluate(checkpoint: Path, dest: Path, data_root: str, device: st
 
 def calibrate_and_export(run: Path, dest: Path, method: str, data_root: str, device: str) -> dict:
     """The final checkpoint calibrated with `method`'s defaults: its metrics JSON and fp16 weights into `dest`."""
-    calibrated = run / f"{Path(LAST_CHECKPOINT).stem}-{method}.pt"
-    glmc("calibrate", str(run / LAST_CHECKPOINT), "--method", method, "--output", str(calibrated), "--data-root",
-         data_root, "--device", device, "--overwrite")
-    shutil.copy2(calibrated.with_suffix(".json"), dest / calibrated.with_suffix(".json").name)
+    final = run / LAST_CHECKPOINT
+    glmc("calibrate", str(final), "--method", method, "--data-root", data_root, "--device", device, "--overwrite")
+    calibrated = default_output(final, method)
+    shutil.copy2(metrics_path(calibrated), dest / metrics_path(calibrated).name)
     return export_and_evaluate(calibrated, dest, data_root, device)
 
 
