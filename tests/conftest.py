@@ -163,26 +163,37 @@ def torchrun_command(*target: str, processes: int = 2, restarts: int = 0) -> lis
 
 
 def run_torchrun(command: list[str], timeout: float) -> subprocess.CompletedProcess:
-    """Run a torchrun command to its end; past `timeout` seconds, fail with where each process waited.
-
-    torchrun starts its ranks in sessions of their own, so a timeout that killed torchrun alone
-    would leave them (and their loader workers) running: every descendant is aborted, which
-    prints its threads' stacks to the captured stderr, then killed."""
+    """Run a torchrun command to its end; past `timeout` seconds, fail with where each process waited."""
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
+    return finish_torchrun(process, timeout)
+
+
+def finish_torchrun(process: subprocess.Popen, timeout: float) -> subprocess.CompletedProcess:
+    """Wait for a torchrun started by the test (which may have signalled it); past `timeout` seconds, fail with
+    where each process waited."""
     try:
         stdout, stderr = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        family = [*descendants(process.pid), process.pid]  # torchrun last: it reports its ranks' ends
-        for sig in (signal.SIGABRT, signal.SIGKILL):
-            for pid in family:
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            time.sleep(2)
-        stdout, stderr = process.communicate()
-        pytest.fail(f"torchrun ran past {timeout:.0f} s and was aborted; its stderr ends:\n{stderr[-6000:]}")
-    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+        pytest.fail(f"torchrun ran past {timeout:.0f} s and was aborted; its stderr ends:\n{abort_process_tree(process)[-6000:]}")
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def abort_process_tree(process: subprocess.Popen) -> str:
+    """Abort a process (torchrun, glmc) and every process below it; return its captured stderr, which ends with
+    their threads' stacks.
+
+    torchrun starts its ranks in sessions of their own, so killing torchrun alone would leave them
+    (and their loader workers) running: every descendant is aborted, which prints its threads'
+    stacks to the captured stderr (PYTHONFAULTHANDLER), then killed."""
+    family = [*descendants(process.pid), process.pid]  # torchrun last: it reports its ranks' ends
+    for sig in (signal.SIGABRT, signal.SIGKILL):
+        for pid in family:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        time.sleep(2)
+    return process.communicate()[1] or ""
 
 
 def descendants(pid: int) -> list[int]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 import glmc.rundir
-from conftest import TORCHRUN_ENV, torchrun_command, write_image_tree
+from conftest import TORCHRUN_ENV, abort_process_tree, finish_torchrun, run_torchrun, torchrun_command, write_image_tree
 from glmc.augment import CifarAugment, Normalise
 from glmc.checkpoint import check_same_data, load_checkpoint, load_latest_good
 from glmc.cli import main
@@ -47,7 +47,9 @@ def progress(run: Path) -> int:
 def wait_for(run: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
     deadline = time.time() + timeout
     while progress(run) < step:
-        assert process.poll() is None and time.time() < deadline, "the run ended before reaching its step"
+        assert process.poll() is None, f"the run ended before reaching its step: {process.communicate()[1][-2000:]}"
+        if time.time() > deadline:
+            pytest.fail(f"step {step} not reached in {timeout:.0f} s; stderr ends:\n{abort_process_tree(process)[-6000:]}")
         time.sleep(0.05)
 
 
@@ -64,7 +66,7 @@ def assert_same_run(a: Path, b: Path) -> None:
 @pytest.fixture(scope="module")
 def two_process_reference(tmp_path_factory) -> Path:
     output = tmp_path_factory.mktemp("elastic") / "reference"
-    done = subprocess.run(torchrun_train(*DDP_ARGS, "--output", str(output)), capture_output=True, text=True, env=TORCHRUN_ENV)
+    done = run_torchrun(torchrun_train(*DDP_ARGS, "--output", str(output)), timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     return output
 
@@ -82,8 +84,8 @@ def test_a_rank_killed_under_max_restarts_ends_like_an_uninterrupted_run(two_pro
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert len(workers) == 2
     os.kill(int(chooser.choice(workers)), signal.SIGKILL)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-2000:]
+    done = finish_torchrun(process, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
     assert_same_run(two_process_reference, run)
 
 
@@ -106,9 +108,9 @@ def test_a_full_disk_during_an_elastic_restart_keeps_the_previous_checkpoint(tmp
                 filler.write(b"\0" * (1 << 16))
         with open(disk / "filler", "r+b") as filler:  # ... leaving room for the small files only
             filler.truncate(max(0, filler.seek(0, 2) - (1 << 16)))
-        _, stderr = process.communicate(timeout=600)
-        assert process.returncode != 0
-        assert stderr.count("disk full while saving") >= 2, stderr[-3000:]  # the first attempt and the restarted one
+        done = finish_torchrun(process, timeout=600)
+        assert done.returncode != 0
+        assert done.stderr.count("disk full while saving") >= 2, done.stderr[-3000:]  # the first attempt and the restarted one
         assert load_latest_good(run / "checkpoint_last.pt")["state"]["global_step"] in (kept, kept + 5)
     finally:
         subprocess.run(["umount", "-l", str(disk)])
@@ -186,11 +188,11 @@ def test_a_run_continues_on_another_number_of_processes(two_process_reference, t
     process = subprocess.Popen(start, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
     wait_for(run, 45, process)  # into the second epoch: one evaluation recorded
     process.send_signal(signal.SIGTERM)  # torchrun passes it on; every rank saves and stops
-    process.communicate(timeout=300)
+    finish_torchrun(process, timeout=300)
     stopped_at = progress(run)
     command = (torchrun_train(*DDP_ARGS, "--output", str(run), processes=2) if then == 2 else
                [sys.executable, "-m", "glmc", "train", *DDP_ARGS, "--output", str(run)])
-    done = subprocess.run(command, capture_output=True, text=True, env=TORCHRUN_ENV)
+    done = run_torchrun(command, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     summary, reference = json.loads((run / "summary.json").read_text()), json.loads((two_process_reference / "summary.json").read_text())
     assert summary["steps"] == reference["steps"] == 78 and summary["processes"] == then and 39 <= stopped_at < 78

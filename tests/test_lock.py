@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TORCHRUN_ENV, torchrun_command
+from conftest import TORCHRUN_ENV, abort_process_tree, finish_torchrun, torchrun_command
 from glmc import lock
 from glmc.cli import main
 from glmc.errors import GlmcError
@@ -55,7 +55,8 @@ def wait_until(condition, process: subprocess.Popen, timeout: float = 120) -> No
     deadline = time.time() + timeout
     while not condition():
         assert process.poll() is None, process.communicate()[1][-2000:]
-        assert time.time() < deadline, "timed out"
+        if time.time() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s; stderr ends:\n{abort_process_tree(process)[-6000:]}")
         time.sleep(0.05)
 
 
@@ -272,9 +273,9 @@ def test_a_torchrun_restart_takes_over_from_its_own_dead_rank_0(tmp_path):
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert str(rank_0) in workers  # rank 0 of the job holds the lease
     os.kill(rank_0, signal.SIGKILL)
-    _, stderr = process.communicate(timeout=600)
-    assert process.returncode == 0, stderr[-3000:]
-    assert f"took over from process {rank_0}" in stderr
+    done = finish_torchrun(process, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"took over from process {rank_0}" in done.stderr
     assert json.loads((run / "summary.json").read_text())["steps"] == 78 and not (run / LOCK_FILE).exists()
 
 
