@@ -107,6 +107,7 @@ def test_unknown_key_names_close_matches():
         ("optim.lr", "-0.1", "optim.lr must be > 0"),
         ("train.epochs", "0", "train.epochs must be > 0"),
         ("train.batch_size", "-1", "train.batch_size must be > 0"),
+        ("train.eval_last_epochs", "-1", "train.eval_last_epochs must be >= 0"),
         ("train.resample_weighting", "-0.5", "resample_weighting \\(q\\) must be >= 0"),
         ("method.label_weighting", "-1", "label_weighting \\(tau\\) must be >= 0"),
         ("model.backbone", "resnet33", "unknown backbone 'resnet33'; did you mean 'resnet32'"),

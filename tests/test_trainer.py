@@ -122,6 +122,16 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
     assert cpu_model() in second["device"]  # the CPU model, not only "x86_64": the time a session took means little without it
 
 
+def test_a_sparse_cadence_set_on_resume_still_evaluates_each_of_the_last_epochs(tmp_path):
+    run = tmp_path / "run"
+    train(tiny_config(train__epochs=7, train__eval_every=4, train__max_steps=40), run, quiet=True)  # 20 steps an epoch
+    assert main(["train", "--resume", str(run), "--set", "train.max_steps=none", "--set", "train.eval_last_epochs=2",
+                 "--quiet"]) == 0
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [2, 4, 6, 7]  # where the first piece stopped, every 4th, the last 2
+    assert yaml.safe_load((run / "config.yaml").read_text())["train"]["eval_last_epochs"] == 2
+
+
 def test_overwrite_starts_the_sessions_afresh(tmp_path):
     train(tiny_config(train__max_steps=2), tmp_path, quiet=True)
     train(tiny_config(train__max_steps=3), tmp_path, resume=Resume.ALWAYS, quiet=True)

@@ -87,6 +87,9 @@ class TrainConfig:
     drop_last: bool = False  # the authors keep the last, partial batch of an epoch
     seed: int = 0
     eval_every: int = 1  # epochs between test-set evaluations (the last epoch is always evaluated)
+    # also evaluate after each of the last N epochs, whatever eval_every says: a sparse cadence that still shows
+    # what choosing the best test epoch over the end of the schedule would add
+    eval_last_epochs: int = 0
     eval_batch_size: int = 500
     max_steps: int | None = None  # stop after this many steps in all (smoke runs)
     device: str = "auto"  # "auto" (cuda if available), "cpu", "cuda", "cuda:N"
@@ -344,6 +347,7 @@ def validate(config: Config) -> None:
     _require(config.train.eval_batch_size > 0, "train.eval_batch_size must be > 0", config.train.eval_batch_size)
     _require(config.train.resample_weighting >= 0, "train.resample_weighting (q) must be >= 0", config.train.resample_weighting)
     _require(config.train.eval_every > 0, "train.eval_every must be > 0", config.train.eval_every)
+    _require(config.train.eval_last_epochs >= 0, "train.eval_last_epochs must be >= 0", config.train.eval_last_epochs)
     _require(config.train.max_steps is None or config.train.max_steps > 0, "train.max_steps must be > 0", config.train.max_steps)
     _require(config.train.checkpoint_every is None or config.train.checkpoint_every > 0,
              "train.checkpoint_every must be > 0", config.train.checkpoint_every)

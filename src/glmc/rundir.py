@@ -56,7 +56,8 @@ MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device
 # GPU supports, when to checkpoint and where to stop, how often and in what batches it is evaluated. Anything else
 # would make one run of two recipes.
 RESUME_KEYS = (*MACHINE_KEYS, "train.precision", "eval.precision", "eval.interim_precision", "train.max_steps",
-               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_every", "train.eval_batch_size")
+               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_every", "train.eval_last_epochs",
+               "train.eval_batch_size")
 
 
 class Resume(enum.Enum):

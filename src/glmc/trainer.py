@@ -190,7 +190,7 @@ def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensor
                 raise interrupted(stop, state, folder)
             watch.check()
             epoch_done = state.end_epoch_if_done(len(run.loader))
-            if finished(state, config) or (epoch_done and state.epoch % config.train.eval_every == 0):
+            if finished(state, config) or (epoch_done and evaluated_epoch(state.epoch, config)):
                 record = evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
                 if board:
                     board.log(record)
@@ -263,6 +263,12 @@ def step_model(model: torch.nn.Module, config: Config, shard: Shard, device: tor
 def finished(state: RunState, config: Config) -> bool:
     max_steps = config.train.max_steps
     return state.epoch >= config.train.epochs or (max_steps is not None and state.global_step >= max_steps)
+
+
+def evaluated_epoch(epoch: int, config: Config) -> bool:
+    """Whether the end of `epoch` (from 1) is evaluated: every `eval_every`-th epoch and each of the last
+    `eval_last_epochs` (the end of the run always is)."""
+    return epoch % config.train.eval_every == 0 or epoch > config.train.epochs - config.train.eval_last_epochs
 
 
 def describe(run: Run) -> str:
