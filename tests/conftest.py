@@ -178,6 +178,18 @@ def finish_torchrun(process: subprocess.Popen, timeout: float) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
+def wait_until(condition, process: subprocess.Popen, timeout: float, waiting_for: str = "the condition") -> None:
+    """Poll `condition` while `process` (a glmc or torchrun the test started) runs; fail at once if the process ends
+    first, and past `timeout` seconds abort its whole tree and fail with where each of its processes waited."""
+    deadline = time.time() + timeout
+    while not condition():
+        if process.poll() is not None:
+            pytest.fail(f"the process ended (exit {process.returncode}) before {waiting_for}; stderr ends:\n{process.communicate()[1][-2000:]}")
+        if time.time() > deadline:
+            pytest.fail(f"{waiting_for}: not reached in {timeout:.0f} s; stderr ends:\n{abort_process_tree(process)[-6000:]}")
+        time.sleep(0.05)
+
+
 def abort_process_tree(process: subprocess.Popen) -> str:
     """Abort a process (torchrun, glmc) and every process below it; return its captured stderr, which ends with
     their threads' stacks.

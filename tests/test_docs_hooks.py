@@ -6,8 +6,6 @@ import argparse
 import importlib.util
 from pathlib import Path
 
-import pytest
-
 from glmc.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,6 @@ options of it. Nothing is run: no data, no training.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 from pathlib import Path

@@ -9,7 +9,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +16,7 @@ import pytest
 import torch
 
 import glmc.rundir
-from conftest import TORCHRUN_ENV, abort_process_tree, finish_torchrun, run_torchrun, torchrun_command, write_image_tree
+from conftest import TORCHRUN_ENV, finish_torchrun, run_torchrun, torchrun_command, wait_until, write_image_tree
 from glmc.augment import CifarAugment, Normalise
 from glmc.checkpoint import check_same_data, load_checkpoint, load_latest_good
 from glmc.cli import main
@@ -45,12 +44,7 @@ def progress(run: Path) -> int:
 
 
 def wait_for(run: Path, step: int, process: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.time() + timeout
-    while progress(run) < step:
-        assert process.poll() is None, f"the run ended before reaching its step: {process.communicate()[1][-2000:]}"
-        if time.time() > deadline:
-            pytest.fail(f"step {step} not reached in {timeout:.0f} s; stderr ends:\n{abort_process_tree(process)[-6000:]}")
-        time.sleep(0.05)
+    wait_until(lambda: progress(run) >= step, process, timeout, f"step {step}")
 
 
 def records_of(run: Path) -> list[dict]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TORCHRUN_ENV, abort_process_tree, finish_torchrun, torchrun_command
+from conftest import TORCHRUN_ENV, finish_torchrun, torchrun_command, wait_until
 from glmc import lock
 from glmc.cli import main
 from glmc.errors import GlmcError
@@ -49,15 +49,6 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
-
-
-def wait_until(condition, process: subprocess.Popen, timeout: float = 120) -> None:
-    deadline = time.time() + timeout
-    while not condition():
-        assert process.poll() is None, process.communicate()[1][-2000:]
-        if time.time() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s; stderr ends:\n{abort_process_tree(process)[-6000:]}")
-        time.sleep(0.05)
 
 
 def sessions(run: Path) -> list[dict]:
@@ -185,7 +176,7 @@ def test_writing_into_a_run_folder_takes_its_lease_and_other_folders_need_none(t
 def test_a_second_writer_is_refused_and_the_first_ones_records_stay_whole(tmp_path):
     run = tmp_path / "run"
     first = start("train", *QUICK, "--epochs", "4", "--output", str(run))
-    wait_until(lambda: (run / "checkpoint_last.pt").exists(), first)
+    wait_until(lambda: (run / "checkpoint_last.pt").exists(), first, 120, "its first checkpoint")
     assert json.loads((run / LOCK_FILE).read_text())["pid"] == first.pid
     first.send_signal(signal.SIGSTOP)  # alive, and still mid-run while the others try
     try:
@@ -221,7 +212,7 @@ def test_after_kill_9_the_next_command_takes_the_folder_over(tmp_path):
     run = tmp_path / "run"
     args = ["train", *QUICK, "--epochs", "4", "--output", str(run), "--resume-if-exists"]
     victim = start(*args)
-    wait_until(lambda: (run / "checkpoint_last.pt").exists(), victim)
+    wait_until(lambda: (run / "checkpoint_last.pt").exists(), victim, 120, "its first checkpoint")
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     assert json.loads((run / LOCK_FILE).read_text())["pid"] == victim.pid  # left behind
@@ -268,7 +259,7 @@ def test_a_torchrun_restart_takes_over_from_its_own_dead_rank_0(tmp_path):
             "train.checkpoint_every=5", "--quiet", "--resume-if-exists", "--output", str(run)]
     process = subprocess.Popen(torchrun_command("-m", "glmc", "train", *args, restarts=1), stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True, env=TORCHRUN_ENV)
-    wait_until(lambda: (run / "checkpoint_last.pt").exists() and (run / LOCK_FILE).exists(), process, timeout=300)
+    wait_until(lambda: (run / "checkpoint_last.pt").exists() and (run / LOCK_FILE).exists(), process, 300, "a checkpoint under a held lease")
     rank_0 = json.loads((run / LOCK_FILE).read_text())["pid"]
     workers = subprocess.run(["pgrep", "-P", str(process.pid)], capture_output=True, text=True).stdout.split()
     assert str(rank_0) in workers  # rank 0 of the job holds the lease
