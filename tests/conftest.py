@@ -178,7 +178,7 @@ def finish_torchrun(process: subprocess.Popen, timeout: float) -> subprocess.Com
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
-def wait_until(condition, process: subprocess.Popen, timeout: float, waiting_for: str = "the condition") -> None:
+def wait_until(condition, process: subprocess.Popen, timeout: float, waiting_for: str) -> None:
     """Poll `condition` while `process` (a glmc or torchrun the test started) runs; fail at once if the process ends
     first, and past `timeout` seconds abort its whole tree and fail with where each of its processes waited."""
     deadline = time.time() + timeout
