@@ -260,6 +260,19 @@ def live_run(run: Path, code: str, epoch: int, step: int, checkpoint: bytes) -> 
     (run / "sessions.jsonl").write_text(json.dumps(session) + "\n")
 
 
+def test_status_says_where_a_running_piece_has_got_to_beyond_the_last_piece_end(campaign_script, tmp_path):
+    campaign = campaign_script.Campaign(tmp_path)
+    live_run(campaign.run, "abc", epoch=91, step=90, checkpoint=b"weights")
+    ended = "91 epochs + 90 steps (17,744 steps) at the last piece's end"
+    assert campaign_script.status(campaign)[0] == f"run: {campaign.run}: {ended}"  # its evaluations are older
+
+    with (campaign.run / "metrics.jsonl").open("a") as metrics:  # a piece resumed from there evaluates epoch 95
+        metrics.write(json.dumps({"epoch": 95, "global_step": 95 * 194, "top1": 58.61}) + "\n")
+    lines = campaign_script.status(campaign)
+    assert lines[0] == f"run: {campaign.run}: 95 epochs (18,430 steps) at its last evaluation; {ended}"
+    assert "last evaluation: epoch 95: top-1 58.61" in lines
+
+
 def test_fallback_commits_the_live_run_then_takes_its_checkpoint_out_and_names_the_commit_in_run_md(
         campaign_script, repository, tmp_path):
     root, code, _ = repository

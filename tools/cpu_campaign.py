@@ -417,18 +417,31 @@ def describe(where: dict, per_epoch: int | None, run: Path) -> str:
     return f"{where['epoch']} epochs and {step} ({where['global_step']:,}{total} steps)"
 
 
+def evaluations(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if '"top1"' in line] if path.is_file() else []
+
+
+def where_now(run: Path) -> str:
+    """Where the run stands: where its last piece ended, or, while a piece runs on past it, its last evaluation."""
+    if not run.is_dir():
+        return "missing (restore it)"
+    ended = f"{position(run)} at the last piece's end"
+    last = next(iter(evaluations(run)[-1:]), {})
+    if last.get("global_step", 0) > (reached(run) or {}).get("global_step", 0):
+        return f"{last['epoch']} epochs ({last['global_step']:,} steps) at its last evaluation; {ended}"
+    return ended
+
+
 def status(campaign: Campaign) -> list[str]:
-    reached = f"{position(campaign.run)} at the last piece's end" if campaign.run.is_dir() else "missing (restore it)"
-    lines = [f"run: {campaign.run}: {reached}"]
+    lines = [f"run: {campaign.run}: {where_now(campaign.run)}"]
     pid = running_pid(campaign)
     lines.append(f"piece: running (pid {pid})" if pid else "piece: not running")
     if (campaign.run / CHECKPOINT).is_file():
         saved = datetime.fromtimestamp((campaign.run / CHECKPOINT).stat().st_mtime, timezone.utc)
         lines.append(f"last checkpoint: {saved:%Y-%m-%dT%H:%M:%SZ}")
-    evaluations = [json.loads(line) for line in (campaign.run / "metrics.jsonl").read_text().splitlines()
-                   if '"top1"' in line] if (campaign.run / "metrics.jsonl").is_file() else []
-    if evaluations:
-        last = evaluations[-1]
+    if evaluated := evaluations(campaign.run):
+        last = evaluated[-1]
         lines.append(f"last evaluation: epoch {last.get('epoch')}: top-1 {last['top1']:.2f}")
     if campaign.log.is_file():
         lines += [f"log: {line}" for line in campaign.log.read_text().splitlines()[-2:]]
