@@ -116,3 +116,16 @@ def test_the_footer_names_what_else_the_runs_differ_in_beyond_method_and_seed(tm
     assert "method.consistency_weight 1.0 / 4.0" in render_text(*compare_runs(gammas))  # one method: its options count
     seeds = [write_run(tmp_path / f"seed-{s}", config={"train": {"seed": s}}) for s in (0, 1)]
     assert "also differ" not in render_text(*compare_runs(seeds))
+
+
+def test_seeds_evaluated_or_saved_at_other_cadences_are_one_setting_and_a_recipe_change_is_not(tmp_path):
+    seed0 = write_run(tmp_path / "s0", top1=(77.3, 77.7), config={"train": {"seed": 0, "eval_every": 1,
+                                                                          "eval_last_epochs": 20}})
+    seed1 = write_run(tmp_path / "s1", top1=(76.3, 76.5), config={"train": {"seed": 1, "eval_every": 10,
+                                                                          "checkpoint_minutes": 5.0}})
+    (row,) = compare_runs([seed0, seed1], by_setting=True)[0]
+    assert (row.n, row.top1_final) == (2, pytest.approx(76.8)) and row.top1_std == pytest.approx(0.7071, abs=1e-4)
+    assert "also differ" not in render_text(*compare_runs([seed0, seed1]))
+
+    other_lr = write_run(tmp_path / "lr", config={"train": {"seed": 2}, "optim": {"lr": 0.05}})
+    assert [row.n for row in compare_runs([seed0, seed1, other_lr], by_setting=True)[0]] == [2, 1]

@@ -359,7 +359,8 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--allow-mixed", action="store_true",
                         help="tabulate runs with different split fingerprints, test sets or shot bounds")
     parser.add_argument("--aggregate-seeds", action="store_true",
-                        help="one row per setting: runs that differ only in seed, top-1 as mean ± std over them")
+                        help="one row per setting: runs that differ only in seed (or machine, or how often they were "
+                             "evaluated and saved), top-1 as mean ± std over them")
     parser.set_defaults(run=run_compare)
 
 

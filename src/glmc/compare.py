@@ -19,7 +19,7 @@ from typing import Sequence
 from glmc.config import flatten, stored_config
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
-from glmc.rundir import BEST_LABEL, MACHINE_KEYS, SUMMARY_FILE, load_run
+from glmc.rundir import BEST_LABEL, CADENCE_KEYS, MACHINE_KEYS, SUMMARY_FILE, load_run
 
 SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
 
@@ -42,7 +42,7 @@ class RunRow:
     medium: float | None
     few: float | None
     ece: float | None = None  # final epoch, percent (None for runs of glmc versions without it)
-    setting: str = ""  # the run's config less its seed and machine paths: runs that share it differ only in seed
+    setting: str = ""  # the config less its seed, machine and cadence keys: runs that share it differ only in seed
     n: int = 1  # runs aggregated into this row (`aggregate_seeds`)
     top1_std: float | None = None  # over those runs
     best_label: str = BEST_LABEL  # what the best epoch was selected on
@@ -80,7 +80,7 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
 
 
 def setting_of(config: dict) -> dict:
-    """What makes a run the run it is: its resolved config less its seed and machine keys, flattened."""
+    """What makes a run the run it is: its resolved config less its seed, machine and cadence keys, flattened."""
     return {key: value for key, value in resolved(config).items() if key not in SEED_FREE}
 
 
@@ -190,8 +190,9 @@ def render_markdown(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
     return "\n".join([*body, "", *(f"{text}  " for text in footer(rows, notes))]) + "\n"
 
 
-# keys that differ between runs of one setting: the seed, and where and how the data was read
-SEED_FREE = {"train.seed", *MACHINE_KEYS}
+# keys that differ between runs of one setting: the seed, where and how the data was read, how often the run was
+# evaluated and saved
+SEED_FREE = {"train.seed", *MACHINE_KEYS, *CADENCE_KEYS}
 
 
 def aggregate_seeds(rows: Sequence[RunRow]) -> list[RunRow]:

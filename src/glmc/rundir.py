@@ -52,12 +52,13 @@ RECORD_FILES = (CONFIG_FILE, CLASSES_FILE, METRICS_FILE, SUMMARY_FILE, SESSIONS_
 # torch.compile, which computes the same step (tests/test_bench.py) in every mode.
 MACHINE_KEYS = ("data.data_root", "data.download", "data.workers", "train.device", "train.compile",
                 "train.compile_mode")
+# When a run saves and how often and in what batches it is evaluated: none of them changes what it trains.
+CADENCE_KEYS = ("train.checkpoint_every", "train.checkpoint_minutes", "train.eval_every", "train.eval_last_epochs",
+                "train.eval_batch_size")
 # What `glmc train --resume` may change on top of the run's config: the machine's keys, the precision its CPU or
-# GPU supports, when to checkpoint and where to stop, how often and in what batches it is evaluated. Anything else
-# would make one run of two recipes.
+# GPU supports, where to stop, and the cadence. Anything else would make one run of two recipes.
 RESUME_KEYS = (*MACHINE_KEYS, "train.precision", "eval.precision", "eval.interim_precision", "train.max_steps",
-               "train.checkpoint_every", "train.checkpoint_minutes", "train.eval_every", "train.eval_last_epochs",
-               "train.eval_batch_size")
+               *CADENCE_KEYS)
 
 
 class Resume(enum.Enum):
