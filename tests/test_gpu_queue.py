@@ -181,6 +181,9 @@ def sandbox(gpu_queue, tmp_path, monkeypatch):
 def test_the_queue_benches_first_and_skips_the_authors_row_the_cpu_campaign_finished(gpu_queue, sandbox):
     items = gpu_queue.queue()
     assert items[0].name == "1 bench" and all("bench" in " ".join(command) for command in items[0].commands())
+    (twins,) = items[1].commands()  # then the question every CPU run asks: is bf16 what costs 5-8 points?
+    assert [twins[i + 1] for i, arg in enumerate(twins) if arg == "--only"] == [
+        "LDAM-DRW IF100 own recipe fp32", "LDAM-DRW IF100 own recipe bf16"] and "gpu_tables.yaml" in " ".join(twins)
     authors = next(item for item in items if item.name.startswith("3 authors IF100"))
     assert not authors.done()
     cpu_run = sandbox / "results" / "cifar10-lt" / "cifar10-lt-if100-authors-cpu"

@@ -229,6 +229,7 @@ def bench_line(preset: str, name: str, *sets: str, data_root: str = str(DATA), s
                          "--json")) + f" > {target}.tmp && mv {target}.tmp {target}"
 
 
+PRECISIONS = ("fp32", "bf16")  # LDAM-DRW at its own recipe, side by side: what bf16 costs, against its paper's fp32
 SHARING_JOBS = 2  # runs sharing the GPU (`glmc reproduce --jobs`), where one launch-bound run leaves it idle
 SHARING_GAIN = 1.1  # what the runs' summed samples/s must reach, against one run alone, for the queue to share
 SHARING_STEPS = 300  # a long timed window, so that the processes' start-up skew is small beside it
@@ -285,7 +286,9 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
 
 def queue() -> list[Item]:
     """The campaign fitted to the loans (about LOAN_MINUTES of GPU work each): the two CIFAR benches first (the first
-    GPU figures, and every run's predicted time), then the authors' IF100 row unless the CPU campaign has finished it,
+    GPU figures, and every run's predicted time), then LDAM-DRW at its own recipe in fp32 and in bf16 (every bf16 CPU
+    run lands 5-8 points below its paper; the two tell bf16 from the data and the pipeline), then the
+    authors' IF100 row unless the CPU campaign has finished it,
     then the rest in the campaign issue's order, the two baselines at their own recipes (unless the CPU campaign has
     finished them) after the standard IF100 rows; the rows of several runs share the GPU where that was measured
     faster."""
@@ -294,6 +297,10 @@ def queue() -> list[Item]:
     return [
         Item("1 bench", lambda: [bench(authors, f"gpu-{authors}.json"), bench("cifar10-lt-if100", "gpu-cifar10-lt-if100.json")],
              [f"bench/gpu-{authors}.json", "bench/gpu-cifar10-lt-if100.json"]),
+        Item("1b LDAM-DRW at its own recipe in fp32 and in bf16: bf16, or the data and the pipeline?",
+             lambda: [reproduce("gpu-campaign", *(f"LDAM-DRW IF100 own recipe {p}" for p in PRECISIONS),
+                                tables="gpu_tables.yaml")],
+             [mark("gpu-campaign", "cifar10-lt-if100-ldam-drw-own-recipe", {"train.precision": p}) for p in PRECISIONS]),
         Item("2 compiled benches, if the authors' run does not fit in a loan",
              lambda: compile_bench_if_needed(authors)),
         Item("3 authors IF100 + MaxNorm",
