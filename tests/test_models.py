@@ -86,6 +86,18 @@ def test_wide_resnet32_stem_is_four_times_wider() -> None:
     assert wide.feature_dim == 4 * standard.feature_dim
 
 
+@pytest.mark.parametrize("name", ["resnet32", "resnet50"])
+def test_the_cosine_classifier_starts_with_unit_class_vectors_as_cao_et_al_and_the_linear_one_is_kaiming(name) -> None:
+    torch.manual_seed(0)
+    cosine = create_model(name, 10, classifier="cosine").heads.fc_cb.weight  # K x d
+    assert torch.allclose(cosine.norm(dim=1), torch.ones(10))
+    # A uniform draw in [-1, 1]^d has norm about sqrt(d / 3), so no entry of its direction passes about sqrt(3 / d);
+    # a normal draw's largest entries (over 3 standard deviations among 10 x d) would, at nearly twice that.
+    assert cosine.abs().max() < 1.2 * math.sqrt(3 / cosine.shape[1])
+    linear = create_model("resnet32", 10).heads.fc_cb.weight  # the authors' Kaiming-normal: norm about sqrt(2)
+    assert torch.all((linear.norm(dim=1) - math.sqrt(2)).abs() < 0.5)
+
+
 def test_option_a_shortcut_has_no_parameters() -> None:
     model = create_model("resnet8", 10)
     block = model.encoder.stages[1][0]  # first block of stage 2: stride 2, 16 -> 32 channels

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from glmc.errors import ConfigError
 from glmc.models.base import BACKBONES
+from glmc.models.heads import CosineLinear
 
 
 def conv3x3(in_planes: int, planes: int, stride: int = 1) -> nn.Conv2d:
@@ -68,9 +69,10 @@ def make_stage(in_planes: int, planes: int, num_blocks: int, stride: int) -> nn.
 def kaiming_init(module: nn.Module) -> None:
     """The authors' `_weights_init`: Kaiming-normal weights for every Conv2d and Linear.
 
-    Biases and batch norm keep PyTorch's defaults.
+    Biases and batch norm keep PyTorch's defaults; the cosine classifier keeps its own initialisation, as LDAM's
+    `NormedLinear`, which is no `nn.Linear` in Cao et al.'s code, keeps its own there.
     """
-    if isinstance(module, (nn.Conv2d, nn.Linear)):
+    if isinstance(module, (nn.Conv2d, nn.Linear)) and not isinstance(module, CosineLinear):
         nn.init.kaiming_normal_(module.weight)
 
 

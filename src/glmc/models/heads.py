@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterable
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -20,6 +21,14 @@ class CosineLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int) -> None:
         super().__init__(in_features, out_features, bias=False)
+
+    def reset_parameters(self) -> None:
+        """Cao et al.'s initialisation: each class vector w_k uniform in [-1, 1]^d, then scaled to norm 1. The
+        forward reads only its direction, but its norm sets how fast SGD turns it (a step moves the direction by
+        about lr * |grad| / |w|), so a Kaiming-normal start (norm about sqrt(2) for d = 64) would learn slower."""
+        with torch.no_grad():
+            self.weight.uniform_(-1.0, 1.0)
+            self.weight.div_(self.weight.norm(dim=1, keepdim=True))
 
     def forward(self, h: Tensor) -> Tensor:
         return F.linear(F.normalize(h, dim=-1), F.normalize(self.weight, dim=-1))  # N x K
