@@ -287,11 +287,10 @@ def mark(table: str, preset: str, overrides: dict | None = None, seed: int = 0) 
 def queue() -> list[Item]:
     """The campaign fitted to the loans (about LOAN_MINUTES of GPU work each): the two CIFAR benches first (the first
     GPU figures, and every run's predicted time), then LDAM-DRW at its own recipe in fp32 and in bf16 (every bf16 CPU
-    run lands 5-8 points below its paper; the two tell bf16 from the data and the pipeline), then the
-    authors' IF100 row unless the CPU campaign has finished it,
-    then the rest in the campaign issue's order, the two baselines at their own recipes (unless the CPU campaign has
-    finished them) after the standard IF100 rows; the rows of several runs share the GPU where that was measured
-    faster."""
+    run lands 5-8 points below its paper; the two tell bf16 from the data and the pipeline), then the authors' IF100
+    row unless the CPU campaign has finished it, then the rest in the campaign issue's order, the two baselines at
+    their own recipes (unless the CPU campaign has finished them) after the standard IF100 rows; the rows of several
+    runs share the GPU where that was measured faster."""
     photos = str(WORK / "photos")
     authors = "cifar10-lt-if100-authors"
     return [
