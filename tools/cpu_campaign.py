@@ -422,25 +422,27 @@ def evaluations(run: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if '"top1"' in line] if path.is_file() else []
 
 
-def where_now(run: Path) -> str:
-    """Where the run stands: where its last piece ended, or, while a piece runs on past it, its last evaluation."""
+def where_now(run: Path, evaluated: list[dict]) -> str:
+    """Where the run stands: where its last piece ended, or, while a piece runs on past it, its last evaluation
+    (`evaluated`: the run's evaluation records)."""
     if not run.is_dir():
         return "missing (restore it)"
     ended = f"{position(run)} at the last piece's end"
-    last = next(iter(evaluations(run)[-1:]), {})
+    last = evaluated[-1] if evaluated else {}
     if last.get("global_step", 0) > (reached(run) or {}).get("global_step", 0):
         return f"{last['epoch']} epochs ({last['global_step']:,} steps) at its last evaluation; {ended}"
     return ended
 
 
 def status(campaign: Campaign) -> list[str]:
-    lines = [f"run: {campaign.run}: {where_now(campaign.run)}"]
+    evaluated = evaluations(campaign.run)
+    lines = [f"run: {campaign.run}: {where_now(campaign.run, evaluated)}"]
     pid = running_pid(campaign)
     lines.append(f"piece: running (pid {pid})" if pid else "piece: not running")
     if (campaign.run / CHECKPOINT).is_file():
         saved = datetime.fromtimestamp((campaign.run / CHECKPOINT).stat().st_mtime, timezone.utc)
         lines.append(f"last checkpoint: {saved:%Y-%m-%dT%H:%M:%SZ}")
-    if evaluated := evaluations(campaign.run):
+    if evaluated:
         last = evaluated[-1]
         lines.append(f"last evaluation: epoch {last.get('epoch')}: top-1 {last['top1']:.2f}")
     if campaign.log.is_file():
