@@ -28,10 +28,10 @@ from glmc.methods.losses import (
     drw_start_epoch,
     effective_number_weights,
     focal_loss,
-    ldam_logits,
     ldam_margins,
     log_prior,
     logit_adjusted_cross_entropy,
+    margin_lowered,
 )
 from glmc.mixing import cutmix_box, sample_lambda
 from glmc.models import create_model
@@ -103,24 +103,27 @@ def test_ldam_margins_follow_n_to_the_minus_one_quarter():
     assert margins[2].item() == pytest.approx(0.5 * (16 / 81) ** 0.25)
 
 
-def test_ldam_logits_by_hand():
-    logits, labels, margins = torch.tensor([[0.2, 0.5], [0.1, -0.3]]), torch.tensor([1, 0]), torch.tensor([0.1, 0.4])
-    expected = torch.tensor([[0.2 * 30, (0.5 - 0.4) * 30], [(0.1 - 0.1) * 30, -0.3 * 30]])
-    assert torch.allclose(ldam_logits(logits, labels, margins, 30.0), expected)
+def test_margin_lowered_by_hand():
+    logits, labels, margins = torch.tensor([[6.0, 15.0], [3.0, -9.0]]), torch.tensor([1, 0]), torch.tensor([3.0, 12.0])
+    expected = torch.tensor([[6.0, 15.0 - 12.0], [3.0 - 3.0, -9.0]])
+    assert torch.equal(margin_lowered(logits, labels, margins), expected)
+    assert margin_lowered(logits.bfloat16(), labels, margins).dtype == torch.float32
 
 
 # ---------------------------------------------------------------- the methods on a stand-in model
 
 
 class TinyModel(nn.Module):
-    """A linear 'backbone' with the GLMC heads, float64; records its inputs."""
+    """A linear 'backbone' with the GLMC heads, float64; records its inputs. `logit_scale` multiplies
+    fc_cb's outputs, as `GLMCHeads` does for a method whose options ask for it."""
 
-    def __init__(self, classifier: type[nn.Module] = nn.Linear) -> None:
+    def __init__(self, classifier: type[nn.Module] = nn.Linear, logit_scale: float = 1.0) -> None:
         super().__init__()
         torch.manual_seed(0)
         self.encoder = nn.Linear(C * H * W, 6)
         self.fc, self.fc_cb = nn.Linear(6, len(COUNTS)), classifier(6, len(COUNTS))
         self.projection, self.predictor = nn.Linear(6, 4), nn.Linear(4, 4)
+        self.logit_scale = logit_scale
         self.inputs: list[torch.Tensor] = []
         self.double()
 
@@ -128,7 +131,7 @@ class TinyModel(nn.Module):
         self.inputs.append(x.detach().clone())
         h = torch.tanh(self.encoder(x.flatten(1)))  # N x 6
         z = self.projection(h)
-        return GLMCOutput(logits=self.fc_cb(h), logits_fc=self.fc(h), z=z, p=self.predictor(z), feature=h)
+        return GLMCOutput(logits=self.logit_scale * self.fc_cb(h), logits_fc=self.fc(h), z=z, p=self.predictor(z), feature=h)
 
 
 def tiny_batch() -> TwoStreamBatch:
@@ -179,9 +182,9 @@ def test_drw_equals_cross_entropy_then_class_balanced():
 
 
 def test_ldam_loss_by_hand_and_its_options():
-    model = TinyModel(CosineLinear)
+    model = TinyModel(CosineLinear, logit_scale=30.0)
     result, _ = run("ldam-drw", epoch=0, model=model)
-    cosines = uniform_logits(model)  # N x K
+    cosines = uniform_logits(model) / 30  # N x K
     assert bool((cosines.abs() <= 1 + 1e-9).all())
     labels = tiny_batch().uniform.labels
     margins = [0.5 * (1 / n) ** 0.25 / (1 / min(COUNTS)) ** 0.25 for n in COUNTS]
@@ -189,8 +192,11 @@ def test_ldam_loss_by_hand_and_its_options():
     for i, y in enumerate(labels.tolist()):
         adjusted[i, y] -= margins[y]
     assert result.loss.item() == pytest.approx(F.cross_entropy(30 * adjusted, labels).item(), rel=1e-6)
-    assert run("ldam-drw", epoch=0, model=TinyModel(CosineLinear), ldam_scale=10.0)[0].loss.item() != pytest.approx(result.loss.item())
-    assert run("ldam-drw", epoch=0, model=TinyModel(CosineLinear), ldam_max_margin=0.1)[0].loss.item() != pytest.approx(result.loss.item())
+    assert method_options("ldam-drw", ldam_scale=10.0).logit_scale == 10.0 and method_options("drw").logit_scale == 1.0
+    rescaled = run("ldam-drw", epoch=0, model=TinyModel(CosineLinear, logit_scale=10.0), ldam_scale=10.0)[0].loss.item()
+    assert rescaled == pytest.approx(F.cross_entropy(10 * adjusted, labels).item(), rel=1e-6)
+    smaller = run("ldam-drw", epoch=0, model=TinyModel(CosineLinear, logit_scale=30.0), ldam_max_margin=0.1)[0].loss.item()
+    assert smaller != pytest.approx(result.loss.item())
 
 
 def test_balanced_softmax_method_and_its_tau():

@@ -98,6 +98,20 @@ def test_the_cosine_classifier_starts_with_unit_class_vectors_as_cao_et_al_and_t
     assert torch.all((linear.norm(dim=1) - math.sqrt(2)).abs() < 0.5)
 
 
+def test_the_logit_scale_multiplies_the_prediction_head_only_and_in_fp32() -> None:
+    torch.manual_seed(0)
+    plain = create_model("resnet8", 10, classifier="cosine").eval()
+    scaled = create_model("resnet8", 10, classifier="cosine", logit_scale=30.0).eval()
+    scaled.load_state_dict(plain.state_dict())  # the scale is no weight: the same state dict fits both
+    x = torch.randn(4, 3, 32, 32)
+    out, out30 = plain(x), scaled(x)
+    assert torch.allclose(out30.logits, 30 * out.logits, atol=1e-5) and torch.equal(out30.logits_fc, out.logits_fc)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert scaled(x).logits.dtype == torch.float32 and plain(x).logits.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="logit_scale must be > 0"):
+        create_model("resnet8", 10, logit_scale=0.0)
+
+
 def test_option_a_shortcut_has_no_parameters() -> None:
     model = create_model("resnet8", 10)
     block = model.encoder.stages[1][0]  # first block of stage 2: stride 2, 16 -> 32 channels

@@ -12,6 +12,7 @@ from PIL import Image
 from glmc.checkpoint import load_checkpoint, save_checkpoint
 from glmc.cli import main
 from glmc.data.datasets import DataConfig, create_dataset
+from glmc.models.heads import prediction_head
 from glmc.predict import Predictor, predict_files
 
 NUM_TEST_PNGS = 12
@@ -62,6 +63,25 @@ def test_png_test_images_get_the_same_prediction_as_the_evaluation(tiny_run, ima
     rows = list(predict_files(predictor, [image_folder / f"test_{i:02d}.png" for i in range(NUM_TEST_PNGS)], topk=1))
     expected = predictor.probabilities(images).argmax(dim=1).tolist()
     assert [row.indices[0] for row in rows] == expected
+
+
+@pytest.mark.parametrize("scale", [10.0, 30.0])
+def test_an_ldam_checkpoint_predicts_the_softmax_of_its_scaled_cosines(tiny_run, test_images, tmp_path, scale):
+    # LDAM's loss trains softmax(s cos): the probabilities are those, not the near-uniform softmax of bare cosines
+    checkpoint = load_checkpoint(tiny_run / "checkpoint_last.pt")
+    checkpoint["config"]["method"] = {"name": "ldam-drw", "ldam_scale": scale}
+    checkpoint["config"]["model"]["classifier"] = "cosine"
+    del checkpoint["model"]["heads.fc_cb.bias"]
+    save_checkpoint(tmp_path / "ldam.pt", checkpoint)
+    predictor = Predictor(tmp_path / "ldam.pt", device="cpu")
+    images, _ = test_images
+    with torch.no_grad():  # the bare cosines, from the head itself
+        features = predictor.model(predictor.normalise(torch.from_numpy(images))).feature
+        cosines = prediction_head(predictor.model)(features)
+    assert bool((cosines.abs() <= 1 + 1e-5).all())
+    expected = torch.softmax(scale * cosines.double(), dim=1)
+    assert torch.allclose(predictor.probabilities(images).double(), expected, atol=1e-5)
+    assert predictor.probabilities(images).max(dim=1).values.mean() > torch.softmax(cosines, dim=1).max(dim=1).values.mean()
 
 
 def test_checkpoint_stores_its_preprocessing(tiny_run):

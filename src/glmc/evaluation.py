@@ -85,7 +85,8 @@ def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config
 
 def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.device) -> nn.Module:
     """The checkpoint's backbone with its weights, in eval mode on `device`."""
-    model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=checkpoint_classifier(checkpoint))
+    model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=checkpoint_classifier(checkpoint),
+                         logit_scale=checkpoint_config(checkpoint).method.logit_scale)
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

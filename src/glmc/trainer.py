@@ -217,7 +217,8 @@ def build_run(config: Config, dataset: Dataset | None = None, shard: Shard = SIN
     dataset = dataset or create_dataset(config.data)
     train = config.train
     method = create_method(config.method, dataset.class_counts, train.epochs)
-    model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier)
+    model = create_model(config.model.backbone, dataset.num_classes, classifier=config.model.classifier,
+                         logit_scale=config.method.logit_scale)
     model = model.to(device, memory_format=torch.channels_last)
     use_heads(model, method.needs.heads)  # the others are not computed and get no gradient
     precision = resolve_precision(train.precision, device)

@@ -6,7 +6,8 @@ A method is a class registered with `@METHODS.register(name)`. It declares
   (`method.<option>` in the config; any other key is refused, naming these),
 - `needs` (after construction): the streams, views and heads it reads (`Needs`), from which
   the run builds the loader and the model's forward, and
-- optionally `required_classifier`, the prediction head it needs (the config refuses others).
+- optionally `required_classifier`, the prediction head it needs (the config refuses others), and
+  an `Options.logit_scale` other than 1 where its loss scales the head's outputs (LDAM's s).
 
 It is built once per run as `cls(options, class_counts, total_epochs)` and called every step
 as `method(model, batch, epoch, rng) -> StepResult`, where `model(x)` returns a `GLMCOutput`.
@@ -54,6 +55,13 @@ class MethodOptions:
 
     def __post_init__(self) -> None:
         """Validation of the subclasses' fields; each calls `super().__post_init__()`."""
+
+    @property
+    def logit_scale(self) -> float:
+        """The factor the method's loss puts on the prediction head's outputs before its softmax (LDAM's s; 1 for
+        the others). The model applies it (`glmc.models.create_model`), so that its logits, and the probabilities
+        that evaluation, prediction and export give, are the ones the loss trained."""
+        return 1.0
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from torch import nn
 from glmc.data.batch import TwoStreamBatch
 from glmc.methods.base import METHODS, Needs, StepResult, require
 from glmc.methods.drw import DRWOptions
-from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights, ldam_logits, ldam_margins
+from glmc.methods.losses import deferred_cross_entropy, drw_start_epoch, effective_number_weights, ldam_margins, margin_lowered
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,10 @@ class LDAMDRWOptions(DRWOptions):
         require(self.ldam_max_margin >= 0, f"method.ldam_max_margin must be >= 0, got {self.ldam_max_margin}")
         require(self.ldam_scale > 0, f"method.ldam_scale must be > 0, got {self.ldam_scale}")
 
+    @property
+    def logit_scale(self) -> float:
+        return self.ldam_scale  # the model's logits are s cos(h, w_k): softmax of them is what the loss trained
+
 
 @METHODS.register("ldam-drw")
 class LDAMDRW:
@@ -35,9 +39,10 @@ class LDAMDRW:
         L_LDAM(z, y) = -log( e^{s(z_y - Delta_y)} / (e^{s(z_y - Delta_y)} + sum_{j != y} e^{s z_j}) ),
         Delta_j = C / n_j^(1/4)
 
-    on the cosine logits `z` of a normalised classifier (`model.classifier=cosine`, which the
+    on the cosines `z` of a normalised classifier (`model.classifier=cosine`, which the
     config requires), C so that the largest margin is method.ldam_max_margin, s =
-    method.ldam_scale. From epoch T_drw = round(method.drw_start * train.epochs) the loss is
+    method.ldam_scale. The model's logits are already `s z` (the options' `logit_scale`), so the
+    loss lowers the true class's logit by `s Delta_y`. From epoch T_drw = round(method.drw_start * train.epochs) the loss is
     re-weighted by the effective-number weights (beta = method.cb_beta), as in `drw`.
     """
 
@@ -47,7 +52,7 @@ class LDAMDRW:
 
     def __init__(self, config: LDAMDRWOptions, class_counts: Sequence[int], total_epochs: int) -> None:
         self.config = config
-        self.margins = ldam_margins(class_counts, config.ldam_max_margin)  # K
+        self.margins = config.ldam_scale * ldam_margins(class_counts, config.ldam_max_margin)  # K, s Delta_j: in logits
         self.weights = effective_number_weights(class_counts, config.cb_beta)  # K
         self.start_epoch = drw_start_epoch(config.drw_start, total_epochs)
 
@@ -56,7 +61,7 @@ class LDAMDRW:
     ) -> StepResult:
         labels = batch.uniform.labels
         self.margins, self.weights = self.margins.to(labels.device), self.weights.to(labels.device)
-        logits = model(batch.uniform.view1).logits  # N x K, cosines
-        margin_logits = ldam_logits(logits, labels, self.margins, self.config.ldam_scale)  # N x K
+        logits = model(batch.uniform.view1).logits  # N x K, s times the cosines
+        margin_logits = margin_lowered(logits, labels, self.margins)  # N x K
         loss, active = deferred_cross_entropy(margin_logits, labels, self.weights, epoch, self.start_epoch)
         return StepResult(loss=loss, parts={"ldam": loss.detach(), "drw": active})

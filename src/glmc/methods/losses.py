@@ -142,12 +142,12 @@ def ldam_margins(class_counts: Sequence[int], max_margin: float) -> Tensor:
     return (raw * (max_margin / raw.max())).float()
 
 
-def ldam_logits(logits: Tensor, labels: Tensor, margins: Tensor, scale: float) -> Tensor:
-    """`s * (z - Delta_y onehot(y))`: the true class's logit lowered by its margin, all scaled by s.
+def margin_lowered(logits: Tensor, labels: Tensor, margins: Tensor) -> Tensor:
+    """`z - Delta_y onehot(y)`: the true class's logit lowered by its margin.
 
-    LDAM's loss is the cross-entropy of these (Cao et al. 2019), on the cosine logits of a
-    normalised classifier. logits: N x K, labels: N, margins: K -> N x K.
+    LDAM's loss is the cross-entropy of these (Cao et al. 2019), on logits `s cos(h, w_k)` of a
+    normalised classifier, with margins `s Delta_j`. logits: N x K, labels: N, margins: K -> N x K, in fp32.
     """
-    logits = at_least_float32(logits)  # margins of a few hundredths, on cosines: not in bf16
+    logits = at_least_float32(logits)  # margins of a few tenths on logits up to s: not in bf16
     onehot = F.one_hot(labels, logits.shape[1]).to(logits.dtype)  # N x K
-    return scale * (logits - onehot * margins.to(logits.dtype)[labels][:, None])
+    return logits - onehot * margins.to(logits.dtype)[labels][:, None]

@@ -53,9 +53,10 @@ def nest_encoder_keys(module: nn.Module, state_dict: dict, prefix: str, *args) -
             state_dict[f"{prefix}encoder.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
-def with_heads(encoder: nn.Module, num_classes: int, classifier: str = "linear") -> GLMCModel:
+def with_heads(encoder: nn.Module, num_classes: int, classifier: str = "linear", logit_scale: float = 1.0) -> GLMCModel:
     """`encoder` with GLMC's heads for `num_classes` classes; `classifier` is the kind of the prediction head
-    fc_cb: "linear", or "cosine" (LDAM's normalised classifier, Cao et al. 2019)."""
+    fc_cb: "linear", or "cosine" (LDAM's normalised classifier, Cao et al. 2019); `logit_scale` multiplies its
+    outputs (the method's `MethodOptions.logit_scale`: LDAM's s)."""
     feature_dim = getattr(encoder, "feature_dim", None)
     if not isinstance(feature_dim, int) or feature_dim < 1:
         raise ConfigError(f"encoder {type(encoder).__name__} must give its feature size as a positive int `feature_dim`, "
@@ -63,12 +64,13 @@ def with_heads(encoder: nn.Module, num_classes: int, classifier: str = "linear")
     if num_classes < 2:
         raise ConfigError(f"num_classes must be at least 2, got {num_classes}")
     CLASSIFIERS.get(classifier)
-    heads = GLMCHeads(feature_dim, num_classes, getattr(encoder, "projection_dim", DEFAULT_PROJECTION_DIM), classifier)
+    heads = GLMCHeads(feature_dim, num_classes, getattr(encoder, "projection_dim", DEFAULT_PROJECTION_DIM), classifier,
+                      logit_scale)
     if hasattr(encoder, "init_weights"):
         encoder.init_weights(heads)
     return GLMCModel(encoder, heads)
 
 
-def create_model(name: str, num_classes: int, classifier: str = "linear") -> GLMCModel:
+def create_model(name: str, num_classes: int, classifier: str = "linear", logit_scale: float = 1.0) -> GLMCModel:
     """The registered encoder `name` with GLMC's heads for `num_classes` classes (`with_heads`)."""
-    return with_heads(BACKBONES.get(name)(), num_classes, classifier)
+    return with_heads(BACKBONES.get(name)(), num_classes, classifier, logit_scale)

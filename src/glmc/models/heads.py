@@ -15,8 +15,8 @@ from glmc.registry import Registry
 class CosineLinear(nn.Linear):
     """A normalised linear classifier: `cos(h, w_k)`, no bias (Cao et al. 2019, LDAM's `NormedLinear`).
 
-    Input N x d, output N x K in [-1, 1]. LDAM scales these by its `s` inside the loss; the
-    argmax, and so the prediction, does not depend on the scale.
+    Input N x d, output N x K in [-1, 1]. LDAM's `s` multiplies these in the heads (`GLMCHeads`'s
+    `logit_scale`), not here, so the classifier stays the one Cao et al. describe.
     """
 
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -50,12 +50,18 @@ class GLMCHeads(nn.Module):
     Input: `h`, N x d pooled features. Output: a `GLMCOutput` with `logits` = fc_cb(h)
     (N x K, used for prediction), `logits_fc` = fc(h) (N x K), `z` = projection(h)
     (N x e), `p` = predictor(z) (N x e) and `feature` = h (N x d). `classifier` names the
-    kind of `fc_cb` in CLASSIFIERS. Only the heads in `active` are computed (all by default);
-    the others' fields are None.
+    kind of `fc_cb` in CLASSIFIERS. `logit_scale` multiplies fc_cb's outputs where the method's
+    loss does (LDAM's s on cosines; `MethodOptions.logit_scale`), so that softmax(logits) are the
+    probabilities it trained; such logits are fp32. Only the heads in `active` are computed (all by
+    default); the others' fields are None.
     """
 
-    def __init__(self, feature_dim: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear") -> None:
+    def __init__(self, feature_dim: int, num_classes: int, projection_dim: int = 128, classifier: str = "linear",
+                 logit_scale: float = 1.0) -> None:
         super().__init__()
+        if not logit_scale > 0:
+            raise ValueError(f"logit_scale must be > 0, got {logit_scale}")
+        self.logit_scale = float(logit_scale)
         self.fc = nn.Linear(feature_dim, num_classes)  # classifier C, trained with L_CE
         self.fc_cb = CLASSIFIERS.get(classifier)(feature_dim, num_classes)  # re-balanced, trained with L_cb
         self.projection = nn.Linear(feature_dim, projection_dim)
@@ -64,6 +70,8 @@ class GLMCHeads(nn.Module):
 
     def forward(self, h: Tensor) -> GLMCOutput:
         logits = self.fc_cb(h)  # N x d -> N x K
+        if self.logit_scale != 1.0:  # in fp32: on bf16 cosines a scale of 30 would round a logit by up to 0.06
+            logits = self.logit_scale * logits.float()
         logits_fc = self.fc(h) if "fc" in self.active else None  # N x d -> N x K
         z = self.projection(h) if "projection" in self.active else None  # N x d -> N x e
         p = self.predictor(z) if "predictor" in self.active else None  # N x e -> N x e
