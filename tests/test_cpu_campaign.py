@@ -173,6 +173,7 @@ def test_a_piece_starts_in_the_background_from_the_run_commit_logs_the_cpu_and_p
     assert sessions[-1]["outcome"] == "SIGTERM" and sessions[-1]["reached"]["global_step"] > 2
     start_line, end_line = campaign.log.read_text().splitlines()
     assert "start at 0 epochs + 2 steps" in start_line and "CPUs" in start_line and "family" in start_line
+    assert campaign_script.starting_point(tmp_path / "never-started") == "from the beginning"
     assert start_line.endswith(" --set train.eval_every=3")
     assert yaml.safe_load((campaign.run / "config.yaml").read_text())["train"]["eval_every"] == 3
     assert end_line.endswith(f"end rc=143 at {campaign_script.position(campaign.run)}")

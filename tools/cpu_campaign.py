@@ -260,6 +260,11 @@ def position(run: Path) -> str:
     return f"{where['epoch']} epochs + {where['step']} steps ({where['global_step']:,} steps)"  # epochs done
 
 
+def starting_point(run: Path) -> str:
+    """Where a piece starts, for the log: `from the beginning`, or `at 118 epochs + 122 steps (23,014 steps)`."""
+    return "from the beginning" if reached(run) is None else f"at {position(run)}"
+
+
 def cpu_description() -> str:
     """The machine, with its bf16 instructions or the lack of them said outright: the run's `auto` precision
     follows them (bf16 where native, else fp32)."""
@@ -328,7 +333,7 @@ def piece(campaign: Campaign, overrides: Sequence[str] = ()) -> int:
     worktree = campaign.worktree(run_commit(campaign))
     signal.signal(signal.SIGTERM, lambda *_: None)  # `pause` signals the whole group: the training saves, this waits
     given = "".join(f" {argument}" for argument in set_arguments(overrides))
-    log(campaign, f"start at {position(campaign.run)} on {cpu_description()}, glmc from {worktree}{given}")
+    log(campaign, f"start {starting_point(campaign.run)} on {cpu_description()}, glmc from {worktree}{given}")
     environment = {**os.environ, "PYTHONPATH": str(worktree / "src")}
     code = subprocess.run(train_command(campaign, overrides), cwd=campaign.root, env=environment).returncode
     log(campaign, f"end rc={code} at {position(campaign.run)}")
