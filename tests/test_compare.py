@@ -114,6 +114,8 @@ def test_the_footer_names_what_else_the_runs_differ_in_beyond_method_and_seed(tm
     gammas = [write_run(tmp_path / f"gamma-{g}", config={"method": {"name": "glmc", "consistency_weight": g}})
               for g in (1.0, 4.0)]
     assert "method.consistency_weight 1.0 / 4.0" in render_text(*compare_runs(gammas))  # one method: its options count
+    mixed = render_text(*compare_runs([*gammas, tmp_path / "bs"]))  # beside another method: still, with - for it
+    assert "method.consistency_weight 1.0 / 4.0 / -" in mixed and "method.logit_adjust_tau" not in mixed
     seeds = [write_run(tmp_path / f"seed-{s}", config={"train": {"seed": s}}) for s in (0, 1)]
     assert "also differ" not in render_text(*compare_runs(seeds))
 

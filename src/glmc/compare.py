@@ -157,17 +157,30 @@ def recipe_differences(rows: Sequence[RunRow]) -> list[str]:
 
 def config_differences(settings: Sequence[dict]) -> list[str]:
     """The keys runs' settings (`setting_of`) differ in besides method and backbone, each as `key a / b / ...` in
-    the runs' order: what to know before reading a difference of top-1 as one of method. A method's options count
-    only between runs of one method."""
-    one_method = len({setting.get("method.name") for setting in settings}) == 1
+    the runs' order: what to know before reading a difference of top-1 as one of method. A method's option counts
+    where it differs between runs of that method; a run of a method without it shows `-`."""
     differences = []
     for key in dict.fromkeys(key for setting in settings for key in setting):
-        if key in ("method.name", "model.backbone") or (key.startswith("method.") and not one_method):
+        if key in ("method.name", "model.backbone"):
             continue
         values = [setting.get(key, "-") for setting in settings]
-        if len({json.dumps(value) for value in values}) > 1:
+        if key.startswith("method."):
+            differs = any(len(held) > 1 for held in option_values_by_method(settings, key).values())
+        else:
+            differs = len({json.dumps(value) for value in values}) > 1
+        if differs:
             differences.append(f"{key} {' / '.join(map(str, values))}")
     return differences
+
+
+def option_values_by_method(settings: Sequence[dict], key: str) -> dict[str, set[str]]:
+    """For each method among `settings` whose runs hold option `key`, the values they hold (a setting holds its own
+    method's options only)."""
+    values: dict[str, set[str]] = {}
+    for setting in settings:
+        if key in setting:
+            values.setdefault(setting.get("method.name"), set()).add(json.dumps(setting[key]))
+    return values
 
 
 def render_text(rows: Sequence[RunRow], notes: Sequence[str] = ()) -> str:
