@@ -42,8 +42,9 @@ class LDAMDRW:
     on the cosines `z` of a normalised classifier (`model.classifier=cosine`, which the
     config requires), C so that the largest margin is method.ldam_max_margin, s =
     method.ldam_scale. The model's logits are already `s z` (the options' `logit_scale`), so the
-    loss lowers the true class's logit by `s Delta_y`. From epoch T_drw = round(method.drw_start * train.epochs) the loss is
-    re-weighted by the effective-number weights (beta = method.cb_beta), as in `drw`.
+    loss lowers the true class's logit by `s Delta_y`. From epoch
+    T_drw = round(method.drw_start * train.epochs) the loss is re-weighted by the
+    effective-number weights (beta = method.cb_beta), as in `drw`.
     """
 
     Options = LDAMDRWOptions
