@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from glmc.checkpoint import load_checkpoint
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.weights import evaluation_path
@@ -28,12 +29,15 @@ def test_a_finished_run_becomes_records_fp16_weights_with_their_evaluation_and_r
     done = finish_run(str(tiny_run), str(dest), "--data-root", str(tmp_path))  # synthetic data: the root is not read
     assert done.returncode == 0, done.stderr
     assert {path.name for path in dest.iterdir()} == {*RECORD_FILES, "checkpoint_last-fp16.safetensors",
-                                                      "checkpoint_last-fp16-eval.json", "report"}
+                                                      "checkpoint_last-fp16-eval.json", "training-fit.json", "report"}
     assert {path.suffix for path in (dest / "report").iterdir()} == {".png"}
     summary = json.loads((dest / "summary.json").read_text())
     recorded = json.loads(evaluation_path(dest / "checkpoint_last-fp16.safetensors").read_text())
     assert abs(recorded["top1"] - summary["final"]["top1"]) <= 1.0  # fp16 weights, evaluated in fp32
     assert "| session | started (UTC) |" in done.stdout and "| end of epoch 2 | finished |" in done.stdout
+    fit = json.loads((dest / "training-fit.json").read_text())  # the training images, not the 1,000 test ones
+    assert (fit["part"], fit["num_samples"]) == ("train", sum(load_checkpoint(tiny_run / "checkpoint_last.pt")["class_counts"]))
+    assert f"fits {fit['top1']:.2f}% of its {fit['num_samples']:,} training images" in done.stdout
 
 
 def test_an_unfinished_run_is_committed_with_its_checkpoint_and_continues_from_the_copy(tmp_path):

@@ -6,7 +6,8 @@
 DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jsonl from RUN_DIR; the final weights
 as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with
 their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests/test_results.py
-re-checks to 0.05 points); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
+re-checks to 0.05 points); the final checkpoint's fit of its own training images, un-augmented
+(`training-fit.json`, from `glmc eval --on train`); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
 says how the run was made, is the author's to write; the script prints the table of the run's
 sessions (one per `glmc train` that worked on it) for it.
 
@@ -62,6 +63,19 @@ def export_and_evaluate(checkpoint: Path, dest: Path, data_root: str, device: st
                                                     "--json").stdout))
 
 
+TRAINING_FIT = "training-fit.json"
+
+
+def record_training_fit(run: Path, dest: Path, data_root: str, device: str) -> dict:
+    """The final checkpoint on its own training images, un-augmented (`glmc eval --on train`), into
+    `dest/training-fit.json`: how far the model fits what it trained on."""
+    metrics = json.loads(glmc("eval", str(run / LAST_CHECKPOINT), "--on", "train", "--data-root", data_root,
+                              "--device", device, "--json").stdout)
+    record = {"checkpoint": LAST_CHECKPOINT, "part": "train", "augmentation": "none", **metrics}
+    (dest / TRAINING_FIT).write_text(json.dumps(record) + "\n")
+    return record
+
+
 def calibrate_and_export(run: Path, dest: Path, method: str, data_root: str, device: str) -> dict:
     """The final checkpoint calibrated with `method`'s defaults: its metrics JSON and fp16 weights into `dest`."""
     final = run / LAST_CHECKPOINT
@@ -108,6 +122,9 @@ def main() -> int:
     copy_report(args.run, args.dest, args.data_root, args.device)
     final = json.loads((args.dest / SUMMARY_FILE).read_text())["final"]
     print(f"{args.dest}: final top-1 {final['top1']:.2f} in training, {evaluation['top1']:.2f} from the fp16 weights in fp32")
+    fit = record_training_fit(args.run, args.dest, args.data_root, args.device)
+    print(f"{args.dest}: the final checkpoint fits {fit['top1']:.2f}% of its {fit['num_samples']:,} training images "
+          f"(un-augmented; {TRAINING_FIT})")
     for method in args.calibration:
         calibrated = calibrate_and_export(args.run, args.dest, method, args.data_root, args.device)
         print(f"{args.dest}: with {method}, top-1 {calibrated['top1']:.2f} from its fp16 weights in fp32")
