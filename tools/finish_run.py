@@ -7,9 +7,9 @@ DEST gets summary.json, metrics.jsonl, config.yaml, classes.txt and sessions.jso
 as fp16 safetensors (`checkpoint_last-fp16.safetensors`, about a quarter of the checkpoint) with
 their fp32 evaluation beside them (`checkpoint_last-fp16-eval.json`, which tests/test_results.py
 re-checks to 0.05 points); the final checkpoint's fit of its own training images, un-augmented
-(`training-fit.json`, from `glmc eval --on train`); and the PNGs of `glmc report`. Never the optimiser state. RUN.md, which
-says how the run was made, is the author's to write; the script prints the table of the run's
-sessions (one per `glmc train` that worked on it) for it.
+(`training-fit.json`, from `glmc eval --on train`); and the PNGs of `glmc report`. Never the
+optimiser state. RUN.md, which says how the run was made, is the author's to write; the script
+prints the table of the run's sessions (one per `glmc train` that worked on it) for it.
 
 --calibration METHOD (repeatable): `glmc calibrate` of the final checkpoint with METHOD's defaults,
 committed the same way: its metrics JSON (`checkpoint_last-METHOD.json`) and its fp16 weights with
