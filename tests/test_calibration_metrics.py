@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from glmc.calibration import fitted_temperature
+from glmc.checkpoint import load_checkpoint, save_checkpoint
 from glmc.cli import main
 from glmc.metrics import ECE_BINS, evaluate_logits
 
@@ -71,6 +72,33 @@ def test_calibrate_temperature_keeps_top1_lowers_nll_and_warns_when_fitted_on_th
     assert record["after"]["nll"] <= record["before"]["nll"] and record["temperature"] > 0
     assert main(["eval", str(output), "--device", "cpu", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["nll"] == pytest.approx(record["after"]["nll"], abs=1e-4)
+
+
+def test_temperature_on_a_cosine_head_divides_the_logit_scale_which_eval_and_exports_keep(tiny_run, tmp_path, capsys):
+    # LDAM's fc_cb has no bias to fold T into: the calibrated checkpoint records s / T instead
+    checkpoint = load_checkpoint(tiny_run / "checkpoint_last.pt")
+    checkpoint["config"]["method"] = {"name": "ldam-drw", "ldam_scale": 30.0}
+    checkpoint["config"]["model"]["classifier"] = "cosine"
+    del checkpoint["model"]["heads.fc_cb.bias"]
+    save_checkpoint(tmp_path / "ldam.pt", checkpoint)
+    output = tmp_path / "ldam-temperature.pt"
+    assert main(["calibrate", str(tmp_path / "ldam.pt"), "--method", "temperature", "--output", str(output),
+                 "--device", "cpu", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    temperature = record["temperature"]
+    assert temperature != pytest.approx(1.0, abs=0.01)
+    assert record["after"]["top1"] == record["before"]["top1"] and record["after"]["nll"] < record["before"]["nll"]
+
+    calibrated = load_checkpoint(output)
+    assert calibrated["logit_scale"] == pytest.approx(30.0 / temperature, rel=1e-5)
+    assert calibrated["config"] == checkpoint["config"]  # the run's LDAM s stays what it trained with
+    assert all(torch.equal(calibrated["model"][k], v) for k, v in checkpoint["model"].items())
+    weights = tmp_path / "ldam-temperature.safetensors"
+    assert main(["export", str(output), "--format", "safetensors", "--dtype", "fp32", "--output", str(weights)]) == 0
+    capsys.readouterr()
+    for path in (output, weights):
+        assert main(["eval", str(path), "--device", "cpu", "--json"]) == 0
+        assert json.loads(capsys.readouterr().out)["nll"] == pytest.approx(record["after"]["nll"], abs=1e-4)
 
 
 def test_runs_record_calibration_in_metrics_and_summary(tiny_run):

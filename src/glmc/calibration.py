@@ -40,7 +40,7 @@ from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
 from glmc.files import write_text_atomically
 from glmc.metrics import format_percent, format_shots
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
-from glmc.models.heads import prediction_head
+from glmc.models.heads import glmc_heads, prediction_head
 from glmc.precision import autocast, channels_last, predict_logits
 from glmc.registry import Registry, unknown_name_message
 from glmc.rundir import writing_into
@@ -92,6 +92,7 @@ def class_balanced_softmax_bce(logits: Tensor, labels: Tensor, weights: Tensor) 
 
 class Calibration(typing.Protocol):
     Params: type
+    linear_only: bool  # it edits fc_cb's weight or bias, so it needs `linear_head`: refused before any work otherwise
 
     def __init__(self, params: Any) -> None: ...
 
@@ -102,10 +103,14 @@ class Calibration(typing.Protocol):
 CALIBRATIONS: Registry[Callable[..., Calibration]] = Registry("calibration")
 
 
+def is_linear_with_bias(head: nn.Module) -> bool:
+    return type(head) is nn.Linear and head.bias is not None
+
+
 def linear_head(model: nn.Module, name: str) -> nn.Linear:
-    """The prediction head, which every calibration here needs to be a plain linear layer with a bias."""
+    """The prediction head, which a calibration editing its weight or bias needs to be a linear layer with a bias."""
     head = prediction_head(model)
-    if type(head) is not nn.Linear or head.bias is None:
+    if not is_linear_with_bias(head):
         raise GlmcError(f"calibration {name} needs a linear classifier with a bias (model.classifier=linear), "
                         f"this checkpoint's is a {type(head).__name__}")
     return head
@@ -133,6 +138,7 @@ class TauNorm:
     with `fit`, tau in [0, 1.5] maximising the validation set's balanced accuracy."""
 
     Params = TauNormParams
+    linear_only = True
     GRID_END = 1.5
 
     def __init__(self, params: TauNormParams) -> None:
@@ -167,6 +173,7 @@ class LogitAdjustment:
     validation set's balanced accuracy."""
 
     Params = LogitAdjustmentParams
+    linear_only = True
     GRID_END = 2.0
 
     def __init__(self, params: LogitAdjustmentParams) -> None:
@@ -262,16 +269,17 @@ def fitted_temperature(logits: Tensor, labels: Tensor) -> float:
 @CALIBRATIONS.register("temperature")
 class TemperatureScaling:
     """Temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", ICML 2017): one T
-    fitted by NLL on held-out logits, `softmax(z / T)`; folded into fc_cb (weight and bias divided by T),
-    so the checkpoint keeps its architecture. It changes confidence (ECE, NLL), never the top-1."""
+    fitted by NLL on held-out logits, `softmax(z / T)`. On a linear fc_cb it is folded into the weight and
+    bias, so the checkpoint keeps its architecture; on a cosine one (LDAM's `s cos`) it divides the heads'
+    logit scale, which the calibrated checkpoint records. It changes confidence (ECE, NLL), never the top-1."""
 
     Params = TemperatureParams
+    linear_only = False
 
     def __init__(self, params: TemperatureParams) -> None:
         self.params = params
 
     def __call__(self, model: nn.Module, restored: Restored) -> dict:
-        head = linear_head(model, "temperature")
         part = self._held_out_part(restored)
         config = restored.config
         logits, labels = [], []
@@ -281,9 +289,13 @@ class TemperatureScaling:
             logits.append(predict_logits(model, inputs, restored.precision))
             labels.append(targets)
         temperature = fitted_temperature(torch.cat(logits), torch.cat(labels))
-        with torch.no_grad():
-            head.weight.div_(temperature)
-            head.bias.div_(temperature)
+        head = prediction_head(model)
+        if is_linear_with_bias(head):
+            with torch.no_grad():
+                head.weight.div_(temperature)
+                head.bias.div_(temperature)
+        else:
+            glmc_heads(model).logit_scale /= temperature
         fitted = "validation set" if part == "val" else "test set: no validation split, so tuned on the test set"
         return {"temperature": round(temperature, 6), "fitted_on": fitted}
 
@@ -356,6 +368,7 @@ class MaxNorm:
     """
 
     Params = MaxNormParams
+    linear_only = True
 
     def __init__(self, params: MaxNormParams) -> None:
         self.params = params
@@ -465,7 +478,8 @@ def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration,
     """`calibrate_checkpoint`'s work, its output checked: calibrate, evaluate before and after, write both files."""
     started = time.time()
     restored = restore_for_evaluation(path, data_root, device)
-    linear_head(restored.model, name)  # refuse a cosine head before any work
+    if calibration.linear_only:
+        linear_head(restored.model, name)  # refuse a cosine head before any work
     before = evaluate_restored(restored)
     model = copy.deepcopy(restored.model)
     facts = calibration(model, restored)
@@ -486,6 +500,7 @@ def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration,
     }
     payload = {key: value for key, value in restored.checkpoint.items() if key != "format"}
     payload["model"] = model.state_dict()
+    payload["logit_scale"] = glmc_heads(model).logit_scale  # restore_model's factor on fc_cb, after the calibration
     payload["kind"] = f"{restored.checkpoint.get('kind', 'checkpoint')}, calibrated with {name}"
     payload["calibrations"] = [*restored.checkpoint.get("calibrations", []), record]
     save_checkpoint(output, payload)

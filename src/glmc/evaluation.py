@@ -86,12 +86,18 @@ def checkpoint_dataset(checkpoint: dict, path: str | os.PathLike, config: Config
 def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.device) -> nn.Module:
     """The checkpoint's backbone with its weights, in eval mode on `device`."""
     model = create_model(checkpoint["backbone"], checkpoint["num_classes"], classifier=checkpoint_classifier(checkpoint),
-                         logit_scale=checkpoint_config(checkpoint).method.logit_scale)
+                         logit_scale=checkpoint_logit_scale(checkpoint))
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:
         raise GlmcError(f"{path} does not fit a {checkpoint['backbone']}: {str(error).splitlines()[0]}") from None
     return model.to(device, memory_format=torch.channels_last).eval()
+
+
+def checkpoint_logit_scale(checkpoint: dict) -> float:
+    """The factor on fc_cb's outputs: the method's (LDAM's s), unless a calibration recorded its own (temperature
+    scaling of a cosine head: s / T)."""
+    return float(checkpoint.get("logit_scale", checkpoint_config(checkpoint).method.logit_scale))
 
 
 def checkpoint_eval_precision(checkpoint: dict, device: torch.device) -> str:

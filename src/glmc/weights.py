@@ -28,7 +28,7 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 INSTALL_HINT = 'pip install "glmc[export]"'
 # checkpoint entries kept in a weights file's metadata (JSON-encoded)
 METADATA_KEYS = ("kind", "config", "backbone", "num_classes", "class_names", "class_counts", "fingerprint", "mean", "std",
-                 "image_size", "test_resize", "calibrations")
+                 "image_size", "test_resize", "calibrations", "logit_scale")
 COMPACT_SUFFIX = "-fp16.safetensors"
 
 
