@@ -122,6 +122,17 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
     assert cpu_model() in second["device"]  # the CPU model, not only "x86_64": the time a session took means little without it
 
 
+def test_how_often_a_run_is_evaluated_changes_nothing_it_trains(tmp_path):
+    # seeds evaluated at different cadences pool into one row (`glmc compare --aggregate-seeds`)
+    every = train(tiny_config(train__eval_every=1), tmp_path / "every", quiet=True)
+    sparse = train(tiny_config(train__eval_every=3), tmp_path / "sparse", quiet=True)
+    assert len((tmp_path / "every" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()) == 1
+    a, b = state_of(tmp_path / "every" / "checkpoint_last.pt"), state_of(tmp_path / "sparse" / "checkpoint_last.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert sparse["final"]["per_class"] == every["final"]["per_class"]
+
+
 def test_a_sparse_cadence_set_on_resume_still_evaluates_each_of_the_last_epochs(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(train__epochs=7, train__eval_every=4, train__max_steps=40), run, quiet=True)  # 20 steps an epoch
