@@ -103,6 +103,20 @@ IMAGE_CLASSES = ("circle", "cross", "square")  # sorted: the folder dataset's la
 CLASS_COLOURS = ((220, 40, 40), (40, 200, 60), (50, 70, 230))  # one dominant colour per class: learnable
 
 
+def write_cosine_checkpoint(source: Path, output: Path, ldam_scale: float | None = None) -> Path:
+    """`source` with LDAM's cosine prediction head (fc_cb without its bias); with `ldam_scale`, as an LDAM-DRW run
+    with that s, whose logits the model scales."""
+    from glmc.checkpoint import load_checkpoint, save_checkpoint
+
+    checkpoint = load_checkpoint(source)
+    checkpoint["config"]["model"]["classifier"] = "cosine"
+    if ldam_scale is not None:
+        checkpoint["config"]["method"] = {"name": "ldam-drw", "ldam_scale": ldam_scale}
+    del checkpoint["model"]["heads.fc_cb.bias"]
+    save_checkpoint(output, checkpoint)
+    return output
+
+
 def class_image(label: int, index: int, size: tuple[int, int]):
     """A PIL RGB image of class `label`: its colour, noise and a varying size."""
     from PIL import Image

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import write_cosine_checkpoint
 from glmc.calibration import (
     CALIBRATIONS,
     calibrate_checkpoint,
@@ -24,7 +25,7 @@ from glmc.calibration import (
     max_norm_threshold,
     tau_normalised,
 )
-from glmc.checkpoint import load_checkpoint, save_checkpoint
+from glmc.checkpoint import load_checkpoint
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.errors import ConfigError, GlmcError
@@ -202,10 +203,7 @@ def test_calibrate_refuses_to_overwrite_and_a_cosine_head(checkpoint, tmp_path):
     with pytest.raises(GlmcError, match="is the checkpoint being calibrated"):
         calibrate_checkpoint(checkpoint, "tau-norm", output=checkpoint, device="cpu", overwrite=True)
 
-    payload = load_checkpoint(checkpoint)
-    payload["config"]["model"]["classifier"] = "cosine"
-    payload["model"] = {k: v for k, v in payload["model"].items() if k != "heads.fc_cb.bias"}
-    save_checkpoint(tmp_path / "cosine.pt", payload)
+    write_cosine_checkpoint(checkpoint, tmp_path / "cosine.pt")
     with pytest.raises(GlmcError, match="needs a linear classifier with a bias"):
         calibrate_checkpoint(tmp_path / "cosine.pt", "maxnorm", device="cpu")
     assert not (tmp_path / "cosine-maxnorm.pt").exists()

@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 
+from conftest import write_cosine_checkpoint
 from glmc.calibration import fitted_temperature
-from glmc.checkpoint import load_checkpoint, save_checkpoint
+from glmc.checkpoint import load_checkpoint
 from glmc.cli import main
 from glmc.metrics import ECE_BINS, evaluate_logits
 
@@ -76,13 +77,10 @@ def test_calibrate_temperature_keeps_top1_lowers_nll_and_warns_when_fitted_on_th
 
 def test_temperature_on_a_cosine_head_divides_the_logit_scale_which_eval_and_exports_keep(tiny_run, tmp_path, capsys):
     # LDAM's fc_cb has no bias to fold T into: the calibrated checkpoint records s / T instead
-    checkpoint = load_checkpoint(tiny_run / "checkpoint_last.pt")
-    checkpoint["config"]["method"] = {"name": "ldam-drw", "ldam_scale": 30.0}
-    checkpoint["config"]["model"]["classifier"] = "cosine"
-    del checkpoint["model"]["heads.fc_cb.bias"]
-    save_checkpoint(tmp_path / "ldam.pt", checkpoint)
+    ldam = write_cosine_checkpoint(tiny_run / "checkpoint_last.pt", tmp_path / "ldam.pt", ldam_scale=30.0)
+    checkpoint = load_checkpoint(ldam)
     output = tmp_path / "ldam-temperature.pt"
-    assert main(["calibrate", str(tmp_path / "ldam.pt"), "--method", "temperature", "--output", str(output),
+    assert main(["calibrate", str(ldam), "--method", "temperature", "--output", str(output),
                  "--device", "cpu", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     temperature = record["temperature"]

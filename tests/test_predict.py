@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import write_cosine_checkpoint
 from glmc.checkpoint import load_checkpoint, save_checkpoint
 from glmc.cli import main
 from glmc.data.datasets import DataConfig, create_dataset
@@ -68,12 +69,8 @@ def test_png_test_images_get_the_same_prediction_as_the_evaluation(tiny_run, ima
 @pytest.mark.parametrize("scale", [10.0, 30.0])
 def test_an_ldam_checkpoint_predicts_the_softmax_of_its_scaled_cosines(tiny_run, test_images, tmp_path, scale):
     # LDAM's loss trains softmax(s cos): the probabilities are those, not the near-uniform softmax of bare cosines
-    checkpoint = load_checkpoint(tiny_run / "checkpoint_last.pt")
-    checkpoint["config"]["method"] = {"name": "ldam-drw", "ldam_scale": scale}
-    checkpoint["config"]["model"]["classifier"] = "cosine"
-    del checkpoint["model"]["heads.fc_cb.bias"]
-    save_checkpoint(tmp_path / "ldam.pt", checkpoint)
-    predictor = Predictor(tmp_path / "ldam.pt", device="cpu")
+    predictor = Predictor(write_cosine_checkpoint(tiny_run / "checkpoint_last.pt", tmp_path / "ldam.pt", ldam_scale=scale),
+                          device="cpu")
     images, _ = test_images
     with torch.no_grad():  # the bare cosines, from the head itself
         features = predictor.model(predictor.normalise(torch.from_numpy(images))).feature

@@ -97,7 +97,9 @@ def restore_model(checkpoint: dict, path: str | os.PathLike, device: torch.devic
 def checkpoint_logit_scale(checkpoint: dict) -> float:
     """The factor on fc_cb's outputs: the method's (LDAM's s), unless a calibration recorded its own (temperature
     scaling of a cosine head: s / T)."""
-    return float(checkpoint.get("logit_scale", checkpoint_config(checkpoint).method.logit_scale))
+    if "logit_scale" in checkpoint:
+        return float(checkpoint["logit_scale"])
+    return checkpoint_config(checkpoint).method.logit_scale
 
 
 def checkpoint_eval_precision(checkpoint: dict, device: torch.device) -> str:
