@@ -1,11 +1,14 @@
-"""A new method, a new in-memory dataset and a new encoder, each one definition outside the package, train end to end.
+"""A new method, a new in-memory dataset and a new encoder, each one definition outside the package, train end to end;
+a new calibration, likewise, calibrates a checkpoint.
 
 This is docs/extending.md's "Adding a method" and "Adding a dataset", word for word in spirit, and its "Adding a
-backbone" block itself: if any needs more than the decorated definition, this test has to grow, and the docs are wrong.
+backbone" and "Adding a calibration" blocks themselves: if any needs more than the decorated definition, this test has
+to grow, and the docs are wrong.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import sys
@@ -19,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from glmc.calibration import CALIBRATIONS
+from glmc.checkpoint import load_checkpoint
 from glmc.cli import PLUGIN_GROUP, main
 from glmc.config import build_config
 from glmc.data.datasets import DATASETS, DataConfig
@@ -28,7 +33,10 @@ from glmc.errors import ConfigError
 from glmc.methods import METHODS, MethodOptions, Needs, StepResult
 from glmc.methods.base import SearchRange, require, search_space
 from glmc.models import BACKBONES, create_model, with_heads
+from glmc.registry import Registry
 from glmc.trainer import train
+
+from conftest import write_cosine_checkpoint
 
 
 @dataclass(frozen=True)
@@ -114,29 +122,42 @@ def test_the_new_methods_options_are_typed_and_checked():
     assert space["method.smoothing"] == SearchRange(0.0, 0.3) and {"optim.lr", "optim.weight_decay"} <= set(space)
 
 
-# ---------------------------------------------------------------- an encoder of the user's own
+# ---------------------------------------------------------------- docs/extending.md's blocks, as a user's plugin
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "extending.md"
 
 
-def documented_encoder_block() -> str:
-    """The Python block of docs/extending.md's "Adding a backbone", which the docs say this test runs."""
-    section = DOCS.read_text().split("## Adding a backbone", 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
+def documented_block(section: str) -> str:
+    """The Python block of a section of docs/extending.md, which the docs say this test runs."""
+    text = DOCS.read_text().split(f"## {section}", 1)[1].split("\n## ", 1)[0]
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@contextlib.contextmanager
+def documented_plugin(section: str, registry: Registry, name: str, folder: Path, monkeypatch):
+    """The section's block as a user's package would ship it: a module declared in the `glmc.plugins` entry points,
+    which registers `name` in `registry` when glmc imports it; unregistered afterwards."""
+    module = name.replace("-", "_") + "_glmc_plugin"
+    (folder / "plugins").mkdir()
+    (folder / "plugins" / f"{module}.py").write_text(documented_block(section))
+    monkeypatch.syspath_prepend(str(folder / "plugins"))
+    entry = importlib.metadata.EntryPoint(name=name, value=module, group=PLUGIN_GROUP)
+    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry] if group == PLUGIN_GROUP else [])
+    try:
+        yield
+    finally:
+        if name in registry:
+            registry.unregister(name)
+        sys.modules.pop(module, None)
+
+
+# ---------------------------------------------------------------- an encoder of the user's own
 
 
 @pytest.fixture
 def tiny_plugin(tmp_path, monkeypatch):
-    """The documented block as a user's package would ship it: a module declared in the `glmc.plugins` entry points."""
-    plugins = tmp_path / "plugins"
-    plugins.mkdir()
-    (plugins / "tiny_glmc_plugin.py").write_text(documented_encoder_block())
-    monkeypatch.syspath_prepend(str(plugins))
-    entry = importlib.metadata.EntryPoint(name="tiny", value="tiny_glmc_plugin", group=PLUGIN_GROUP)
-    monkeypatch.setattr(importlib.metadata, "entry_points", lambda group=None: [entry] if group == PLUGIN_GROUP else [])
-    yield
-    BACKBONES.unregister("tiny-encoder")
-    sys.modules.pop("tiny_glmc_plugin", None)
+    with documented_plugin("Adding a backbone", BACKBONES, "tiny-encoder", tmp_path, monkeypatch):
+        yield
 
 
 def test_the_documented_encoder_trains_with_glmc_from_the_command_line_and_a_baseline_from_python(tmp_path, tiny_plugin):
@@ -184,3 +205,46 @@ def test_a_state_dict_of_the_networks_that_held_their_heads_loads(tmp_path):
     fresh.load_state_dict(legacy)  # strict: every key placed
     for (name, want), got in zip(model.state_dict().items(), fresh.state_dict().values()):
         assert torch.equal(want, got), name
+
+
+# ---------------------------------------------------------------- a calibration of the user's own
+
+
+@pytest.fixture
+def bias_scale_plugin(tmp_path, monkeypatch):
+    with documented_plugin("Adding a calibration", CALIBRATIONS, "bias-scale", tmp_path, monkeypatch):
+        yield
+
+
+def test_the_documented_calibration_calibrates_a_checkpoint_from_the_command_line(tiny_run, tmp_path, bias_scale_plugin,
+                                                                                   capsys):
+    source = tiny_run / "checkpoint_last.pt"
+    output = tmp_path / "halved.pt"
+    assert main(["calibrate", str(source), "--method", "bias-scale", "--set", "scale=0.5", "--output", str(output),
+                 "--device", "cpu"]) == 0
+    before, after = load_checkpoint(source)["model"], load_checkpoint(output)["model"]
+    assert torch.allclose(after["heads.fc_cb.bias"], 0.5 * before["heads.fc_cb.bias"])
+    assert torch.equal(after["heads.fc_cb.weight"], before["heads.fc_cb.weight"])
+    record = json.loads(output.with_suffix(".json").read_text())
+    assert record["calibration"] == "bias-scale" and record["params"] == {"scale": 0.5}
+    assert record["bias_norm"] == pytest.approx(float(after["heads.fc_cb.bias"].norm()), abs=1e-6)
+    assert load_checkpoint(output)["calibrations"][-1]["calibration"] == "bias-scale"
+    capsys.readouterr()
+    assert main(["eval", str(output), "--device", "cpu", "--json"]) == 0  # the calibrated checkpoint is a checkpoint
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["top1"] == pytest.approx(record["after"]["top1"])
+
+
+def test_the_documented_calibration_is_listed_typed_and_refuses_a_cosine_head(tiny_run, tmp_path, bias_scale_plugin,
+                                                                              capsys):
+    with pytest.raises(SystemExit):
+        main(["calibrate", "--help"])
+    assert "bias-scale:scale=0.0" in "".join(capsys.readouterr().out.split())  # argparse wraps lines at hyphens too
+    source = tiny_run / "checkpoint_last.pt"
+    assert main(["calibrate", str(source), "--method", "bias-scale", "--set", "scale=half", "--output",
+                 str(tmp_path / "x.pt"), "--device", "cpu"]) == 2
+    assert "bias-scale.scale" in capsys.readouterr().err
+    cosine = write_cosine_checkpoint(source, tmp_path / "cosine.pt")
+    assert main(["calibrate", str(cosine), "--method", "bias-scale", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "calibration bias-scale needs a linear classifier with a bias" in err and "\n" not in err
+    assert not (tmp_path / "cosine-bias-scale.pt").exists() and not (tmp_path / "x.pt").exists()
