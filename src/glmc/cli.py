@@ -3,7 +3,8 @@ export | reproduce | tune`.
 
 Every user error (`GlmcError`) is one line on stderr and exit code 2, never a traceback. Before anything else the
 command imports the modules other installed packages declare in the `glmc.plugins` entry-point group, so the
-datasets, encoders, methods and calibrations they register are known to every command.
+datasets, encoders, methods and calibrations they register are known to every command. `glmc report` and `glmc
+tune` import their modules when they run: they load matplotlib and Optuna, which no other command needs.
 """
 
 from __future__ import annotations
@@ -15,14 +16,24 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from glmc.config import COMPILE_MODES
+from glmc import bench, calibration, compare, reproduce
+from glmc.config import (COMPILE_MODES, build_config, config_from_dict, dump_config, flatten, load_config_file,
+                         load_presets, method_preset, parse_override)
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
 from glmc.data.longtail import SPLITS
 from glmc.data.validation import VALIDATIONS
 from glmc.errors import GlmcError, RunInterrupted
+from glmc.evaluation import evaluate_checkpoint
+from glmc.export import export
+from glmc.metrics import format_shots
+from glmc.predict import Predictor, predict_files
+from glmc.registry import unknown_name_message
+from glmc.rundir import Resume, RunFolder
+from glmc.trainer import train
 
 DATA_ROOT_ENV = "GLMC_DATA_ROOT"
 PLUGIN_GROUP = "glmc.plugins"  # [project.entry-points."glmc.plugins"] of a package that registers entries
@@ -130,10 +141,6 @@ def add_data_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_data(args: argparse.Namespace) -> int:
-    from dataclasses import asdict
-
-    from glmc.config import config_from_dict
-
     data = config_from_dict({"data": asdict(data_config_from(args))}).data  # validated as a run's would be
     card = create_dataset(data).card()
     print(json.dumps(card.to_json()) if args.json else card.render())
@@ -149,8 +156,6 @@ def add_presets_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_presets(args: argparse.Namespace) -> int:
-    from glmc.config import build_config, dump_config, flatten, load_presets
-
     presets = load_presets()
     if not args.names:
         width = max(map(len, presets))
@@ -213,8 +218,6 @@ def add_train_command(commands: argparse._SubParsersAction) -> None:
 
 
 def train_overrides(args: argparse.Namespace) -> dict:
-    from glmc.config import parse_override
-
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     if args.data_root is None and DATA_ROOT_ENV in os.environ and not args.resume:
         overrides["data.data_root"] = os.environ[DATA_ROOT_ENV]
@@ -225,10 +228,6 @@ def train_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from glmc.config import build_config, load_config_file, method_preset
-    from glmc.rundir import Resume, RunFolder
-    from glmc.trainer import train
-
     overrides = train_overrides(args)
     if args.resume:
         if args.preset or args.output or args.config:
@@ -275,8 +274,6 @@ def add_bench_command(commands: argparse._SubParsersAction) -> None:
 
 def set_overrides(args: argparse.Namespace) -> dict:
     """The `--set KEY=VALUE` overrides, with `--data-root` (or $GLMC_DATA_ROOT) and `--device` on top: bench and tune."""
-    from glmc.config import parse_override
-
     overrides = dict(parse_override(text) for text in args.set)
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if data_root:
@@ -287,14 +284,10 @@ def set_overrides(args: argparse.Namespace) -> dict:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    from glmc.bench import run_bench as bench
-    from glmc.bench import run_input_bench
-    from glmc.config import build_config
-
     if args.steps < 1 or args.warmup < 0:
         raise GlmcError("--steps must be >= 1 and --warmup >= 0")
     overrides = set_overrides(args)
-    measure = run_input_bench if args.input_only else bench
+    measure = bench.run_input_bench if args.input_only else bench.run_bench
     result = measure(args.preset, build_config(args.preset, overrides), args.steps, args.warmup)
     print(json.dumps(result.to_json()) if args.json else result.render())
     return 0
@@ -314,9 +307,6 @@ def add_eval_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from glmc.evaluation import evaluate_checkpoint
-    from glmc.metrics import format_shots
-
     metrics = evaluate_checkpoint(args.checkpoint, data_root=args.data_root, device=args.device, shot_bounds=args.shot_bounds,
                                   part=args.on)
     if args.json:
@@ -327,12 +317,10 @@ def run_eval(args: argparse.Namespace) -> int:
 
 
 def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
-    from glmc.calibration import describe_calibrations
-
     parser = commands.add_parser(
         "calibrate", help="post-hoc calibration of a checkpoint's classifier; writes a new checkpoint and its metrics")
     parser.add_argument("checkpoint", metavar="CKPT")
-    parser.add_argument("--method", required=True, help=f"the calibration and its parameters' defaults: {describe_calibrations()}")
+    parser.add_argument("--method", required=True, help=f"the calibration and its parameters' defaults: {calibration.describe_calibrations()}")
     parser.add_argument("--output", help="new checkpoint (default: CKPT's name + -METHOD.pt); metrics go to the same name .json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: under --method)")
@@ -344,11 +332,9 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
-    from glmc.calibration import calibrate_checkpoint, render
-
-    record = calibrate_checkpoint(args.checkpoint, args.method, args.set, output=args.output,
+    record = calibration.calibrate_checkpoint(args.checkpoint, args.method, args.set, output=args.output,
                                   data_root=args.data_root, device=args.device, overwrite=args.overwrite)
-    print(json.dumps(record) if args.json else render(record))
+    print(json.dumps(record) if args.json else calibration.render(record))
     return 0
 
 
@@ -365,15 +351,13 @@ def add_compare_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_compare(args: argparse.Namespace) -> int:
-    from glmc.compare import compare_runs, render_markdown, render_text
-
-    rows, notes = compare_runs(args.runs, allow_mixed=args.allow_mixed, by_setting=args.aggregate_seeds)
+    rows, notes = compare.compare_runs(args.runs, allow_mixed=args.allow_mixed, by_setting=args.aggregate_seeds)
     if args.markdown:
         try:
-            Path(args.markdown).write_text(render_markdown(rows, notes))
+            Path(args.markdown).write_text(compare.render_markdown(rows, notes))
         except OSError as error:
             raise GlmcError(f"cannot write {args.markdown}: {error.strerror}") from None
-    print(render_text(rows, notes))
+    print(compare.render_text(rows, notes))
     return 0
 
 
@@ -409,8 +393,6 @@ def add_predict_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from glmc.predict import Predictor, predict_files
-
     predictor = Predictor(args.checkpoint, device=args.device, data_root=args.data_root)
     for prediction in predict_files(predictor, args.images, topk=args.topk, batch_size=args.batch_size):
         print(json.dumps(prediction.to_json()) if args.json else prediction.render(), flush=True)
@@ -428,8 +410,6 @@ def add_export_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from glmc.export import export
-
     print(f"exported: {export(args.checkpoint, args.format, args.output, args.dtype)}")
     return 0
 
@@ -460,9 +440,7 @@ def add_reproduce_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_reproduce(args: argparse.Namespace) -> int:
-    from glmc.reproduce import dry_run, load_tables, make_plan, render_markdown, reproduce
-
-    tables = load_tables(args.tables)
+    tables = reproduce.load_tables(args.tables)
     if args.list:
         width = max(map(len, tables))
         for name, table in tables.items():
@@ -471,21 +449,19 @@ def run_reproduce(args: argparse.Namespace) -> int:
     if not args.table or not args.output:
         raise GlmcError("give a TABLE and --output DIR (glmc reproduce --list shows the tables)")
     if args.table not in tables:
-        from glmc.registry import unknown_name_message
-
         raise GlmcError(unknown_name_message("table", args.table, list(tables)))
     data_root = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if args.compile_mode and not args.compile:
         raise GlmcError("--compile-mode is the mode of --compile: give both")
     compile_mode = (args.compile_mode or "default") if args.compile else None
-    plan = make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device,
+    plan = reproduce.make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device,
                      compile_mode)
     if args.dry_run:
-        print(dry_run(plan, args.bench))
+        print(reproduce.dry_run(plan, args.bench))
         return 0
-    table = reproduce(plan, jobs=args.jobs, export=args.export, quiet=args.quiet,
+    table = reproduce.reproduce(plan, jobs=args.jobs, export=args.export, quiet=args.quiet,
                       log=(lambda message: None) if args.quiet else (lambda message: print(f"glmc: {message}", file=sys.stderr)))
-    print(render_markdown(table), end="")
+    print(reproduce.render_markdown(table), end="")
     return 0
 
 
