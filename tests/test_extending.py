@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import write_cosine_checkpoint
 from glmc.calibration import CALIBRATIONS
 from glmc.checkpoint import load_checkpoint
 from glmc.cli import PLUGIN_GROUP, main
@@ -35,8 +36,6 @@ from glmc.methods.base import SearchRange, require, search_space
 from glmc.models import BACKBONES, create_model, with_heads
 from glmc.registry import Registry
 from glmc.trainer import train
-
-from conftest import write_cosine_checkpoint
 
 
 @dataclass(frozen=True)

@@ -320,7 +320,8 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
     parser = commands.add_parser(
         "calibrate", help="post-hoc calibration of a checkpoint's classifier; writes a new checkpoint and its metrics")
     parser.add_argument("checkpoint", metavar="CKPT")
-    parser.add_argument("--method", required=True, help=f"the calibration and its parameters' defaults: {calibration.describe_calibrations()}")
+    parser.add_argument("--method", required=True,
+                        help=f"the calibration and its parameters' defaults: {calibration.describe_calibrations()}")
     parser.add_argument("--output", help="new checkpoint (default: CKPT's name + -METHOD.pt); metrics go to the same name .json")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="a parameter of the calibration, e.g. tau=0.5 or epochs=5 (defaults: under --method)")
@@ -333,7 +334,7 @@ def add_calibrate_command(commands: argparse._SubParsersAction) -> None:
 
 def run_calibrate(args: argparse.Namespace) -> int:
     record = calibration.calibrate_checkpoint(args.checkpoint, args.method, args.set, output=args.output,
-                                  data_root=args.data_root, device=args.device, overwrite=args.overwrite)
+                                              data_root=args.data_root, device=args.device, overwrite=args.overwrite)
     print(json.dumps(record) if args.json else calibration.render(record))
     return 0
 
@@ -455,12 +456,12 @@ def run_reproduce(args: argparse.Namespace) -> int:
         raise GlmcError("--compile-mode is the mode of --compile: give both")
     compile_mode = (args.compile_mode or "default") if args.compile else None
     plan = reproduce.make_plan(tables[args.table], args.output, args.seeds, args.only, args.set, data_root, args.device,
-                     compile_mode)
+                               compile_mode)
     if args.dry_run:
         print(reproduce.dry_run(plan, args.bench))
         return 0
     table = reproduce.reproduce(plan, jobs=args.jobs, export=args.export, quiet=args.quiet,
-                      log=(lambda message: None) if args.quiet else (lambda message: print(f"glmc: {message}", file=sys.stderr)))
+                                log=(lambda message: None) if args.quiet else (lambda message: print(f"glmc: {message}", file=sys.stderr)))
     print(reproduce.render_markdown(table), end="")
     return 0
 
