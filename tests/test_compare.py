@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ from glmc.compare import compare_runs, render_markdown, render_text, run_row
 from glmc.errors import GlmcError
 
 FINGERPRINT = "sha256:f7669c469c9dd" + "0" * 51
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "cifar10-lt"
 
 
 def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, top1=(80.5, 81.25), epoch=200,
@@ -95,11 +97,46 @@ def test_compare_reads_a_real_run_folder(tmp_path):
     from glmc.trainer import train
 
     config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "2",
-                                 "train.device": "cpu", "train.max_steps": "2", "method.name": "focal"})
+                                 "train.device": "cpu", "train.max_steps": "2", "method.name": "ldam-drw",
+                                 "model.classifier": "cosine", "method.ldam_scale": "10"})
     summary = train(config, tmp_path / "run", quiet=True)
     row = run_row(tmp_path / "run")
-    assert (row.method, row.fingerprint, row.epochs) == ("focal", summary["fingerprint"], "1 of 2")
+    assert (row.method, row.fingerprint, row.epochs) == ("ldam-drw", summary["fingerprint"], "1 of 2")
     assert row.top1_final == summary["final"]["top1"] and row.test_set == "synthetic-lt test (10 classes, 1000 images)"
+    assert summary["logit_scale"] == 10.0 and row.ece == summary["final"]["ece"] and row.notes == ()
+
+
+def scaled_head_run(folder, logit_scale=None):
+    """An LDAM-DRW run (cosine head, s = 30) whose summary has an ECE, and a `logit_scale` if given."""
+    write_run(folder, method="ldam-drw", config={"method": {"name": "ldam-drw", "ldam_scale": 30.0},
+                                                 "model": {"classifier": "cosine"}})
+    summary = json.loads((folder / "summary.json").read_text())
+    summary["final"]["ece"], summary["best"]["ece"] = 54.79, 50.0
+    if logit_scale is not None:
+        summary["logit_scale"] = logit_scale
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def test_the_ece_of_a_scaled_head_evaluated_without_its_scale_is_left_out_and_the_footer_says_why(tmp_path):
+    bare = scaled_head_run(tmp_path / "bare")
+    (row,), notes = compare_runs([bare])
+    assert row.ece is None and row.top1_final == 80.5  # accuracy is the arg max: the scale does not move it
+    assert notes == [f"{bare}: ECE and NLL left out: the glmc that trained this run computed them on its cosine "
+                     "head's bare cosines, without the scale s = 30 its loss trained; `glmc eval` of its checkpoint "
+                     "gives them"]
+    assert notes[0] in render_text([row], notes) and render_text([row], notes).splitlines()[2].rstrip().endswith("-")
+    (row,), notes = compare_runs([scaled_head_run(tmp_path / "scaled", logit_scale=30.0)])
+    assert row.ece == 54.79 and notes == []
+    (row,), notes = compare_runs([write_run(tmp_path / "linear")])  # no scale to miss: older summaries stay whole
+    assert notes == [] and row.notes == ()
+
+
+@pytest.mark.parametrize("run, ece", [("ldam-drw-own-recipe", None), ("ldam-drw", None),
+                                      ("balanced-softmax-own-recipe", 13.3282)])
+def test_the_committed_ldam_drw_runs_show_no_ece_of_bare_cosines(run, ece):
+    row = run_row(RESULTS / f"cifar10-lt-if100-{run}-cpu")
+    assert row.ece == ece and len(row.notes) == (ece is None)
 
 
 def test_the_footer_names_what_else_the_runs_differ_in_beyond_method_and_seed(tmp_path):

@@ -159,6 +159,22 @@ def test_a_run_of_a_glmc_without_calibration_metrics_gets_no_reliability_diagram
     assert embedded_files((run / "report" / "report.html").read_text()) == {"learning_curves.png", "per_class.png"}
 
 
+def test_a_scaled_head_evaluated_without_its_scale_gets_no_calibration_figures_and_a_note(tiny_run, tmp_path, capsys):
+    run = tmp_path / "bare-cosines"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["model"]["classifier"], config["method"] = "cosine", {"name": "ldam-drw", "ldam_scale": 30.0}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    summary = json.loads((run / "summary.json").read_text())
+    del summary["logit_scale"]  # as glmc wrote it before the model applied the scale
+    (run / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(run), "--no-confusion"]) == 0
+    page = (run / "report" / "report.html").read_text()
+    assert embedded_files(page) == {"learning_curves.png", "per_class.png"}
+    assert "ECE and NLL left out" in page and "ECE and NLL left out" in capsys.readouterr().err
+    assert "s = 30" in page and not {"ece", "nll", "reliability"} & set(load_run(run).summary["final"])
+
+
 def test_a_report_written_elsewhere_caches_its_confusion_matrix_under_the_run_folders_lease(tiny_run, tmp_path):
     """The matrix is cached in RUN_DIR/report/ whatever --output says, never beside another writer of the run
     folder (here this process's own lease): then it is used and not cached."""

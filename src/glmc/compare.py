@@ -46,6 +46,7 @@ class RunRow:
     n: int = 1  # runs aggregated into this row (`aggregate_seeds`)
     top1_std: float | None = None  # over those runs
     best_label: str = BEST_LABEL  # what the best epoch was selected on
+    notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
 
 
 def run_row(run_dir: str | os.PathLike) -> RunRow:
@@ -74,6 +75,7 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             few=final["few"],
             ece=final.get("ece"),
             setting=json.dumps(setting_of(record.config), sort_keys=True),
+            notes=record.notes,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
@@ -242,5 +244,5 @@ def compare_runs(run_dirs: Sequence[str | os.PathLike], allow_mixed: bool = Fals
     if not run_dirs:
         raise GlmcError("give at least one run folder")
     rows = [run_row(path) for path in run_dirs]
-    notes = check_comparable(rows, allow_mixed)
+    notes = check_comparable(rows, allow_mixed) + [f"{row.run}: {note}" for row in rows for note in row.notes]
     return (aggregate_seeds(rows) if by_setting else rows), notes

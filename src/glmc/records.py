@@ -13,7 +13,7 @@ from glmc.config import Config
 from glmc.data.datasets import Dataset
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.provenance import device_name, git_commit
-from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL
+from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, CALIBRATION_KEYS
 from glmc.shots import SHOT_BOUNDS
 
 # what a record keeps of the validation set's metrics (`balanced`: the mean per-class accuracy, what glmc tune maximises)
@@ -21,7 +21,7 @@ VALIDATION_KEYS = ("top1", "balanced", "many", "medium", "few", "per_class", "ec
 
 # what summary.json keeps of the final and the best record
 METRIC_KEYS = ("epoch", "global_step", "top1", "top5", "many", "medium", "few", "per_class", "shot_bounds", "num_samples",
-               "ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability", "val")
+               *CALIBRATION_KEYS, "val")
 
 
 def validation_json(metrics: Metrics) -> dict:
@@ -97,6 +97,7 @@ def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, step
         "method": config.method.name,
         "backbone": config.model.backbone,
         "epochs": config.train.epochs,
+        "logit_scale": config.method.logit_scale,  # what the model multiplied its head's outputs by before the softmax
         "steps": steps,
         "wall_seconds": round(seconds, 2),
         "version": glmc.__version__,

@@ -56,6 +56,7 @@ class RunData:
     config: dict = field(default_factory=dict)  # config.yaml, or the summary's copy
     confusion: np.ndarray | None = None  # K x K counts, rows true, in label order
     confusion_note: str = ""  # why there is no confusion matrix
+    notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
 
     @property
     def card(self) -> dict:
@@ -90,7 +91,8 @@ def load_report_run(path: str | os.PathLike, name: str) -> RunData:
     record = load_run(path)
     if not record.records:
         raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
-    return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions, config=record.config)
+    return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions,
+                   config=record.config, notes=record.notes)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -315,7 +317,8 @@ def figure_html(folder: Path, picture: Picture, prefix: str = "") -> str:
 def run_section_html(section: Section, folder: Path, prefix: str = "", level: int = 2) -> str:
     run, h = section.run, f"h{level}"
     parts = [f"<p>{esc(headline(run))}</p>", f"<{h}>Results</{h}>", metrics_table(run.summary),
-             f'<p class="muted">Headline numbers are the final epoch; the {esc(selected_on(run.summary))}.</p>']
+             f'<p class="muted">Headline numbers are the final epoch; the {esc(selected_on(run.summary))}.</p>',
+             *(f'<p class="note">{esc(text)}</p>' for text in run.notes)]
     parts += [figure_html(folder, picture, prefix) for picture in section.pictures]
     if run.confusion_note:
         parts.append(f'<p class="note">{esc(run.confusion_note)}</p>')
@@ -398,6 +401,8 @@ def make_report(
         resolve_device(device)  # a bad --device is an error, not a note about a missing picture
     folder = Path(output) if output else default_output(paths)
     for run in runs:
+        for text in run.notes:
+            note(f"{run.name}: {text}")
         if confusion:
             attach_confusion(run, data_root, device)
             if run.confusion_note:

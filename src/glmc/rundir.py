@@ -308,6 +308,7 @@ class RunRecord:
     config: dict  # config.yaml, or the summary's copy
     config_text: str
     sessions: list[dict] = field(default_factory=list)  # sessions.jsonl (empty for runs of glmc before it)
+    notes: tuple[str, ...] = ()  # what the readers should say of figures left out of `summary`
 
     @property
     def name(self) -> str:
@@ -337,7 +338,39 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     metrics = folder / METRICS_FILE
     records = read_records(metrics) if metrics.is_file() else []
     sessions = RunFolder(folder).read_sessions()
-    return RunRecord(folder, summary, records, config if isinstance(config, dict) else {}, config_text, sessions)
+    config = config if isinstance(config, dict) else {}
+    note = unscaled_calibration_note(summary, config)
+    if note:
+        summary = without_calibration(summary)
+    return RunRecord(folder, summary, records, config, config_text, sessions, notes=(note,) if note else ())
+
+
+# An evaluation's calibration figures (glmc.metrics), computed from the softmax of the model's logits.
+CALIBRATION_KEYS = ("ece", "nll", "ece_many", "ece_medium", "ece_few", "reliability")
+
+
+def unscaled_calibration_note(summary: dict, config: dict) -> str:
+    """Why the summary's calibration figures cannot be read, or "".
+
+    A method whose loss scales the head's outputs (LDAM-DRW's s) has the model apply that scale since summaries
+    record it as `logit_scale`; glmc before then evaluated the bare cosines, whose near-uniform softmax gives an
+    ECE and NLL that measure the missing scale, not the model. Their accuracies stand: the scale moves no arg max.
+    """
+    if "logit_scale" in summary:
+        return ""
+    try:
+        scale = stored_config(config).method.logit_scale
+    except GlmcError:
+        return ""
+    if scale == 1.0:
+        return ""
+    return (f"ECE and NLL left out: the glmc that trained this run computed them on its cosine head's bare "
+            f"cosines, without the scale s = {scale:g} its loss trained; `glmc eval` of its checkpoint gives them")
+
+
+def without_calibration(summary: dict) -> dict:
+    return {**summary, **{part: {key: value for key, value in summary[part].items() if key not in CALIBRATION_KEYS}
+                          for part in ("final", "best")}}
 
 
 def jsonl(records: list[dict]) -> str:
