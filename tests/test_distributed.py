@@ -58,6 +58,7 @@ def test_gathered_evaluation_equals_one_process_evaluating_the_checkpoint(two_pr
             assert metrics[key] == record[key], key
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_resume_under_torchrun_continues_exactly(tree, two_process_run, tmp_path):
     uninterrupted, _ = two_process_run
     output = tmp_path / "stopped"

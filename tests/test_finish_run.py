@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -57,6 +58,7 @@ def test_an_unfinished_run_is_committed_with_its_checkpoint_and_continues_from_t
     assert json.loads((dest / "summary.json").read_text())["final"]["epoch"] == 2
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_a_calibration_is_committed_beside_the_final_weights_with_only_the_classifier_changed(tiny_run, tmp_path):
     dest = tmp_path / "result"
     done = finish_run(str(tiny_run), str(dest), "--data-root", str(tmp_path), "--calibration", "maxnorm")

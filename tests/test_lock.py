@@ -173,6 +173,7 @@ def test_writing_into_a_run_folder_takes_its_lease_and_other_folders_need_none(t
 # ---------------------------------------------------------------- commands, for real
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_a_second_writer_is_refused_and_the_first_ones_records_stay_whole(tmp_path):
     run = tmp_path / "run"
     first = start("train", *QUICK, "--epochs", "4", "--output", str(run))
@@ -208,6 +209,7 @@ def test_reading_a_run_needs_no_lease(tiny_run, capsys):
         lease.release()
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_after_kill_9_the_next_command_takes_the_folder_over(tmp_path):
     run = tmp_path / "run"
     args = ["train", *QUICK, "--epochs", "4", "--output", str(run), "--resume-if-exists"]

@@ -101,16 +101,24 @@ def state_of(path):
     return load_checkpoint(path)["model"]
 
 
-@pytest.mark.parametrize("stop_after", [10, 20])  # mid-epoch and an epoch boundary (20 steps per epoch)
-def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after):
-    straight = train(tiny_config(), tmp_path / "straight", quiet=True)
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The tiny config trained in one go, evaluated after every epoch: what a run in pieces must equal."""
+    output = tmp_path_factory.mktemp("straight")
+    return output, train(tiny_config(), output, quiet=True)
+
+
+# mid-epoch, and an epoch boundary (20 steps an epoch), which the slow tests add
+@pytest.mark.parametrize("stop_after", [10, pytest.param(20, marks=pytest.mark.slow)])
+def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, straight_run, stop_after):
+    straight_folder, straight = straight_run
     train(tiny_config(train__max_steps=stop_after), tmp_path / "split", quiet=True)
     assert load_checkpoint(tmp_path / "split" / "checkpoint_last.pt")["state"]["global_step"] == stop_after
     assert main(["train", "--resume", str(tmp_path / "split"), "--set", "train.max_steps=none", "--quiet"]) == 0
     resumed = json.loads((tmp_path / "split" / "summary.json").read_text())
     assert resumed["final"]["top1"] == straight["final"]["top1"]
     assert resumed["final"]["per_class"] == straight["final"]["per_class"]
-    a, b = state_of(tmp_path / "straight" / "checkpoint_last.pt"), state_of(tmp_path / "split" / "checkpoint_last.pt")
+    a, b = state_of(straight_folder / "checkpoint_last.pt"), state_of(tmp_path / "split" / "checkpoint_last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     first, second = RunFolder(tmp_path / "split").read_sessions()
     assert first["from"] == {"epoch": 0, "step": 0, "global_step": 0} and first["outcome"] == "finished"
@@ -122,17 +130,18 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path, stop_after
     assert cpu_model() in second["device"]  # the CPU model, not only "x86_64": the time a session took means little without it
 
 
-def test_how_often_a_run_is_evaluated_changes_nothing_it_trains(tmp_path):
+def test_how_often_a_run_is_evaluated_changes_nothing_it_trains(tmp_path, straight_run):
     # seeds evaluated at different cadences pool into one row (`glmc compare --aggregate-seeds`)
-    every = train(tiny_config(train__eval_every=1), tmp_path / "every", quiet=True)
+    every_folder, every = straight_run
     sparse = train(tiny_config(train__eval_every=3), tmp_path / "sparse", quiet=True)
-    assert len((tmp_path / "every" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert len((every_folder / "metrics.jsonl").read_text().splitlines()) == 3
     assert len((tmp_path / "sparse" / "metrics.jsonl").read_text().splitlines()) == 1
-    a, b = state_of(tmp_path / "every" / "checkpoint_last.pt"), state_of(tmp_path / "sparse" / "checkpoint_last.pt")
+    a, b = state_of(every_folder / "checkpoint_last.pt"), state_of(tmp_path / "sparse" / "checkpoint_last.pt")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert sparse["final"]["per_class"] == every["final"]["per_class"]
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_a_sparse_cadence_set_on_resume_still_evaluates_each_of_the_last_epochs(tmp_path):
     run = tmp_path / "run"
     train(tiny_config(train__epochs=7, train__eval_every=4, train__max_steps=40), run, quiet=True)  # 20 steps an epoch
@@ -194,6 +203,7 @@ def test_ramp_cosine_schedule_is_ren_et_al_s():
     assert [learning_rate(e, 5, no_ramp) for e in (0, 4)] == pytest.approx([0.1, 0.0])
 
 
+@pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_balanced_softmax_at_ren_et_al_s_recipe_trains_with_its_schedule_and_augmentation(tmp_path):
     """The recipe's pieces in one run: the epochs' lr follow ramp-cosine, the partial batch is dropped, and AutoAugment
     with Cutout changes what the model sees (the same run without them ends elsewhere), deterministically."""

@@ -20,6 +20,7 @@ do not depend on the imbalance factor or the split.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import numpy as np
@@ -177,7 +178,15 @@ def interleaved_labels(num_classes: int, per_class: int) -> np.ndarray:
 
 
 def generate_split(per_class: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
-    """A balanced set drawn from the fixed seed's `stream`: (N x 3 x H x W uint8, N int64)."""
+    """A balanced set drawn from the fixed seed's `stream`: (N x 3 x H x W uint8, N int64), the caller's own copy."""
+    images, labels = _generated_split(per_class, stream)
+    return images.copy(), labels.copy()
+
+
+@functools.lru_cache(maxsize=4)
+def _generated_split(per_class: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
+    # Generated once a process: the same seeds give the same images, and a process that builds the dataset
+    # again (a resumed run, glmc tune's trials, the tests) would otherwise spend a second on each pool.
     labels = interleaved_labels(len(class_definitions()), per_class)
     return generate_images(labels, np.random.default_rng([SEED, stream])), labels
 
