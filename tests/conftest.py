@@ -164,6 +164,29 @@ def write_image_tree(root: Path, train_counts=(9, 5, 3), test_per_class: int = 3
     return {"corrupt": corrupt, **entries}
 
 
+# ---------------------------------------------------------------- refusals
+
+
+def refusal(capsys, *args: str) -> str:
+    """`glmc ARGS` run in this process, expected to refuse: exit status 2, nothing on stdout, one line on
+    stderr and no traceback (argparse's own refusals print their usage first); returns stderr.
+
+    The families of bad inputs check their messages this way, a second each cheaper than a process of their own;
+    tests that run glmc as a command check the same contract where a process matters."""
+    from glmc.cli import main
+
+    capsys.readouterr()
+    try:
+        status = main(list(args))
+    except SystemExit as exit:  # argparse: the usage line, then the error
+        status = exit.code
+    out, err = capsys.readouterr()
+    assert status == 2 and out == "" and "Traceback" not in err, (status, out, err)
+    lines = err.splitlines()
+    assert len(lines) == 1 or lines[0].startswith("usage: ") and ": error: " in lines[-1], err
+    return err
+
+
 # ---------------------------------------------------------------- torchrun
 
 TORCHRUN_ENV = {**os.environ, "OMP_NUM_THREADS": "1",  # two processes on two cores: one thread each

@@ -25,7 +25,7 @@ from glmc.methods.ce import CrossEntropy
 from glmc.rundir import Resume, RunFolder
 from glmc.trainer import train
 
-from conftest import write_small_cifar10
+from conftest import refusal, write_small_cifar10
 
 # 6 epochs x 20 steps of resnet8 on the embedded dataset; a checkpoint every 7 steps as well
 RUN_ARGS = ["--set", "data.dataset=synthetic-lt", "--set", "model.backbone=resnet8", "--epochs", "6",
@@ -301,15 +301,13 @@ BAD_DATA = {
 
 
 @pytest.mark.parametrize("case", BAD_DATA)
-def test_bad_data_is_one_line_exit_2_and_nothing_is_written(tmp_path, case):
+def test_bad_data_is_one_line_exit_2_and_nothing_is_written(tmp_path, capsys, case):
     prepare, root_arg, message = BAD_DATA[case]
     root = write_small_cifar10(tmp_path / "data", per_class=6)
     prepare(root)
     before = snapshot(tmp_path)
-    done = glmc("train", "--preset", "cifar10-lt-if100", root_arg.format(root=root), "--set", "data.imbalance_factor=1",
-                "--output", str(tmp_path / "run"), "--device", "cpu")
-    assert done.returncode == 2 and message in done.stderr, done.stderr
-    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+    assert message in refusal(capsys, "train", "--preset", "cifar10-lt-if100", root_arg.format(root=root), "--set",
+                              "data.imbalance_factor=1", "--output", str(tmp_path / "run"), "--device", "cpu")
     assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()
 
 
@@ -324,10 +322,9 @@ BAD_ARGS = {
 
 
 @pytest.mark.parametrize("case", BAD_ARGS)
-def test_bad_arguments_are_one_line_exit_2_and_nothing_is_written(tmp_path, case):
+def test_bad_arguments_are_one_line_exit_2_and_nothing_is_written(tmp_path, capsys, case):
     args, message = BAD_ARGS[case]
-    done = glmc("train", "--preset", "quickstart", *args, "--output", str(tmp_path / "run"))
-    assert done.returncode == 2 and message in done.stderr and done.stderr.count("\n") == 1
+    assert message in refusal(capsys, "train", "--preset", "quickstart", *args, "--output", str(tmp_path / "run"))
     assert not (tmp_path / "run").exists()
 
 
