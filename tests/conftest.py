@@ -171,8 +171,8 @@ def refusal(capsys, *args: str) -> str:
     """`glmc ARGS` run in this process, expected to refuse: exit status 2, nothing on stdout, one line on
     stderr and no traceback (argparse's own refusals print their usage first); returns stderr.
 
-    The families of bad inputs check their messages this way, a second each cheaper than a process of their own;
-    tests that run glmc as a command check the same contract where a process matters."""
+    The families of bad inputs check their messages this way, seconds cheaper each than a Python process of
+    their own; tests that run glmc as a command check the same contract where a process matters."""
     from glmc.cli import main
 
     capsys.readouterr()

@@ -352,9 +352,10 @@ CALIBRATION_KEYS = ("ece", "nll", "ece_many", "ece_medium", "ece_few", "reliabil
 def unscaled_calibration_note(summary: dict, config: dict) -> str:
     """Why the summary's calibration figures cannot be read, or "".
 
-    A method whose loss scales the head's outputs (LDAM-DRW's s) has the model apply that scale since summaries
-    record it as `logit_scale`; glmc before then evaluated the bare cosines, whose near-uniform softmax gives an
-    ECE and NLL that measure the missing scale, not the model. Their accuracies stand: the scale moves no arg max.
+    The evaluations of a method whose loss scales the head's outputs (LDAM-DRW's s) once took the softmax of the
+    bare cosines, near-uniform probabilities whose ECE and NLL measure the missing scale, not the model. Summaries
+    now record the scale the model applied (`logit_scale`); such a method's summary without it is read as one of
+    those. Its accuracies stand: the scale moves no arg max.
     """
     if "logit_scale" in summary:
         return ""
