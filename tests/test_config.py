@@ -37,8 +37,8 @@ def test_cifar_presets_carry_the_authors_hyper_parameters(name, authors):
 
 def test_every_preset_builds_and_has_a_description():
     presets = load_presets()
-    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting, and two baselines at their own recipes; 5 large-image presets
-    assert len(presets) == 13 + 6 * 12 + 6 * 2 + 5 and "quickstart" in presets
+    # CIFAR: GLMC, then 8 baselines + 4 ablations per setting, and three baselines at their own recipes; 5 large-image presets
+    assert len(presets) == 13 + 6 * 12 + 6 * 3 + 5 and "quickstart" in presets
     for name, preset in presets.items():
         build_config(name)
         assert preset["description"]
@@ -252,6 +252,21 @@ def test_ldam_drw_own_recipe_presets_hold_cao_et_al_s_recipe(setting):
         k: v for k, v in glmc_recipe.items() if not k.startswith(("optim.", "train."))}
 
 
+@pytest.mark.parametrize("setting", PRESET_ROWS)
+def test_ce_own_recipe_presets_hold_cao_et_al_s_erm_recipe(setting):
+    """Cao et al.'s ERM rows: their LDAM-DRW recipe's optimiser, schedule and batch, with unweighted cross-entropy on
+    a linear classifier; nothing else of the setting changes."""
+    from glmc.config import flatten
+
+    config = flatten(build_config(f"{setting}-ce-own-recipe").to_dict())
+    erm = {key: value for key, value in LDAM_DRW_RECIPE.items() if key.startswith(("optim.", "train.", "data."))}
+    assert {key: config[key] for key in erm} == erm
+    assert (config["method.name"], config["model.classifier"], config["model.backbone"]) == ("ce", "linear", "resnet32")
+    glmc_recipe = flatten(build_config(f"{setting}-ce").to_dict())
+    assert {k: v for k, v in config.items() if not k.startswith(("optim.", "train."))} == {
+        k: v for k, v in glmc_recipe.items() if not k.startswith(("optim.", "train."))}
+
+
 BALANCED_SOFTMAX_RECIPE = {  # Ren et al. 2020, BalancedMetaSoftmax-Classification's balanced_softmax_imba200.yaml
     "optim.lr": 0.1, "optim.momentum": 0.9, "optim.weight_decay": 5e-4, "optim.schedule": "ramp-cosine",
     "optim.warmup_start": 0.5, "optim.schedule_lag": False, "optim.sam_rho": 0.0, "train.batch_size": 512,
@@ -338,7 +353,7 @@ def test_the_preset_of_a_method_on_a_setting_is_found_for_grid_presets_only():
     assert method_preset("cifar10-lt-if100-ce", "focal") == "cifar10-lt-if100-focal"
     assert method_preset("cifar10-lt-if100", "glmc") is None  # itself
     assert method_preset("cifar10-lt-if100-authors", "ce") is None  # no -authors-ce preset
-    assert method_preset("cifar10-lt-if100-ldam-drw-own-recipe", "ce") is None  # CE at Cao et al.'s recipe is a choice
+    assert method_preset("cifar10-lt-if100-ldam-drw-own-recipe", "ce") is None  # a recipe preset carries no setting: no note
     assert method_preset("quickstart", "ce") is None
 
 
