@@ -9,7 +9,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmc.config import build_config, config_keys, load_presets, parse_override
+from glmc.config import build_config, config_keys, flatten, load_presets, parse_override
 from glmc.errors import ConfigError
 
 PRESET_ROWS = {  # the authors' published runs: (dataset, IF, q, tau, gamma)
@@ -152,8 +152,6 @@ def test_presets_made_by_rule_are_the_hand_written_ones():
     import json
     from pathlib import Path
 
-    from glmc.config import flatten
-
     before = json.loads((Path(__file__).parent / "data" / "presets-c561133.json").read_text())
     for name, preset in before.items():  # since then: gamma 4 for CIFAR-10-LT IF100 (the authors' posted command)
         if name.startswith("cifar10-lt-if100") and "consistency_weight" in preset["values"].get("method", {}):
@@ -244,8 +242,6 @@ def beyond_the_recipe(config: dict) -> dict:
 
 @pytest.mark.parametrize("setting", PRESET_ROWS)
 def test_ldam_drw_own_recipe_presets_hold_cao_et_al_s_recipe(setting):
-    from glmc.config import flatten
-
     config = flatten(build_config(f"{setting}-ldam-drw-own-recipe").to_dict())
     assert {key: config[key] for key in LDAM_DRW_RECIPE} == LDAM_DRW_RECIPE
     dataset, factor, *_ = PRESET_ROWS[setting]
@@ -260,8 +256,6 @@ def test_ldam_drw_own_recipe_presets_hold_cao_et_al_s_recipe(setting):
 def test_ce_own_recipe_presets_hold_cao_et_al_s_erm_recipe(setting):
     """Cao et al.'s ERM rows: their LDAM-DRW recipe's optimiser, schedule and batch, with unweighted cross-entropy on
     a linear classifier; nothing else of the setting changes."""
-    from glmc.config import flatten
-
     config = flatten(build_config(f"{setting}-ce-own-recipe").to_dict())
     erm = {key: value for key, value in LDAM_DRW_RECIPE.items() if key.startswith(("optim.", "train.", "data."))}
     assert {key: config[key] for key in erm} == erm
@@ -283,7 +277,6 @@ BALANCED_SOFTMAX_RECIPE = {  # Ren et al. 2020, BalancedMetaSoftmax-Classificati
 def test_balanced_softmax_own_recipe_presets_hold_ren_et_al_s_recipe(setting):
     """Every value, and the length: the code's 13,000 iterations and 800 of warm-up as whole epochs of the setting's
     training set, ceil(iterations / ceil(N / 512)), N from the setting's long-tailed profile."""
-    from glmc.config import flatten
     from glmc.data.longtail import exponential_profile
 
     config = flatten(build_config(f"{setting}-balanced-softmax-own-recipe").to_dict())
