@@ -9,7 +9,17 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from glmc.config import build_config, config_keys, flatten, load_presets, parse_override
+from glmc.config import (
+    build_config,
+    config_from_dict,
+    config_keys,
+    flatten,
+    grid_presets,
+    load_presets,
+    method_preset,
+    parse_override,
+    stored_config,
+)
 from glmc.errors import ConfigError
 
 PRESET_ROWS = {  # the authors' published runs: (dataset, IF, q, tau, gamma)
@@ -165,8 +175,6 @@ def test_presets_made_by_rule_are_the_hand_written_ones():
 
 
 def test_a_grid_preset_gives_method_options_only_to_methods_that_have_them():
-    from glmc.config import grid_presets
-
     grid = {"settings": {"s": {"title": "S", "published": "p", "values": {"method": {"label_weighting": 0.5}}}},
             "authors": {"values": {"model": {"backbone": "resnet32-wide"}}},
             "methods": {"ce": {"title": "CE"}, "glmc-global-only": {"title": "G", "values": {"train": {"epochs": 3}}}}}
@@ -179,8 +187,6 @@ def test_a_grid_preset_gives_method_options_only_to_methods_that_have_them():
 
 
 def test_a_recipe_goes_on_top_of_its_method_and_its_values_by_setting_on_top_of_both():
-    from glmc.config import grid_presets
-
     grid = {"settings": {"a": {"title": "A", "published": "p", "values": {"train": {"epochs": 200, "batch_size": 64}}},
                          "b": {"title": "B", "published": "p", "values": {"train": {"epochs": 200, "batch_size": 64}}}},
             "authors": {"values": {}}, "methods": {"ce": {"title": "CE"}},
@@ -210,10 +216,6 @@ def test_switching_method_on_a_preset_drops_the_presets_options_of_the_old_metho
 def test_a_config_stored_before_per_method_options_loads():
     """Run folders and checkpoints of the previous format held every method's options under `method`."""
     from pathlib import Path
-
-    import yaml
-
-    from glmc.config import stored_config
 
     stored = yaml.safe_load((Path(__file__).parent / "data" / "config-deac618.yaml").read_text())
     assert "focal_gamma" in stored["method"]
@@ -314,7 +316,6 @@ def test_a_list_value_comes_from_the_command_line_or_yaml_and_is_checked():
 
 def test_glmc_presets_shows_a_presets_whole_config_and_what_two_differ_in(capsys):
     from glmc.cli import main
-    from glmc.config import config_from_dict, flatten
 
     name = "cifar10-lt-if100-balanced-softmax-own-recipe"
     assert main(["presets", name]) == 0
@@ -342,8 +343,6 @@ def test_glmc_presets_refuses_bad_names_in_one_line(names, message, capsys):
 
 
 def test_the_preset_of_a_method_on_a_setting_is_found_for_grid_presets_only():
-    from glmc.config import method_preset
-
     assert method_preset("cifar10-lt-if100", "cutmix") == "cifar10-lt-if100-cutmix"
     assert method_preset("cifar10-lt-if100-cutmix", "glmc") == "cifar10-lt-if100"
     assert method_preset("cifar10-lt-if100-ce", "focal") == "cifar10-lt-if100-focal"
