@@ -18,11 +18,14 @@ from __future__ import annotations
 import dataclasses
 import resource
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from glmc.config import Config
@@ -280,10 +283,6 @@ class InputBenchResult:
 def write_photo_stand_ins(folder, files: int = STAND_IN_FILES, classes: int = 4) -> None:
     """JPEGs of ImageNet's typical size and file size (~100 KB at quality 90): smooth random
     colour fields with sensor-like noise, in the folder layout (train/ and test/)."""
-    from pathlib import Path
-
-    from PIL import Image
-
     rng = np.random.default_rng(0)
     for part, count in (("train", files), ("test", classes)):
         for index in range(count):
@@ -298,8 +297,6 @@ def write_photo_stand_ins(folder, files: int = STAND_IN_FILES, classes: int = 4)
 
 def run_input_bench(preset: str, config: Config, steps: int, warmup: int) -> InputBenchResult:
     """Images per second through the workers' half of the image-file loader (no device work)."""
-    import tempfile
-
     with tempfile.TemporaryDirectory() as scratch:
         try:
             dataset, source = create_dataset(config.data), config.data.data_root

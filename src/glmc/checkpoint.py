@@ -22,18 +22,15 @@ import os
 import pickle
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
+from glmc.config import Config
+from glmc.data.datasets import Dataset
 from glmc.errors import GlmcError
 from glmc.files import link_or_move, sync_folder, write_durably
 from glmc.weights import load_weights
-
-if TYPE_CHECKING:
-    from glmc.config import Config
-    from glmc.data.datasets import Dataset
 
 FORMAT = "glmc-checkpoint/1"
 
@@ -140,7 +137,7 @@ def warn(message: str) -> None:
     print(f"glmc: warning: {message}", file=sys.stderr, flush=True)
 
 
-def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.Module,
+def training_payload(kind: str, config: Config, dataset: Dataset, model: nn.Module,
                      optimizer: torch.optim.Optimizer, state: dict, data_digest: dict[str, str]) -> dict:
     """Everything a run needs to continue, and `glmc eval` / `predict` to use the weights alone."""
     rng = {"torch": torch.get_rng_state()}
@@ -166,7 +163,7 @@ def training_payload(kind: str, config: "Config", dataset: "Dataset", model: nn.
     }
 
 
-def restore_training(path: Path, config: "Config", dataset: "Dataset", model: nn.Module,
+def restore_training(path: Path, config: Config, dataset: Dataset, model: nn.Module,
                      optimizer: torch.optim.Optimizer, data_digest: dict[str, str]) -> dict:
     """Load the last good checkpoint at `path` into `model` and `optimizer` and the RNG; returns its run state.
 
