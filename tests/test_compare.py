@@ -18,8 +18,9 @@ RESULTS = Path(__file__).resolve().parents[1] / "results" / "cifar10-lt"
 
 
 def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, top1=(80.5, 81.25), epoch=200,
-              shot_bounds="standard", sam_rho=0.0, few=None, config=None):
-    """A run folder with a summary.json shaped like glmc.records.make_summary's."""
+              shot_bounds="standard", sam_rho=0.0, few=None, config=None, precision=None, pieces=()):
+    """A run folder with a summary.json shaped like glmc.records.make_summary's; `pieces`: the training precision of
+    each session in sessions.jsonl."""
     folder.mkdir(parents=True)
     final = {"epoch": epoch, "global_step": 1, "top1": top1[0], "top5": 99.0, "many": 90.0, "medium": 70.123,
              "few": few, "per_class": [], "shot_bounds": shot_bounds, "num_samples": test_total}
@@ -32,8 +33,11 @@ def write_run(folder, method="glmc", fingerprint=FINGERPRINT, test_total=10000, 
         "backbone": "resnet32",
         "epochs": 200,
         "config": config or {"optim": {"sam_rho": sam_rho}},
+        **({"precision": {"train": precision, "eval": "fp32"}} if precision else {}),
     }
     (folder / "summary.json").write_text(json.dumps(summary))
+    sessions = [{"session": n, "precision": {"train": piece, "eval": "fp32"}} for n, piece in enumerate(pieces, 1)]
+    (folder / "sessions.jsonl").write_text("".join(json.dumps(session) + "\n" for session in sessions))
     return folder
 
 
@@ -168,3 +172,36 @@ def test_seeds_evaluated_or_saved_at_other_cadences_are_one_setting_and_a_recipe
 
     other_lr = write_run(tmp_path / "lr", config={"train": {"seed": 2}, "optim": {"lr": 0.05}})
     assert [row.n for row in compare_runs([seed0, seed1, other_lr], by_setting=True)[0]] == [2, 1]
+
+
+def precision_line(rows, notes=()):
+    return [line for line in render_text(rows, notes).splitlines() if line.startswith("training precision")]
+
+
+def test_the_footer_names_the_precision_each_run_trained_in_where_the_machines_made_them_differ(tmp_path):
+    bf16 = write_run(tmp_path / "bf16", pieces=["bf16", "bf16"], config={"train": {"seed": 0}})
+    fp32 = write_run(tmp_path / "fp32", pieces=["fp32"], config={"train": {"seed": 1}})
+    moved = write_run(tmp_path / "moved", pieces=["bf16", "fp32", "fp32"], config={"train": {"seed": 2}})
+    assert precision_line(*compare_runs([bf16, write_run(tmp_path / "also-bf16", pieces=["bf16"])])) == []
+    assert precision_line(*compare_runs([bf16, fp32, moved])) == [
+        "training precision (as each run's machines resolved train.precision), in row order: bf16 / fp32 / bf16 then fp32"]
+    assert precision_line(*compare_runs([moved])) != []  # one run, resumed on a machine of another precision
+
+    rows, notes = compare_runs([bf16, fp32, moved], by_setting=True)  # one setting: seeds pooled, precisions kept
+    assert [row.n for row in rows] == [3] and rows[0].precision == "seeds in bf16, fp32, bf16 then fp32"
+    assert precision_line(rows, notes)[0].endswith(": seeds in bf16, fp32, bf16 then fp32")
+    same = compare_runs([bf16, write_run(tmp_path / "bf16-seed-1", pieces=["bf16"], config={"train": {"seed": 1}})],
+                        by_setting=True)
+    assert same[0][0].precision == "bf16" and precision_line(*same) == []
+
+
+def test_without_sessions_the_summary_says_the_precision_and_without_either_it_is_unknown(tmp_path):
+    rows, notes = compare_runs([write_run(tmp_path / "summary-only", precision="fp32"), write_run(tmp_path / "old")])
+    assert [row.precision for row in rows] == ["fp32", ""]
+    assert precision_line(rows, notes)[0].endswith(": fp32 / ?")
+
+
+def test_the_committed_balanced_softmax_seeds_at_its_own_recipe_show_their_two_precisions():
+    rows, notes = compare_runs([RESULTS / "cifar10-lt-if100-balanced-softmax-own-recipe-cpu",
+                                RESULTS / "cifar10-lt-if100-balanced-softmax-own-recipe-seed1-cpu"], by_setting=True)
+    assert [(row.n, row.precision) for row in rows] == [(2, "seeds in bf16, fp32")]

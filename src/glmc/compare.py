@@ -10,6 +10,7 @@ table then says so.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import statistics
@@ -19,7 +20,7 @@ from typing import Sequence
 from glmc.config import flatten, stored_config
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
-from glmc.rundir import BEST_LABEL, CADENCE_KEYS, MACHINE_KEYS, SUMMARY_FILE, load_run
+from glmc.rundir import BEST_LABEL, CADENCE_KEYS, MACHINE_KEYS, SUMMARY_FILE, RunRecord, load_run
 
 SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
 
@@ -47,6 +48,7 @@ class RunRow:
     top1_std: float | None = None  # over those runs
     best_label: str = BEST_LABEL  # what the best epoch was selected on
     notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
+    precision: str = ""  # what it trained in, as its machines resolved it (`training_precision`)
 
 
 def run_row(run_dir: str | os.PathLike) -> RunRow:
@@ -76,9 +78,19 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             ece=final.get("ece"),
             setting=json.dumps(setting_of(record.config), sort_keys=True),
             notes=record.notes,
+            precision=training_precision(record),
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
+
+
+def training_precision(record: RunRecord) -> str:
+    """The precision the run trained in, as each of its pieces resolved it (`auto` follows the machine): "bf16",
+    or "bf16 then fp32" for a run resumed on a machine that trains in another; "" where its records do not say."""
+    pieces = [(session.get("precision") or {}).get("train") for session in record.sessions]
+    if not any(pieces):
+        pieces = [(record.summary.get("precision") or {}).get("train")]
+    return " then ".join(precision for precision, _ in itertools.groupby(piece for piece in pieces if piece))
 
 
 def setting_of(config: dict) -> dict:
@@ -149,8 +161,18 @@ def footer(rows: Sequence[RunRow], notes: Sequence[str]) -> list[str]:
         "ECE: expected calibration error of the final epoch, percent, 15 equal-width confidence bins.",
         f"test set: {'; '.join(test_sets)}",
         *([f"the runs also differ in (values in row order): {'; '.join(recipes)}"] if recipes else []),
+        *precision_note(rows),
         *notes,
     ]
+
+
+def precision_note(rows: Sequence[RunRow]) -> list[str]:
+    """A line naming each row's training precision where they differ, or where one row's runs or pieces trained in
+    more than one: the same config trains in bf16 on one machine and in fp32 on another (`train.precision` auto)."""
+    precisions = [row.precision or "?" for row in rows]
+    if len(set(precisions)) == 1 and " " not in precisions[0]:
+        return []
+    return [f"training precision (as each run's machines resolved train.precision), in row order: {' / '.join(precisions)}"]
 
 
 def recipe_differences(rows: Sequence[RunRow]) -> list[str]:
@@ -227,8 +249,14 @@ def aggregate_seeds(rows: Sequence[RunRow]) -> list[RunRow]:
             first, run=f"{first.run} (+{len(members) - 1} seeds)", n=len(members), top1_final=statistics.fmean(top1),
             top1_std=statistics.stdev(top1), top1_best=statistics.fmean(row.top1_best for row in members),
             **{key: mean_of(getattr(row, key) for row in members) for key in ("many", "medium", "few", "ece")},
-            epochs=first.epochs if len({row.epochs for row in members}) == 1 else "mixed"))
+            epochs=first.epochs if len({row.epochs for row in members}) == 1 else "mixed",
+            precision=pooled_precision([row.precision for row in members])))
     return aggregated
+
+
+def pooled_precision(precisions: Sequence[str]) -> str:
+    """The training precision of seeds pooled into one row: theirs where they share it, else each seed's."""
+    return precisions[0] if len(set(precisions)) == 1 else f"seeds in {', '.join(p or '?' for p in precisions)}"
 
 
 def mean_of(values) -> float | None:
