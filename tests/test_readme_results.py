@@ -17,6 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+RECORDS = "weights and record"  # the column that links a row's run folders
 RUN_LINK = re.compile(r"\]\((results/[^)]+)/RUN\.md\)")
 NUMBER = re.compile(r"\d+\.\d+")
 BEST = re.compile(r"(?:seed (\d+)'s )?best (\d+\.\d+), epoch (\d+)")
@@ -41,7 +42,7 @@ def linked_rows() -> list[dict[str, str]]:
     for header, *body in tables(README.read_text()):
         for cells in body:
             row = dict(zip(header, cells))
-            if RUN_LINK.search(cells[-1]):
+            if RUN_LINK.search(row.get(RECORDS, "")):
                 rows.append(row)
     return rows
 
@@ -55,7 +56,7 @@ def row_id(row: dict[str, str]) -> str:
 
 
 def summaries(row: dict[str, str]) -> list[dict]:
-    return [json.loads((ROOT / folder / "summary.json").read_text()) for folder in RUN_LINK.findall(row["weights and record"])]
+    return [json.loads((ROOT / folder / "summary.json").read_text()) for folder in RUN_LINK.findall(row[RECORDS])]
 
 
 def wall_time(seconds: float) -> str:
