@@ -59,7 +59,7 @@ def test_report_of_a_finished_run_has_its_plots_and_a_self_contained_page(run_re
 
 def test_session_rows_show_where_each_session_began_and_ended_and_one_that_never_ended():
     ended = {"session": 1, "started": "2026-11-24T01:00:00Z", "from": {"epoch": 0, "step": 0, "global_step": 0},
-             "device": "cpu", "git_commit": "0123456789abcdef", "ended": "2026-11-24T01:10:00Z", "seconds": 600.0,
+             "device": "cpu", "precision": {"train": "bf16", "eval": "fp32"}, "git_commit": "0123456789abcdef", "ended": "2026-11-24T01:10:00Z", "seconds": 600.0,
              "reached": {"epoch": 4, "step": 17, "global_step": 97}, "outcome": "SIGTERM"}
     killed = {"session": 2, "started": "2026-11-24T02:00:00Z", "from": {"epoch": 5, "step": 0, "global_step": 100},
               "device": "cpu", "git_commit": None}
@@ -67,8 +67,32 @@ def test_session_rows_show_where_each_session_began_and_ended_and_one_that_never
     assert dict(zip(report.SESSION_HEADER, first)) == {
         "session": 1, "started (UTC)": "2026-11-24T01:00:00Z", "ended (UTC)": "2026-11-24T01:10:00Z",
         "wall": "0:10:00 (600 s)", "from": "start", "reached": "epoch 5, step 17", "outcome": "SIGTERM",
-        "device": "cpu", "glmc commit": "0123456789ab"}
-    assert second[4:7] == ("end of epoch 5", "–", report.UNENDED) and second[-1] == "–"
+        "device": "cpu", "trained in": "bf16", "glmc commit": "0123456789ab"}
+    assert second[4:7] == ("end of epoch 5", "–", report.UNENDED) and second[-2:] == ("–", "–")
+
+
+def html_rows(page: str) -> list[list[str]]:
+    """Each table row of the page, as the text of its cells."""
+    return [re.findall(r"<t[dh]>(.*?)</t[dh]>", row) for row in re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)]
+
+
+def test_the_report_names_the_precision_each_piece_trained_in(tiny_run, tmp_path):
+    run = tmp_path / "moved-run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("*.pt*", "report"))
+    first = json.loads((run / "sessions.jsonl").read_text().splitlines()[0])
+    pieces = [{**first, "session": 1, "precision": {"train": "bf16", "eval": "fp32"}},
+              {**first, "session": 2, "precision": {"train": "fp32", "eval": "fp32"}}]
+    (run / "sessions.jsonl").write_text("".join(json.dumps(piece) + "\n" for piece in pieces))
+
+    rows = html_rows(report.make_report([run], confusion=False).read_text())
+    assert ["trained in", "bf16 then fp32"] in rows  # the run table
+    sessions = [dict(zip(report.SESSION_HEADER, row)) for row in rows if len(row) == len(report.SESSION_HEADER)]
+    assert [session["trained in"] for session in sessions[1:]] == ["bf16", "fp32"]  # under the header row
+
+    both = html_rows(report.make_report([tiny_run, run], output=tmp_path / "both", confusion=False).read_text())
+    header = next(row for row in both if row[:2] == ["run", "method"])
+    runs = [dict(zip(header, row)) for row in both if len(row) == len(header) and row[0] in (tiny_run.name, run.name)]
+    assert [r["trained in"] for r in runs] == [load_run(tiny_run).training_precision or "–", "bf16 then fp32"]
 
 
 def test_confusion_matrix_is_the_final_state_of_the_run(run_report):

@@ -10,7 +10,6 @@ table then says so.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import os
 import statistics
@@ -20,7 +19,7 @@ from typing import Sequence
 from glmc.config import flatten, stored_config
 from glmc.errors import GlmcError
 from glmc.metrics import format_percent
-from glmc.rundir import BEST_LABEL, CADENCE_KEYS, MACHINE_KEYS, SUMMARY_FILE, RunRecord, load_run
+from glmc.rundir import BEST_LABEL, CADENCE_KEYS, MACHINE_KEYS, SUMMARY_FILE, load_run
 
 SHORT_FINGERPRINT = 19  # "sha256:" and 12 hex digits
 
@@ -48,7 +47,7 @@ class RunRow:
     top1_std: float | None = None  # over those runs
     best_label: str = BEST_LABEL  # what the best epoch was selected on
     notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
-    precision: str = ""  # what it trained in, as its machines resolved it (`training_precision`)
+    precision: str = ""  # what it trained in, as its machines resolved it (`RunRecord.training_precision`)
 
 
 def run_row(run_dir: str | os.PathLike) -> RunRow:
@@ -78,19 +77,10 @@ def run_row(run_dir: str | os.PathLike) -> RunRow:
             ece=final.get("ece"),
             setting=json.dumps(setting_of(record.config), sort_keys=True),
             notes=record.notes,
-            precision=training_precision(record),
+            precision=record.training_precision,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise GlmcError(f"{record.path / SUMMARY_FILE} is not a glmc run summary ({type(error).__name__}: {error})") from None
-
-
-def training_precision(record: RunRecord) -> str:
-    """The precision the run trained in, as each of its pieces resolved it (`auto` follows the machine): "bf16",
-    or "bf16 then fp32" for a run resumed on a machine that trains in another; "" where its records do not say."""
-    pieces = [(session.get("precision") or {}).get("train") for session in record.sessions]
-    if not any(pieces):
-        pieces = [(record.summary.get("precision") or {}).get("train")]
-    return " then ".join(precision for precision, _ in itertools.groupby(piece for piece in pieces if piece))
 
 
 def setting_of(config: dict) -> dict:

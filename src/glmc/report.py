@@ -36,7 +36,7 @@ from glmc.files import file_sha256
 from glmc.lock import FolderInUse
 from glmc.metrics import SHOT_GROUPS, format_percent
 from glmc.records import selection_set
-from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, writing_into
+from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, session_precision, writing_into
 from glmc.shots import SHOT_BOUNDS, STANDARD
 
 REPORT_FILE = "report.html"
@@ -57,6 +57,7 @@ class RunData:
     confusion: np.ndarray | None = None  # K x K counts, rows true, in label order
     confusion_note: str = ""  # why there is no confusion matrix
     notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
+    precision: str = ""  # what it trained in, piece by piece (glmc.rundir.RunRecord.training_precision)
 
     @property
     def card(self) -> dict:
@@ -92,7 +93,7 @@ def load_report_run(path: str | os.PathLike, name: str) -> RunData:
     if not record.records:
         raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
     return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions,
-                   config=record.config, notes=record.notes)
+                   config=record.config, notes=record.notes, precision=record.training_precision)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -256,9 +257,11 @@ RUN_FIELDS = {"method": "method", "backbone": "backbone", "epochs": "epochs", "s
               "device": "device", "torch": "torch", "version": "glmc version", "git_commit": "glmc commit"}
 
 
-def run_table(summary: dict) -> str:
+def run_table(run: RunData) -> str:
+    summary = run.summary
     rows = [(label, summary.get(key) if summary.get(key) is not None else "–") for key, label in RUN_FIELDS.items()]
-    return table(["run", ""], [(label, wall_time(value) if label == "wall time" else value) for label, value in rows])
+    rows = [(label, wall_time(value) if label == "wall time" else value) for label, value in rows]
+    return table(["run", ""], [*rows, ("trained in", run.precision or "–")])
 
 
 def wall_time(seconds) -> str:
@@ -268,7 +271,8 @@ def wall_time(seconds) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d} ({seconds:.0f} s)"
 
 
-SESSION_HEADER = ("session", "started (UTC)", "ended (UTC)", "wall", "from", "reached", "outcome", "device", "glmc commit")
+SESSION_HEADER = ("session", "started (UTC)", "ended (UTC)", "wall", "from", "reached", "outcome", "device", "trained in",
+                  "glmc commit")
 UNENDED = "no end recorded: killed without a signal, or the machine was lost"
 
 
@@ -280,7 +284,7 @@ def session_rows(sessions: Sequence[dict]) -> list[tuple]:
         rows.append((session["session"], session["started"], session["ended"] if ended else "–",
                      wall_time(session["seconds"]) if ended else "–", run_position(session["from"]),
                      run_position(session["reached"]) if ended else "–", session["outcome"] if ended else UNENDED,
-                     session.get("device", "–"), (session.get("git_commit") or "–")[:12]))
+                     session.get("device", "–"), session_precision(session) or "–", (session.get("git_commit") or "–")[:12]))
     return rows
 
 
@@ -324,7 +328,7 @@ def run_section_html(section: Section, folder: Path, prefix: str = "", level: in
         parts.append(f'<p class="note">{esc(run.confusion_note)}</p>')
     parts += [f"<{h}>Dataset</{h}>", card_table(run.card),
               f"<details><summary>per-class counts and accuracy</summary>{per_class_table(run)}</details>",
-              f"<{h}>Run</{h}>", run_table(run.summary),
+              f"<{h}>Run</{h}>", run_table(run),
               *([table(SESSION_HEADER, session_rows(run.sessions))] if run.sessions else []),
               f"<details><summary>config.yaml</summary><pre>{esc(run.config_text)}</pre></details>"]
     return "\n".join(parts)
@@ -341,10 +345,10 @@ def comparison_table(runs: Sequence[RunData]) -> str:
     rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
              f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
              *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)),
-             f"{format_percent(r.summary['best']['top1'])} ({selection_set(r.summary['best'])}-selected)"]
+             f"{format_percent(r.summary['best']['top1'])} ({selection_set(r.summary['best'])}-selected)", r.precision or "–"]
             for r in runs]
     return table(["run", "method", "backbone", "dataset", "IF", "fingerprint", "epochs", "top-1", "many", "medium", "few",
-                  "best top-1"], rows)
+                  "best top-1", "trained in"], rows)
 
 
 def selected_on(summary: dict) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import itertools
 import json
 import os
 import signal
@@ -317,6 +318,20 @@ class RunRecord:
     @property
     def card(self) -> dict:
         return self.summary["dataset"]
+
+    @property
+    def training_precision(self) -> str:
+        """The precision the run trained in, as each of its pieces resolved it (`auto` follows the machine): "bf16",
+        or "bf16 then fp32" for a run resumed on a machine that trains in another; "" where its records do not say."""
+        pieces = [session_precision(session) for session in self.sessions]
+        if not any(pieces):
+            pieces = [session_precision(self.summary)]
+        return " then ".join(precision for precision, _ in itertools.groupby(piece for piece in pieces if piece))
+
+
+def session_precision(record: Mapping) -> str | None:
+    """What one session (a sessions.jsonl record, or a summary) trained in."""
+    return (record.get("precision") or {}).get("train")
 
 
 def load_run(path: str | os.PathLike) -> RunRecord:
