@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from matplotlib import patheffects
+from matplotlib import colormaps, patheffects
 from matplotlib.axes import Axes
 from matplotlib.colors import PowerNorm
 from matplotlib.figure import Figure
@@ -173,8 +173,6 @@ def overlay_curves(runs: Sequence[tuple[str, Sequence[dict]]], title: str) -> Fi
 
 def run_colours(count: int) -> list:
     """Distinct colours for `count` runs (tab10, then tab20)."""
-    from matplotlib import colormaps
-
     palette = colormaps["tab10" if count <= 10 else "tab20"]
     return [palette(i % palette.N) for i in range(count)]
 
