@@ -143,6 +143,20 @@ def test_how_often_a_run_is_evaluated_changes_nothing_it_trains(tmp_path, straig
     assert sparse["final"]["per_class"] == every["final"]["per_class"]
 
 
+def test_in_a_log_file_each_epoch_left_unevaluated_gets_a_progress_line_on_stderr(tmp_path, straight_run, capsys):
+    # under pytest stderr is not a terminal, as in a log file: no progress bar, so a line per epoch takes its place
+    every_folder, _ = straight_run
+    every = [json.loads(line) for line in (every_folder / "metrics.jsonl").read_text().splitlines()]
+    train(tiny_config(train__eval_every=3), tmp_path / "sparse")
+    out, err = capsys.readouterr()
+    expected = [f"epoch   {r['epoch']}/3  loss {r['losses']['loss']:.4f}  lr {r['lr']:.5f}  " for r in every[:2]]
+    assert [line[:len(expected[0])] for line in err.splitlines()] == expected  # the same run evaluated each epoch
+    assert [line.split("  loss")[0] for line in out.splitlines() if line.startswith("epoch")] == ["epoch   3/3"]
+
+    train(tiny_config(train__eval_every=3), tmp_path / "quiet", quiet=True)
+    assert capsys.readouterr().err == ""
+
+
 @pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)
 def test_a_sparse_cadence_set_on_resume_still_evaluates_each_of_the_last_epochs(tmp_path):
     run = tmp_path / "run"

@@ -65,12 +65,16 @@ def selection_set(best: dict) -> str:
 
 
 def evaluation_line(record: dict, epochs: int) -> str:
-    loss = record["losses"].get("loss", float("nan"))
     test = (f"top1 {record['top1']:.2f}  top5 {record['top5']:.2f}  {format_shots(record, width=5)}  "
             f"ece {format_percent(record.get('ece'))}  ") if "top1" in record else ""
     val = record.get("val")
     validation = f"val {val['top1']:.2f} (balanced {val['balanced']:.2f})  " if val else ""
-    return f"epoch {record['epoch']:>3}/{epochs}  loss {loss:.4f}  {test}{validation}lr {record['lr']:.5f}  {record['seconds']:.1f}s"
+    return epoch_line(record["epoch"], epochs, record["losses"], record["lr"], record["seconds"], test + validation)
+
+
+def epoch_line(epoch: int, epochs: int, losses: dict[str, float], lr: float, seconds: float, results: str = "") -> str:
+    """`epoch  E/N  loss L  <results>lr R  Ts`: an evaluation's line, or with no results an epoch's progress line."""
+    return f"epoch {epoch:>3}/{epochs}  loss {losses.get('loss', float('nan')):.4f}  {results}lr {lr:.5f}  {seconds:.1f}s"
 
 
 def shots_table(summary: dict) -> str:

@@ -40,7 +40,7 @@ from glmc.models import create_model, use_heads
 from glmc.optim import create_optimizer, learning_rate, set_learning_rate
 from glmc.precision import MixedPrecision, resolve_precision
 from glmc.provenance import device_name, git_commit
-from glmc.records import best_label, evaluation_line, evaluation_record, make_summary, selection_score, shots_table
+from glmc.records import best_label, epoch_line, evaluation_line, evaluation_record, make_summary, selection_score, shots_table
 from glmc.rundir import TENSORBOARD_DIR, Resume, RunFolder
 from glmc.shots import SHOT_BOUNDS
 from glmc.tensorboard import TensorBoardLog, summary_writer_class
@@ -194,6 +194,9 @@ def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensor
                 record = evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
                 if board:
                     board.log(record)
+            elif epoch_done and bar.disable and not quiet:  # no bar showed this epoch: a line in its place
+                print(epoch_line(state.epoch, config.train.epochs, meter.means(), run.optimizer.param_groups[0]["lr"],
+                                 time.time() - started), file=sys.stderr, flush=True)
             last.save(watch, LossMeter() if epoch_done else meter)
         if board:
             board.close()
