@@ -20,7 +20,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
-from glmc import bench, calibration, compare, reproduce
+from glmc import bench, calibration, compare, reproduce, status
 from glmc.config import (COMPILE_MODES, build_config, config_from_dict, dump_config, flatten, load_config_file,
                          load_presets, method_preset, parse_override)
 from glmc.data.datasets import DATASETS, DataConfig, create_dataset
@@ -80,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_command(commands)
     add_presets_command(commands)
     add_train_command(commands)
+    add_status_command(commands)
     add_eval_command(commands)
     add_bench_command(commands)
     add_calibrate_command(commands)
@@ -336,6 +337,20 @@ def run_calibrate(args: argparse.Namespace) -> int:
     record = calibration.calibrate_checkpoint(args.checkpoint, args.method, args.set, output=args.output,
                                               data_root=args.data_root, device=args.device, overwrite=args.overwrite)
     print(json.dumps(record) if args.json else calibration.render(record))
+    return 0
+
+
+def add_status_command(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("status", help="where runs stand: finished, training, stopped or lost; how far; time left")
+    parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    parser.add_argument("--json", action="store_true", help="one JSON object per run, one per line")
+    parser.set_defaults(run=run_status)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    for run_dir in args.runs:
+        run = status.run_status(run_dir)
+        print(status.status_json(run) if args.json else "\n".join(status.status_lines(run)), flush=True)
     return 0
 
 

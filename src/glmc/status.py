@@ -1,0 +1,207 @@
+"""`glmc status RUN_DIR...`: where a run stands, read from its folder while it trains or after.
+
+A run is *finished* (its summary.json), *training* (a live process holds its folder), *stopped*
+(its last session recorded how it ended: a signal, an error) or *lost* (its last session never
+recorded an end: killed without a signal, or its machine went away). Its position is its last
+checkpoint's, read as `glmc eval` reads one: without the folder's lease, so never in a writer's
+way. Its pace is the seconds its current session (or, once stopped, its last one) took per step,
+evaluations and start-up included; the time left is the steps left at that pace.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from glmc.checkpoint import load_latest_good, previous_path
+from glmc.errors import GlmcError
+from glmc.lock import LOCK_FILE, gone_because, read_holder
+from glmc.metrics import format_shots
+from glmc.records import selection_set
+from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, RunFolder, read_json, read_records,
+                         read_text, utc)
+
+STATES = ("finished", "training", "stopped", "lost", "not started")
+MAX_STEPS_REACHED = "train.max_steps reached"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What a run folder says of where its run stands (`run_status`)."""
+
+    path: str
+    state: str  # one of STATES
+    epochs: int  # the run's train.epochs
+    position: dict | None = None  # epoch, step, global_step of its last checkpoint (or of its summary)
+    steps_per_epoch: int | None = None  # None before its first epoch ends
+    saved: str | None = None  # UTC, when that checkpoint was written
+    holder: str | None = None  # the process training it
+    outcome: str | None = None  # how its last session ended (stopped) or that it never recorded an end (lost)
+    sessions: int = 0
+    seconds_per_step: float | None = None  # its current or last session's pace
+    last_evaluation: dict | None = None  # its last metrics.jsonl record
+    summary: dict | None = None  # finished runs
+
+    @property
+    def total_steps(self) -> int | None:
+        return None if self.steps_per_epoch is None else self.epochs * self.steps_per_epoch
+
+    @property
+    def seconds_left(self) -> float | None:
+        if self.state == "finished" or self.seconds_per_step is None or self.total_steps is None or not self.position:
+            return None
+        return (self.total_steps - self.position["global_step"]) * self.seconds_per_step
+
+
+def run_status(path: str | Path) -> RunStatus:
+    """The status of the run in `path`; a folder that holds no glmc run is a one-line GlmcError."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise GlmcError(f"run folder not found: {folder}")
+    if not (folder / CONFIG_FILE).is_file():
+        raise GlmcError(f"{folder} holds no glmc run (no {CONFIG_FILE})")
+    config = yaml.safe_load(read_text(folder / CONFIG_FILE))
+    sessions = RunFolder(folder).read_sessions()
+    metrics = folder / METRICS_FILE
+    records = read_records(metrics) if metrics.is_file() else []
+    common = dict(path=str(path), epochs=int(config["train"]["epochs"]), sessions=len(sessions),
+                  last_evaluation=records[-1] if records else None)
+    summary = read_json(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).is_file() else None
+    if summary is not None and trained_every_epoch(summary, records):
+        position = {"epoch": summary["epochs"], "step": 0, "global_step": summary["steps"]}
+        return RunStatus(state="finished", position=position, summary=summary, **common)
+    holder = live_holder(folder)
+    checkpoint = last_checkpoint(folder)
+    if checkpoint is None:
+        return RunStatus(state="training" if holder else "not started", holder=holder, **common)
+    position, saved_at = checkpoint
+    last = sessions[-1] if sessions else {}
+    if holder:
+        state, outcome = "training", None
+    elif sessions and "ended" not in last:
+        state, outcome = "lost", "its last session recorded no end: killed without a signal, or its machine was lost"
+    else:  # a session that ended "finished" without every epoch trained stopped at train.max_steps
+        state, outcome = "stopped", MAX_STEPS_REACHED if last.get("outcome") == "finished" else last.get("outcome")
+    return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position), saved=utc(saved_at),
+                     holder=holder, outcome=outcome, seconds_per_step=session_pace(last, position, saved_at), **common)
+
+
+def trained_every_epoch(summary: dict, records: list[dict]) -> bool:
+    """Whether the summary closes the whole run, not a piece of it that train.max_steps ended."""
+    return summary["final"]["epoch"] >= summary["epochs"] and not (records and records[-1].get("partial_epoch"))
+
+
+def live_holder(folder: Path) -> str | None:
+    """Who holds `folder`'s lease, if a live process does."""
+    held = read_holder(folder / LOCK_FILE)
+    if held is None or gone_because(*held) is not None:
+        return None
+    return held[0].describe()
+
+
+def last_checkpoint(folder: Path) -> tuple[dict, float] | None:
+    """The position of the run's last good checkpoint and when it was written; None before its first."""
+    path = folder / LAST_CHECKPOINT
+    for _ in range(3):  # the writer may replace it between our reading the file and its checksum
+        if not RunFolder(folder).has_checkpoint():
+            return None
+        try:
+            saved_at = path.stat().st_mtime if path.exists() else None
+            state = load_latest_good(path)["state"]
+        except GlmcError:
+            time.sleep(0.2)
+            continue
+        position = {key: int(state[key]) for key in ("epoch", "step", "global_step")}
+        return position, saved_at if saved_at is not None else previous_path(path).stat().st_mtime
+    raise GlmcError(f"cannot read {path}: damaged, and so is the checkpoint it replaced")
+
+
+def steps_per_epoch(position: dict) -> int | None:
+    epoch, step, global_step = position["epoch"], position["step"], position["global_step"]
+    return (global_step - step) // epoch if epoch > 0 else None
+
+
+def session_pace(session: dict, position: dict, saved_at: float) -> float | None:
+    """Seconds a step over `session`: from its start to its end, or (running) to the checkpoint it last wrote."""
+    if not session or "from" not in session:
+        return None
+    if "ended" in session:
+        steps, seconds = session["reached"]["global_step"] - session["from"]["global_step"], session["seconds"]
+    else:
+        steps, seconds = position["global_step"] - session["from"]["global_step"], saved_at - parse_utc(session["started"])
+    return seconds / steps if steps > 0 and seconds > 0 else None
+
+
+def parse_utc(text: str) -> float:
+    return calendar.timegm(time.strptime(text, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+def duration(seconds: float) -> str:
+    """`2 h 05 min`, `7 min`, `40 s`."""
+    minutes = round(seconds / 60)
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+# ---------------------------------------------------------------- what the command prints
+
+
+def status_lines(status: RunStatus) -> list[str]:
+    """The run's status: a first line with its state, indented lines with the facts behind it."""
+    if status.state == "finished":
+        return finished_lines(status)
+    first = {"training": f"training: {status.holder}", "lost": f"lost: {status.outcome}",
+             "stopped": f"stopped ({status.outcome})", "not started": "no checkpoint yet"}[status.state]
+    lines = [f"{status.path}: {first}"]
+    if status.position:
+        lines.append(f"  at {where(status)}, saved {status.saved}")
+    if status.last_evaluation:
+        lines.append(f"  last evaluation: {evaluation(status.last_evaluation)}")
+    if status.seconds_per_step is not None:
+        session = "this session" if status.state == "training" else "its last session"
+        left = status.seconds_left
+        lines.append(f"  {status.seconds_per_step:.2f} s a step over {session}"
+                     + ("" if left is None else f"; {duration(left)} left at that pace"))
+    if status.state in ("stopped", "lost"):
+        lines.append(f"  glmc train --resume {status.path} goes on from there")
+    return lines
+
+
+def where(status: RunStatus) -> str:
+    """`epoch 105 of 520, step 14 of 24 (2,510 of 12,480 steps, 20.1%)`, or `the end of epoch 104 of 520 (...)`."""
+    position, per_epoch, total = status.position, status.steps_per_epoch, status.total_steps
+    if position["step"] == 0:
+        place = f"the end of epoch {position['epoch']} of {status.epochs}"
+    else:
+        place = f"epoch {position['epoch'] + 1} of {status.epochs}, step {position['step']}"
+        place += f" of {per_epoch}" if per_epoch else ""
+    if total is None:
+        return f"{place} ({position['global_step']:,} steps; how many an epoch has is known once the first ends)"
+    return f"{place} ({position['global_step']:,} of {total:,} steps, {100 * position['global_step'] / total:.1f}%)"
+
+
+def evaluation(record: dict) -> str:
+    if record.get("top1") is None:
+        return f"epoch {record['epoch']}, validation top-1 {record['val']['top1']:.2f}"
+    return f"epoch {record['epoch']}, top-1 {record['top1']:.2f} ({format_shots(record)})"
+
+
+def finished_lines(status: RunStatus) -> list[str]:
+    summary = status.summary
+    final, best = summary["final"], summary["best"]
+    lines = [f"{status.path}: finished, {summary['epochs']} epochs in {duration(summary['wall_seconds'])}"
+             f" ({status.sessions} session{'s' if status.sessions != 1 else ''})"]
+    if final.get("top1") is not None:
+        lines.append(f"  final: top-1 {final['top1']:.2f} ({format_shots(final)})")
+        lines.append(f"  best: top-1 {best['top1']:.2f} at epoch {best['epoch']} ({selection_set(best)}-selected)")
+    return lines
+
+
+def status_json(status: RunStatus) -> str:
+    return json.dumps({**asdict(status), "total_steps": status.total_steps, "seconds_left": status.seconds_left})

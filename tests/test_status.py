@@ -1,0 +1,122 @@
+"""`glmc status`: finished, training, stopped or lost; the position, the pace and the time left."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from glmc import status
+from glmc.cli import main
+from glmc.config import build_config
+from glmc.lock import take
+from glmc.rundir import RunFolder, utc
+from glmc.trainer import train
+
+from conftest import refusal
+
+STEPS_PER_EPOCH = 20  # synthetic-lt at the default batch
+STOP_AT = 25  # steps: epoch 2, step 5
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """Three epochs of a tiny run, stopped by train.max_steps five steps into the second."""
+    output = tmp_path_factory.mktemp("stopped")
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "3",
+                                 "train.device": "cpu", "train.max_steps": str(STOP_AT)})
+    train(config, output, quiet=True)
+    return output
+
+
+def copy_of(run, tmp_path, name="run"):
+    copy = tmp_path / name
+    shutil.copytree(run, copy)
+    return copy
+
+
+def rewrite_last_session(run, change):
+    sessions = RunFolder(run).read_sessions()
+    sessions[-1] = change(sessions[-1])
+    (run / "sessions.jsonl").write_text("".join(json.dumps(session) + "\n" for session in sessions))
+
+
+def test_a_run_stopped_by_max_steps_is_not_finished_and_says_where_it_stands(stopped_run):
+    run = status.run_status(stopped_run)
+    assert run.state == "stopped" and run.outcome == status.MAX_STEPS_REACHED
+    assert run.position == {"epoch": 1, "step": 5, "global_step": STOP_AT}
+    assert run.steps_per_epoch == STEPS_PER_EPOCH and run.total_steps == 3 * STEPS_PER_EPOCH
+    session = RunFolder(stopped_run).read_sessions()[-1]
+    assert run.seconds_per_step == pytest.approx(session["seconds"] / STOP_AT)
+    assert run.seconds_left == pytest.approx((3 * STEPS_PER_EPOCH - STOP_AT) * session["seconds"] / STOP_AT)
+    lines = status.status_lines(run)
+    assert lines[0] == f"{stopped_run}: stopped (train.max_steps reached)"
+    assert lines[1].startswith("  at epoch 2 of 3, step 5 of 20 (25 of 60 steps, 41.7%), saved 20")
+    assert lines[-1] == f"  glmc train --resume {stopped_run} goes on from there"
+
+
+def test_a_run_stopped_by_a_signal_and_one_whose_end_was_never_recorded(stopped_run, tmp_path):
+    stopped = copy_of(stopped_run, tmp_path, "sigterm")
+    (stopped / "summary.json").unlink()
+    rewrite_last_session(stopped, lambda session: {**session, "outcome": "SIGTERM"})
+    assert status.status_lines(status.run_status(stopped))[0] == f"{stopped}: stopped (SIGTERM)"
+
+    lost = copy_of(stopped, tmp_path, "lost")
+    rewrite_last_session(lost, lambda session: {key: session[key] for key in ("session", "started", "from")})
+    run = status.run_status(lost)
+    assert run.state == "lost" and run.position["global_step"] == STOP_AT
+    assert "killed without a signal, or its machine was lost" in status.status_lines(run)[0]
+
+
+def test_a_run_in_training_gives_its_holder_and_the_pace_of_its_session(stopped_run, tmp_path):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    saved = (run_dir / "checkpoint_last.pt").stat().st_mtime
+    # a session that began at step 20 of the run, 10 s before it wrote the checkpoint at step 25: 2 s a step
+    rewrite_last_session(run_dir, lambda session: {"session": session["session"], "started": utc(saved - 10),
+                                                   "from": {"epoch": 1, "step": 0, "global_step": 20}})
+    os.utime(run_dir / "checkpoint_last.pt", (saved, saved))
+    lease = take(run_dir, command="glmc train --resume run")
+    try:
+        run = status.run_status(run_dir)
+    finally:
+        lease.release()
+    assert run.state == "training" and f"process {os.getpid()}" in run.holder
+    assert run.seconds_per_step == pytest.approx(2.0, abs=0.21)  # the session's start is whole seconds
+    lines = status.status_lines(run)
+    assert lines[0] == f"{run_dir}: training: {run.holder}"
+    assert lines[-1].startswith("  2.") and lines[-1].endswith(" s a step over this session; 1 min left at that pace")
+    assert status.run_status(run_dir).state == "lost"  # the lease released, the session never ended
+
+
+def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):
+    assert main(["status", str(tiny_run)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert out[0].startswith(f"{tiny_run}: finished, 2 epochs in ") and out[0].endswith("(1 session)")
+    assert out[1].startswith(f"  final: top-1 {summary['final']['top1']:.2f} (many ")
+    assert out[2] == f"  best: top-1 {summary['best']['top1']:.2f} at epoch {summary['best']['epoch']} (test-selected)"
+
+    assert main(["status", str(tiny_run), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["state"] == "finished" and record["seconds_left"] is None and record["position"]["epoch"] == 2
+
+
+def test_a_run_before_its_first_checkpoint(stopped_run, tmp_path):
+    run_dir = tmp_path / "new"
+    run_dir.mkdir()
+    shutil.copy(stopped_run / "config.yaml", run_dir)
+    run = status.run_status(run_dir)
+    assert run.state == "not started" and status.status_lines(run) == [f"{run_dir}: no checkpoint yet"]
+
+
+def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):
+    assert "run folder not found" in refusal(capsys, "status", str(tmp_path / "missing"))
+    assert "holds no glmc run (no config.yaml)" in refusal(capsys, "status", str(tmp_path))
+
+
+@pytest.mark.parametrize("seconds, text", [(40, "40 s"), (420, "7 min"), (7500, "2 h 05 min"), (36000, "10 h 00 min")])
+def test_durations_read_as_hours_and_minutes(seconds, text):
+    assert status.duration(seconds) == text
