@@ -63,6 +63,15 @@ def test_a_run_stopped_by_a_signal_and_one_whose_end_was_never_recorded(stopped_
     rewrite_last_session(stopped, lambda session: {**session, "outcome": "SIGTERM"})
     assert status.status_lines(status.run_status(stopped))[0] == f"{stopped}: stopped (SIGTERM)"
 
+    records_only = copy_of(stopped, tmp_path, "records-only")  # a run's records kept without its checkpoints
+    for checkpoint in records_only.glob("*.pt*"):
+        checkpoint.unlink()
+    run = status.run_status(records_only)
+    assert run.state == "stopped" and run.position["global_step"] == STOP_AT and run.saved is None
+    lines = status.status_lines(run)
+    assert lines[1].endswith("by its sessions.jsonl: the folder holds no checkpoint")
+    assert not any("--resume" in line for line in lines)
+
     lost = copy_of(stopped, tmp_path, "lost")
     rewrite_last_session(lost, lambda session: {key: session[key] for key in ("session", "started", "from")})
     run = status.run_status(lost)
@@ -112,9 +121,14 @@ def test_a_run_before_its_first_checkpoint(stopped_run, tmp_path):
     assert run.state == "not started" and status.status_lines(run) == [f"{run_dir}: no checkpoint yet"]
 
 
-def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):
+def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, tiny_run, capsys):
     assert "run folder not found" in refusal(capsys, "status", str(tmp_path / "missing"))
     assert "holds no glmc run (no config.yaml)" in refusal(capsys, "status", str(tmp_path))
+
+    assert main(["status", str(tmp_path), str(tiny_run)]) == 2  # the runs after it are still shown
+    out, err = capsys.readouterr()
+    assert err == f"glmc: error: {tmp_path} holds no glmc run (no config.yaml)\n"
+    assert out.startswith(f"{tiny_run}: finished")
 
 
 @pytest.mark.parametrize("seconds, text", [(40, "40 s"), (420, "7 min"), (7500, "2 h 05 min"), (36000, "10 h 00 min")])

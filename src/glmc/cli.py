@@ -348,10 +348,17 @@ def add_status_command(commands: argparse._SubParsersAction) -> None:
 
 
 def run_status(args: argparse.Namespace) -> int:
+    """Each folder's status; one that holds no run is an error line, and the others are still shown."""
+    refused = False
     for run_dir in args.runs:
-        run = status.run_status(run_dir)
+        try:
+            run = status.run_status(run_dir)
+        except GlmcError as error:
+            print(f"glmc: error: {error}", file=sys.stderr, flush=True)
+            refused = True
+            continue
         print(status.status_json(run) if args.json else "\n".join(status.status_lines(run)), flush=True)
-    return 0
+    return 2 if refused else 0
 
 
 def add_compare_command(commands: argparse._SubParsersAction) -> None:

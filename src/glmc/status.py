@@ -37,9 +37,9 @@ class RunStatus:
     path: str
     state: str  # one of STATES
     epochs: int  # the run's train.epochs
-    position: dict | None = None  # epoch, step, global_step of its last checkpoint (or of its summary)
+    position: dict | None = None  # epoch, step, global_step of its last checkpoint (its summary's, its last session's)
     steps_per_epoch: int | None = None  # None before its first epoch ends
-    saved: str | None = None  # UTC, when that checkpoint was written
+    saved: str | None = None  # UTC, when that checkpoint was written; None where the folder holds none
     holder: str | None = None  # the process training it
     outcome: str | None = None  # how its last session ended (stopped) or that it never recorded an end (lost)
     sessions: int = 0
@@ -76,19 +76,20 @@ def run_status(path: str | Path) -> RunStatus:
         position = {"epoch": summary["epochs"], "step": 0, "global_step": summary["steps"]}
         return RunStatus(state="finished", position=position, summary=summary, **common)
     holder = live_holder(folder)
-    checkpoint = last_checkpoint(folder)
-    if checkpoint is None:
-        return RunStatus(state="training" if holder else "not started", holder=holder, **common)
-    position, saved_at = checkpoint
     last = sessions[-1] if sessions else {}
+    checkpoint = last_checkpoint(folder)
+    if checkpoint is None and not last:
+        return RunStatus(state="training" if holder else "not started", holder=holder, **common)
+    position, saved_at = checkpoint or (last.get("reached", last.get("from")), None)
     if holder:
         state, outcome = "training", None
-    elif sessions and "ended" not in last:
+    elif "ended" not in last:
         state, outcome = "lost", "its last session recorded no end: killed without a signal, or its machine was lost"
     else:  # a session that ended "finished" without every epoch trained stopped at train.max_steps
         state, outcome = "stopped", MAX_STEPS_REACHED if last.get("outcome") == "finished" else last.get("outcome")
-    return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position), saved=utc(saved_at),
-                     holder=holder, outcome=outcome, seconds_per_step=session_pace(last, position, saved_at), **common)
+    return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position),
+                     saved=None if saved_at is None else utc(saved_at), holder=holder, outcome=outcome,
+                     seconds_per_step=session_pace(last, position, saved_at), **common)
 
 
 def trained_every_epoch(summary: dict, records: list[dict]) -> bool:
@@ -126,12 +127,14 @@ def steps_per_epoch(position: dict) -> int | None:
     return (global_step - step) // epoch if epoch > 0 else None
 
 
-def session_pace(session: dict, position: dict, saved_at: float) -> float | None:
+def session_pace(session: dict, position: dict, saved_at: float | None) -> float | None:
     """Seconds a step over `session`: from its start to its end, or (running) to the checkpoint it last wrote."""
     if not session or "from" not in session:
         return None
     if "ended" in session:
         steps, seconds = session["reached"]["global_step"] - session["from"]["global_step"], session["seconds"]
+    elif saved_at is None:
+        return None
     else:
         steps, seconds = position["global_step"] - session["from"]["global_step"], saved_at - parse_utc(session["started"])
     return seconds / steps if steps > 0 and seconds > 0 else None
@@ -160,7 +163,8 @@ def status_lines(status: RunStatus) -> list[str]:
              "stopped": f"stopped ({status.outcome})", "not started": "no checkpoint yet"}[status.state]
     lines = [f"{status.path}: {first}"]
     if status.position:
-        lines.append(f"  at {where(status)}, saved {status.saved}")
+        saved = f"saved {status.saved}" if status.saved else "by its sessions.jsonl: the folder holds no checkpoint"
+        lines.append(f"  at {where(status)}, {saved}")
     if status.last_evaluation:
         lines.append(f"  last evaluation: {evaluation(status.last_evaluation)}")
     if status.seconds_per_step is not None:
@@ -168,7 +172,7 @@ def status_lines(status: RunStatus) -> list[str]:
         left = status.seconds_left
         lines.append(f"  {status.seconds_per_step:.2f} s a step over {session}"
                      + ("" if left is None else f"; {duration(left)} left at that pace"))
-    if status.state in ("stopped", "lost"):
+    if status.state in ("stopped", "lost") and status.saved:
         lines.append(f"  glmc train --resume {status.path} goes on from there")
     return lines
 
@@ -195,8 +199,8 @@ def evaluation(record: dict) -> str:
 def finished_lines(status: RunStatus) -> list[str]:
     summary = status.summary
     final, best = summary["final"], summary["best"]
-    lines = [f"{status.path}: finished, {summary['epochs']} epochs in {duration(summary['wall_seconds'])}"
-             f" ({status.sessions} session{'s' if status.sessions != 1 else ''})"]
+    sessions = f" ({status.sessions} session{'s' if status.sessions != 1 else ''})" if status.sessions else ""
+    lines = [f"{status.path}: finished, {summary['epochs']} epochs in {duration(summary['wall_seconds'])}{sessions}"]
     if final.get("top1") is not None:
         lines.append(f"  final: top-1 {final['top1']:.2f} ({format_shots(final)})")
         lines.append(f"  best: top-1 {best['top1']:.2f} at epoch {best['epoch']} ({selection_set(best)}-selected)")
