@@ -340,7 +340,8 @@ def load_run(path: str | os.PathLike) -> RunRecord:
     if not folder.is_dir():
         raise GlmcError(f"run folder not found: {folder}")
     if not (folder / SUMMARY_FILE).is_file():
-        raise GlmcError(f"{folder} holds no finished run (no {SUMMARY_FILE}; it is written when training ends)")
+        raise GlmcError(f"{folder} holds no finished run (no {SUMMARY_FILE}; it is written when training ends): "
+                         f"glmc status {folder} says where it stands")
     summary = read_json(folder / SUMMARY_FILE)
     if not isinstance(summary, dict) or not {"final", "best", "dataset", "method"} <= set(summary):
         raise GlmcError(f"{folder / SUMMARY_FILE} is not a glmc run summary")
