@@ -124,6 +124,10 @@ def test_a_run_before_its_first_checkpoint(stopped_run, tmp_path):
 def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, tiny_run, capsys):
     assert "run folder not found" in refusal(capsys, "status", str(tmp_path / "missing"))
     assert "holds no glmc run (no config.yaml)" in refusal(capsys, "status", str(tmp_path))
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.yaml").write_text("train: [not, a, mapping")
+    assert "config.yaml is not a glmc run config (no train.epochs)" in refusal(capsys, "status", str(broken))
 
     assert main(["status", str(tmp_path), str(tiny_run)]) == 2  # the runs after it are still shown
     out, err = capsys.readouterr()

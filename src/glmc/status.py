@@ -65,11 +65,10 @@ def run_status(path: str | Path) -> RunStatus:
         raise GlmcError(f"run folder not found: {folder}")
     if not (folder / CONFIG_FILE).is_file():
         raise GlmcError(f"{folder} holds no glmc run (no {CONFIG_FILE})")
-    config = yaml.safe_load(read_text(folder / CONFIG_FILE))
     sessions = RunFolder(folder).read_sessions()
     metrics = folder / METRICS_FILE
     records = read_records(metrics) if metrics.is_file() else []
-    common = dict(path=str(path), epochs=int(config["train"]["epochs"]), sessions=len(sessions),
+    common = dict(path=str(path), epochs=planned_epochs(folder / CONFIG_FILE), sessions=len(sessions),
                   last_evaluation=records[-1] if records else None)
     summary = read_json(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).is_file() else None
     if summary is not None and trained_every_epoch(summary, records):
@@ -90,6 +89,14 @@ def run_status(path: str | Path) -> RunStatus:
     return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position),
                      saved=None if saved_at is None else utc(saved_at), holder=holder, outcome=outcome,
                      seconds_per_step=session_pace(last, position, saved_at), **common)
+
+
+def planned_epochs(config_file: Path) -> int:
+    """The run's train.epochs, from its config.yaml."""
+    try:
+        return int(yaml.safe_load(read_text(config_file))["train"]["epochs"])
+    except (yaml.YAMLError, KeyError, TypeError, ValueError):
+        raise GlmcError(f"{config_file} is not a glmc run config (no train.epochs)") from None
 
 
 def trained_every_epoch(summary: dict, records: list[dict]) -> bool:
