@@ -113,6 +113,15 @@ def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):
     assert record["state"] == "finished" and record["seconds_left"] is None and record["position"]["epoch"] == 2
 
 
+def test_a_damaged_last_checkpoint_gives_the_position_of_the_one_before_it(stopped_run, tmp_path, capsys):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    (run_dir / "checkpoint_last.pt").write_bytes(b"damaged")
+    run = status.run_status(run_dir)
+    assert run.position == {"epoch": 1, "step": 0, "global_step": STEPS_PER_EPOCH}  # the end of the first epoch
+    assert "does not match its SHA-256" in capsys.readouterr().err  # said, as a resume would say it
+
+
 def test_a_run_before_its_first_checkpoint(stopped_run, tmp_path):
     run_dir = tmp_path / "new"
     run_dir.mkdir()

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from glmc.checkpoint import load_latest_good, previous_path
+from glmc.checkpoint import CorruptCheckpoint, load_checkpoint, load_latest_good, previous_path
 from glmc.errors import GlmcError
 from glmc.lock import LOCK_FILE, gone_because, read_holder
 from glmc.metrics import format_shots
@@ -114,19 +114,23 @@ def live_holder(folder: Path) -> str | None:
 
 def last_checkpoint(folder: Path) -> tuple[dict, float] | None:
     """The position of the run's last good checkpoint and when it was written; None before its first."""
+    if not RunFolder(folder).has_checkpoint():
+        return None
     path = folder / LAST_CHECKPOINT
-    for _ in range(3):  # the writer may replace it between our reading the file and its checksum
-        if not RunFolder(folder).has_checkpoint():
-            return None
+    for _ in range(3):  # a writer replacing the file and its checksum between our two reads: read again
         try:
-            saved_at = path.stat().st_mtime if path.exists() else None
-            state = load_latest_good(path)["state"]
-        except GlmcError:
+            saved_at = path.stat().st_mtime
+            return checkpoint_position(load_checkpoint(path)), saved_at
+        except CorruptCheckpoint:
             time.sleep(0.2)
-            continue
-        position = {key: int(state[key]) for key in ("epoch", "step", "global_step")}
-        return position, saved_at if saved_at is not None else previous_path(path).stat().st_mtime
-    raise GlmcError(f"cannot read {path}: damaged, and so is the checkpoint it replaced")
+        except (FileNotFoundError, GlmcError):
+            break
+    checkpoint = load_latest_good(path)  # damaged or missing, as a resume would find it: the previous one, with a warning
+    return checkpoint_position(checkpoint), previous_path(path).stat().st_mtime
+
+
+def checkpoint_position(checkpoint: dict) -> dict:
+    return {key: int(checkpoint["state"][key]) for key in ("epoch", "step", "global_step")}
 
 
 def steps_per_epoch(position: dict) -> int | None:
