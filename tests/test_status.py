@@ -79,25 +79,40 @@ def test_a_run_stopped_by_a_signal_and_one_whose_end_was_never_recorded(stopped_
     assert "killed without a signal, or its machine was lost" in status.status_lines(run)[0]
 
 
+def write_sessions(run, sessions):
+    (run / "sessions.jsonl").write_text("".join(json.dumps(session) + "\n" for session in sessions))
+
+
 def test_a_run_in_training_gives_its_holder_and_the_pace_of_its_session(stopped_run, tmp_path):
     run_dir = copy_of(stopped_run, tmp_path)
     (run_dir / "summary.json").unlink()
     saved = (run_dir / "checkpoint_last.pt").stat().st_mtime
-    # a session that began at step 20 of the run, 10 s before it wrote the checkpoint at step 25: 2 s a step
-    rewrite_last_session(run_dir, lambda session: {"session": session["session"], "started": utc(saved - 10),
-                                                   "from": {"epoch": 1, "step": 0, "global_step": 20}})
-    os.utime(run_dir / "checkpoint_last.pt", (saved, saved))
+    # a session that began at step 5 of the run, 10 s before it wrote the checkpoint at step 25: 0.5 s a step
+    write_sessions(run_dir, [{"session": 1, "started": utc(saved - 10), "from": {"epoch": 0, "step": 5, "global_step": 5}}])
     lease = take(run_dir, command="glmc train --resume run")
     try:
         run = status.run_status(run_dir)
     finally:
         lease.release()
     assert run.state == "training" and f"process {os.getpid()}" in run.holder
-    assert run.seconds_per_step == pytest.approx(2.0, abs=0.21)  # the session's start is whole seconds
+    assert run.seconds_per_step == pytest.approx(0.5, abs=0.06) and run.pace_session == 1  # its start: whole seconds
     lines = status.status_lines(run)
     assert lines[0] == f"{run_dir}: training: {run.holder}"
-    assert lines[-1].startswith("  2.") and lines[-1].endswith(" s a step over this session; 1 min left at that pace")
+    assert lines[-1].startswith("  0.5") and lines[-1].endswith(" s a step over session 1 (this one); 18 s left at that pace")
     assert status.run_status(run_dir).state == "lost"  # the lease released, the session never ended
+
+
+def test_a_session_just_begun_takes_its_pace_from_the_last_that_trained_an_epoch(stopped_run, tmp_path):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    saved = (run_dir / "checkpoint_last.pt").stat().st_mtime
+    write_sessions(run_dir, [  # 20 steps in 40 s, then 5 steps (less than an epoch's 20) in 50 s, start-up mostly
+        {"session": 1, "started": utc(saved - 200), "from": {"epoch": 0, "step": 0, "global_step": 0},
+         "ended": utc(saved - 160), "seconds": 40.0, "reached": {"epoch": 1, "step": 0, "global_step": 20}, "outcome": "SIGTERM"},
+        {"session": 2, "started": utc(saved - 50), "from": {"epoch": 1, "step": 0, "global_step": 20}}])
+    run = status.run_status(run_dir)
+    assert run.state == "lost" and run.seconds_per_step == 2.0 and run.pace_session == 1
+    assert "  2.00 s a step over session 1; 1 min left at that pace" in status.status_lines(run)
 
 
 def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):
@@ -111,6 +126,21 @@ def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):
     assert main(["status", str(tiny_run), "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["state"] == "finished" and record["seconds_left"] is None and record["position"]["epoch"] == 2
+
+
+def test_the_best_evaluation_so_far_is_shown_where_it_is_not_the_last(stopped_run, tmp_path):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    shots = {"many": 60.0, "medium": 30.0, "few": None}
+    records = [{"epoch": 1, "top1": 50.0, **shots}, {"epoch": 2, "top1": 40.0, **shots}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    lines = status.status_lines(status.run_status(run_dir))
+    assert "  last evaluation: epoch 2, top-1 40.00 (many 60.00 / medium 30.00 / few -)" in lines
+    assert "  best so far: epoch 1, top-1 50.00 (many 60.00 / medium 30.00 / few -) (test-selected)" in lines
+
+    records[1]["top1"] = 55.0  # the last is the best: one line
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    assert not any("best so far" in line for line in status.status_lines(status.run_status(run_dir)))
 
 
 def test_a_damaged_last_checkpoint_gives_the_position_of_the_one_before_it(stopped_run, tmp_path, capsys):

@@ -4,7 +4,7 @@ A run is *finished* (its summary.json), *training* (a live process holds its fol
 (its last session recorded how it ended: a signal, an error) or *lost* (its last session never
 recorded an end: killed without a signal, or its machine went away). Its position is its last
 checkpoint's, read as `glmc eval` reads one: without the folder's lease, so never in a writer's
-way. Its pace is the seconds its current session (or, once stopped, its last one) took per step,
+way. Its pace is the seconds a step of its latest session that trained an epoch or more (`run_pace`),
 evaluations and start-up included; the time left is the steps left at that pace.
 """
 
@@ -22,7 +22,7 @@ from glmc.checkpoint import CorruptCheckpoint, load_checkpoint, load_latest_good
 from glmc.errors import GlmcError
 from glmc.lock import LOCK_FILE, gone_because, read_holder
 from glmc.metrics import format_shots
-from glmc.records import selection_set
+from glmc.records import selection_score, selection_set
 from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, RunFolder, read_json, read_records,
                          read_text, utc)
 
@@ -43,8 +43,10 @@ class RunStatus:
     holder: str | None = None  # the process training it
     outcome: str | None = None  # how its last session ended (stopped) or that it never recorded an end (lost)
     sessions: int = 0
-    seconds_per_step: float | None = None  # its current or last session's pace
+    seconds_per_step: float | None = None  # its pace (`run_pace`)
+    pace_session: int | None = None  # the session of sessions.jsonl that pace was measured over
     last_evaluation: dict | None = None  # its last metrics.jsonl record
+    best_evaluation: dict | None = None  # its best so far (glmc.records.selection_score: test top-1, or validation)
     summary: dict | None = None  # finished runs
 
     @property
@@ -69,7 +71,8 @@ def run_status(path: str | Path) -> RunStatus:
     metrics = folder / METRICS_FILE
     records = read_records(metrics) if metrics.is_file() else []
     common = dict(path=str(path), epochs=planned_epochs(folder / CONFIG_FILE), sessions=len(sessions),
-                  last_evaluation=records[-1] if records else None)
+                  last_evaluation=records[-1] if records else None,
+                  best_evaluation=max(records, key=selection_score) if records else None)
     summary = read_json(folder / SUMMARY_FILE) if (folder / SUMMARY_FILE).is_file() else None
     if summary is not None and trained_every_epoch(summary, records):
         position = {"epoch": summary["epochs"], "step": 0, "global_step": summary["steps"]}
@@ -86,9 +89,10 @@ def run_status(path: str | Path) -> RunStatus:
         state, outcome = "lost", "its last session recorded no end: killed without a signal, or its machine was lost"
     else:  # a session that ended "finished" without every epoch trained stopped at train.max_steps
         state, outcome = "stopped", MAX_STEPS_REACHED if last.get("outcome") == "finished" else last.get("outcome")
+    seconds_per_step, pace_session = run_pace(sessions, position, saved_at)
     return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position),
                      saved=None if saved_at is None else utc(saved_at), holder=holder, outcome=outcome,
-                     seconds_per_step=session_pace(last, position, saved_at), **common)
+                     seconds_per_step=seconds_per_step, pace_session=pace_session, **common)
 
 
 def planned_epochs(config_file: Path) -> int:
@@ -138,17 +142,24 @@ def steps_per_epoch(position: dict) -> int | None:
     return (global_step - step) // epoch if epoch > 0 else None
 
 
-def session_pace(session: dict, position: dict, saved_at: float | None) -> float | None:
-    """Seconds a step over `session`: from its start to its end, or (running) to the checkpoint it last wrote."""
-    if not session or "from" not in session:
-        return None
+def run_pace(sessions: list[dict], position: dict, saved_at: float | None) -> tuple[float | None, int | None]:
+    """Seconds a step, and the session they were measured over: the latest one that trained an epoch's steps or
+    more (a session just begun is mostly its start-up), else the latest that trained any."""
+    paces = [(steps, seconds, session["session"]) for session in reversed(sessions)
+             for steps, seconds in [session_span(session, position, saved_at)] if steps > 0 and seconds > 0]
+    per_epoch = steps_per_epoch(position) or 1
+    steps, seconds, session = next((pace for pace in paces if pace[0] >= per_epoch), paces[0] if paces else (0, 0, None))
+    return (seconds / steps if steps else None), session
+
+
+def session_span(session: dict, position: dict, saved_at: float | None) -> tuple[int, float]:
+    """The steps a session trained and the seconds they took: from its start to its end, or (running, or lost) to
+    the last checkpoint it wrote."""
     if "ended" in session:
-        steps, seconds = session["reached"]["global_step"] - session["from"]["global_step"], session["seconds"]
-    elif saved_at is None:
-        return None
-    else:
-        steps, seconds = position["global_step"] - session["from"]["global_step"], saved_at - parse_utc(session["started"])
-    return seconds / steps if steps > 0 and seconds > 0 else None
+        return session["reached"]["global_step"] - session["from"]["global_step"], session["seconds"]
+    if saved_at is None or "from" not in session:
+        return 0, 0.0
+    return position["global_step"] - session["from"]["global_step"], saved_at - parse_utc(session["started"])
 
 
 def parse_utc(text: str) -> float:
@@ -178,11 +189,14 @@ def status_lines(status: RunStatus) -> list[str]:
         lines.append(f"  at {where(status)}, {saved}")
     if status.last_evaluation:
         lines.append(f"  last evaluation: {evaluation(status.last_evaluation)}")
+    if status.best_evaluation and status.best_evaluation is not status.last_evaluation:
+        chosen_on = "validation" if "val" in status.best_evaluation else "test"
+        lines.append(f"  best so far: {evaluation(status.best_evaluation)} ({chosen_on}-selected)")
     if status.seconds_per_step is not None:
-        session = "this session" if status.state == "training" else "its last session"
+        current = status.pace_session == status.sessions and status.state == "training"
         left = status.seconds_left
-        lines.append(f"  {status.seconds_per_step:.2f} s a step over {session}"
-                     + ("" if left is None else f"; {duration(left)} left at that pace"))
+        lines.append(f"  {status.seconds_per_step:.2f} s a step over session {status.pace_session}"
+                     + (" (this one)" if current else "") + ("" if left is None else f"; {duration(left)} left at that pace"))
     if status.state in ("stopped", "lost") and status.saved:
         lines.append(f"  glmc train --resume {status.path} goes on from there")
     return lines
