@@ -152,6 +152,15 @@ def test_a_damaged_last_checkpoint_gives_the_position_of_the_one_before_it(stopp
     assert "does not match its SHA-256" in capsys.readouterr().err  # said, as a resume would say it
 
 
+def test_a_finished_run_never_tested_gives_its_validation_figures():
+    final = {"epoch": 4, "top1": None, "val": {"top1": 61.25, "balanced": 58.5}}
+    summary = {"epochs": 4, "wall_seconds": 90.0, "final": final, "best": {**final, "label": "best epoch, selected on "
+                                                                                       "the validation set"}}
+    lines = status.status_lines(status.RunStatus(path="trial-3", state="finished", epochs=4, summary=summary, sessions=1))
+    assert lines == ["trial-3: finished, 4 epochs in 2 min (1 session)",
+                     "  final: validation top-1 61.25, balanced 58.50 (the test set was not evaluated)"]
+
+
 def test_a_run_before_its_first_checkpoint(stopped_run, tmp_path):
     run_dir = tmp_path / "new"
     run_dir.mkdir()

@@ -147,13 +147,13 @@ def test_in_a_log_file_each_epoch_left_unevaluated_gets_a_progress_line_on_stder
     # under pytest stderr is not a terminal, as in a log file: no progress bar, so a line per epoch takes its place
     every_folder, _ = straight_run
     every = [json.loads(line) for line in (every_folder / "metrics.jsonl").read_text().splitlines()]
-    train(tiny_config(train__eval_every=3), tmp_path / "sparse")
+    train(tiny_config(train__eval_every=3, train__max_steps=41), tmp_path / "sparse")  # 20 steps an epoch
     out, err = capsys.readouterr()
     expected = [f"epoch   {r['epoch']}/3  loss {r['losses']['loss']:.4f}  lr {r['lr']:.5f}  " for r in every[:2]]
     assert [line[:len(expected[0])] for line in err.splitlines()] == expected  # the same run evaluated each epoch
     assert [line.split("  loss")[0] for line in out.splitlines() if line.startswith("epoch")] == ["epoch   3/3"]
 
-    train(tiny_config(train__eval_every=3), tmp_path / "quiet", quiet=True)
+    train(tiny_config(train__eval_every=3, train__max_steps=21), tmp_path / "quiet", quiet=True)
     assert capsys.readouterr().err == ""
 
 

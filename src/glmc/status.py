@@ -229,6 +229,9 @@ def finished_lines(status: RunStatus) -> list[str]:
     if final.get("top1") is not None:
         lines.append(f"  final: top-1 {final['top1']:.2f} ({format_shots(final)})")
         lines.append(f"  best: top-1 {best['top1']:.2f} at epoch {best['epoch']} ({selection_set(best)}-selected)")
+    elif final.get("val"):  # eval.test=false, as glmc tune's trials: the validation set alone
+        lines.append(f"  final: validation top-1 {final['val']['top1']:.2f}, balanced {final['val']['balanced']:.2f}"
+                     " (the test set was not evaluated)")
     return lines
 
 
