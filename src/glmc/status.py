@@ -145,11 +145,16 @@ def steps_per_epoch(position: dict) -> int | None:
 def run_pace(sessions: list[dict], position: dict, saved_at: float | None) -> tuple[float | None, int | None]:
     """Seconds a step, and the session they were measured over: the latest one that trained an epoch's steps or
     more (a session just begun is mostly its start-up), else the latest that trained any."""
-    paces = [(steps, seconds, session["session"]) for session in reversed(sessions)
-             for steps, seconds in [session_span(session, position, saved_at)] if steps > 0 and seconds > 0]
+    paces = []  # (steps, seconds, session number), latest first
+    for session in reversed(sessions):
+        steps, seconds = session_span(session, position, saved_at)
+        if steps > 0 and seconds > 0:
+            paces.append((steps, seconds, session["session"]))
+    if not paces:
+        return None, None
     per_epoch = steps_per_epoch(position) or 1
-    steps, seconds, session = next((pace for pace in paces if pace[0] >= per_epoch), paces[0] if paces else (0, 0, None))
-    return (seconds / steps if steps else None), session
+    steps, seconds, number = next((pace for pace in paces if pace[0] >= per_epoch), paces[0])
+    return seconds / steps, number
 
 
 def session_span(session: dict, position: dict, saved_at: float | None) -> tuple[int, float]:
