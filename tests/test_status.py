@@ -86,19 +86,20 @@ def write_sessions(run, sessions):
 def test_a_run_in_training_gives_its_holder_and_the_pace_of_its_session(stopped_run, tmp_path):
     run_dir = copy_of(stopped_run, tmp_path)
     (run_dir / "summary.json").unlink()
-    saved = (run_dir / "checkpoint_last.pt").stat().st_mtime
-    # a session that began at step 5 of the run, 10 s before it wrote the checkpoint at step 25: 0.5 s a step
-    write_sessions(run_dir, [{"session": 1, "started": utc(saved - 10), "from": {"epoch": 0, "step": 5, "global_step": 5}}])
+    saved = float(int((run_dir / "checkpoint_last.pt").stat().st_mtime))  # whole seconds, as sessions.jsonl writes them
+    os.utime(run_dir / "checkpoint_last.pt", (saved, saved))
+    # a session that began at step 5 of the run, 12 s before it wrote the checkpoint at step 25: 0.6 s a step
+    write_sessions(run_dir, [{"session": 1, "started": utc(saved - 12), "from": {"epoch": 0, "step": 5, "global_step": 5}}])
     lease = take(run_dir, command="glmc train --resume run")
     try:
         run = status.run_status(run_dir)
     finally:
         lease.release()
     assert run.state == "training" and f"process {os.getpid()}" in run.holder
-    assert run.seconds_per_step == pytest.approx(0.5, abs=0.06) and run.pace_session == 1  # its start: whole seconds
+    assert run.seconds_per_step == pytest.approx(0.6) and run.pace_session == 1
     lines = status.status_lines(run)
     assert lines[0] == f"{run_dir}: training: {run.holder}"
-    assert lines[-1].startswith("  0.5") and lines[-1].endswith(" s a step over session 1 (this one); 18 s left at that pace")
+    assert lines[-1] == "  0.60 s a step over session 1 (this one); 21 s left at that pace"  # 35 steps left
     assert status.run_status(run_dir).state == "lost"  # the lease released, the session never ended
 
 
