@@ -8,14 +8,19 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from glmc import plots, report
 from glmc.cli import main
+from glmc.config import build_config
 from glmc.lock import take
 from glmc.rundir import BEST_ON_VALIDATION_LABEL, load_run
 from glmc.shots import STANDARD
+from glmc.trainer import train
+
+from conftest import refusal
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 RUN_PICTURES = {"learning_curves.png", "per_class.png", "reliability.png", "confusion.png"}
@@ -140,10 +145,73 @@ def test_a_run_without_checkpoint_still_gets_a_report_with_a_note(tiny_run, tmp_
                                                                             "reliability.png"}
 
 
-def test_a_folder_without_a_finished_run_is_one_line_and_exit_2(tmp_path, capsys):
+def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     error = capsys.readouterr().err
-    assert "holds no finished run" in error and error.count("\n") == 1
+    assert "holds no glmc run (no config.yaml)" in error and error.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(tmp_path_factory):
+    """Three epochs of a tiny run stopped by train.max_steps five steps into the third, its summary taken away: a
+    run folder as a run that has not finished leaves it."""
+    output = tmp_path_factory.mktemp("unfinished")
+    config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "3",
+                                 "train.device": "cpu", "train.max_steps": "45"})
+    train(config, output, quiet=True)
+    (output / "summary.json").unlink()
+    return output
+
+
+def test_a_run_not_finished_is_drawn_as_far_as_it_has_got(unfinished_run, tiny_run, tmp_path, capsys):
+    run = tmp_path / "so-far"
+    shutil.copytree(unfinished_run, run)
+    assert main(["report", str(run)]) == 0
+    assert "no confusion matrix: the run has not finished" in capsys.readouterr().err
+    page = (run / "report" / "report.html").read_text()
+    assert f"<title>{run.name} (in progress)</title>" in page
+    assert ("This run has not finished: stopped (train.max_steps reached), at epoch 3 of 3, step 5 of 20 "
+            "(45 of 60 steps, 75.0%)") in page
+    assert embedded_files(page) == RUN_PICTURES - {"confusion.png"}
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    best = max(records, key=lambda record: record["top1"])
+    rows = {row[0]: row for row in html_rows(page)}
+    assert rows["last evaluation so far"][1:3] == [str(records[-1]["epoch"]), f"{records[-1]['top1']:.2f}"]
+    assert rows["best epoch so far, selected on the test set"][1:3] == [str(best["epoch"]), f"{best['top1']:.2f}"]
+    checkpoint = torch.load(run / "checkpoint_last.pt", map_location="cpu", weights_only=False)
+    assert checkpoint["fingerprint"] in page  # the card, from the data its config names: the split it trained on
+    assert rows["steps"][1] == "45" and rows["epochs"][1] == "3"
+
+    compared = report.make_report([tiny_run, run], output=tmp_path / "both", confusion=False).read_text()
+    names = [row[0] for row in html_rows(compared) if row and row[0] in (tiny_run.name, run.name, f"{run.name} (in progress)")]
+    assert names == [tiny_run.name, f"{run.name} (in progress)"]
+
+
+def test_a_run_in_training_gets_its_report_elsewhere(unfinished_run, tmp_path, capsys):
+    run = tmp_path / "training"
+    shutil.copytree(unfinished_run, run)
+    lease = take(run, command="glmc train --resume training")
+    try:
+        error = refusal(capsys, "report", str(run))
+        assert f"{run} is training (process " in error and "write it elsewhere with --output DIR" in error
+        assert not (run / "report").exists()
+        page = report.make_report([run], output=tmp_path / "elsewhere", confusion=False).read_text()
+    finally:
+        lease.release()
+    assert "This run has not finished: training: process " in page
+
+
+def test_a_run_not_finished_without_an_evaluation_or_its_data_is_one_line(unfinished_run, tmp_path, capsys):
+    run = tmp_path / "moved"
+    shutil.copytree(unfinished_run, run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"].update({"dataset": "cifar10-lt", "data_root": str(tmp_path / "gone")})
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    error = refusal(capsys, "report", str(run), "--no-confusion")
+    assert error.startswith(f"glmc: error: {run} has not finished, so its dataset card comes from its data: ")
+    assert error.rstrip().endswith("(pass --data-root)")
+    (run / "metrics.jsonl").write_text("")
+    assert refusal(capsys, "report", str(run)) == f"glmc: error: {run} holds no evaluation yet: glmc status {run} says where it stands\n"
 
 
 def test_classes_are_ordered_head_first_with_their_shot_groups():

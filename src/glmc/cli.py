@@ -385,10 +385,11 @@ def run_compare(args: argparse.Namespace) -> int:
 
 
 def add_report_command(commands: argparse._SubParsersAction) -> None:
-    parser = commands.add_parser("report", help="plots and a self-contained report.html of finished runs")
+    parser = commands.add_parser("report", help="plots and a self-contained report.html of runs, finished or so far")
     parser.add_argument("runs", nargs="+", metavar="RUN_DIR")
     parser.add_argument("--output", help="report folder (default: RUN_DIR/report; several runs: reports/compare-<time>)")
-    parser.add_argument("--data-root", help="dataset folder for the confusion matrix (default: the one the run used)")
+    parser.add_argument("--data-root", help="dataset folder for the confusion matrix and, for a run not finished, its "
+                                             "dataset card (default: the one the run used)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (for the confusion matrix)")
     parser.add_argument("--no-confusion", action="store_true", help="skip the confusion matrix (no test-set evaluation)")
     parser.set_defaults(run=run_report)

@@ -1,4 +1,4 @@
-"""`glmc report RUN_DIR...`: PNG plots and a self-contained report.html for finished runs.
+"""`glmc report RUN_DIR...`: PNG plots and a self-contained report.html of runs, finished or as far as they have got.
 
 One run: `RUN_DIR/report/` gets learning_curves.png, per_class.png, confusion.png and
 report.html (dataset card, fingerprint, config, final/best metrics and the plots, images
@@ -9,6 +9,10 @@ The confusion matrix is not part of a run folder: it is computed here by evaluat
 checkpoint_last.pt on the test set (the state the summary's final metrics come from) and
 cached in `RUN_DIR/report/confusion.json`, keyed by the checkpoint's SHA-256, so later
 reports take seconds even for wide models on a CPU.
+
+A run that has not finished (no summary.json) is drawn as far as it has got: its last evaluation in
+place of the final one, the best so far beside it, the dataset card from its data (`run_so_far`),
+no confusion matrix, and a line saying where it stands (glmc.status).
 """
 
 from __future__ import annotations
@@ -26,18 +30,23 @@ from typing import Callable, Sequence
 
 import numpy as np
 import torch
+import yaml
 
 from glmc import plots
 from glmc.compare import config_differences, setting_of
+from glmc.config import stored_config
+from glmc.data.datasets import create_dataset
 from glmc.devices import resolve_device
 from glmc.errors import GlmcError
 from glmc.evaluation import confusion_counts, restore_for_evaluation
 from glmc.files import file_sha256
 from glmc.lock import FolderInUse
 from glmc.metrics import SHOT_GROUPS, format_percent
-from glmc.records import selection_set
-from glmc.rundir import LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, load_run, session_precision, writing_into
+from glmc.records import METRIC_KEYS, best_label, selection_score, selection_set
+from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, SUMMARY_FILE, RunFolder, RunRecord,
+                         load_run, read_records, read_text, session_precision, writing_into)
 from glmc.shots import SHOT_BOUNDS, STANDARD
+from glmc.status import RunStatus, run_status, state_phrase, where
 
 REPORT_FILE = "report.html"
 CONFUSION_FILE = "confusion.json"
@@ -45,7 +54,7 @@ CONFUSION_FILE = "confusion.json"
 
 @dataclass
 class RunData:
-    """What a finished run folder says about itself."""
+    """What a run folder says about itself: a finished run's summary, or one made of a run's evaluations so far."""
 
     path: Path
     name: str
@@ -58,10 +67,22 @@ class RunData:
     confusion_note: str = ""  # why there is no confusion matrix
     notes: tuple[str, ...] = ()  # the run folder's notes on figures left out (glmc.rundir.load_run)
     precision: str = ""  # what it trained in, piece by piece (glmc.rundir.RunRecord.training_precision)
+    standing: RunStatus | None = None  # where a run that has not finished stands; None: finished
 
     @property
     def card(self) -> dict:
         return self.summary["dataset"]
+
+    @property
+    def label(self) -> str:
+        """Its name, marked where the run has not finished."""
+        return f"{self.name} (in progress)" if self.standing else self.name
+
+    @property
+    def final_epoch(self) -> str:
+        """What its `final` record is: `final epoch 200`, or `epoch 160, the last evaluated`."""
+        epoch = self.summary["final"]["epoch"]
+        return f"epoch {epoch}, the last evaluated" if self.standing else f"final epoch {epoch}"
 
     def class_order(self) -> plots.ClassOrder:
         bounds = SHOT_BOUNDS.get(self.summary["final"].get("shot_bounds", "standard"), STANDARD)
@@ -87,13 +108,53 @@ class Section:
 # ---------------------------------------------------------------- reading runs
 
 
-def load_report_run(path: str | os.PathLike, name: str) -> RunData:
-    """A finished run (glmc.rundir.load_run) with its evaluation records, as the report draws it."""
-    record = load_run(path)
-    if not record.records:
-        raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
+def load_report_run(path: str | os.PathLike, name: str, data_root: str | None = None) -> RunData:
+    """A run with its evaluation records, as the report draws it: finished (glmc.rundir.load_run), or, without a
+    summary.json, as far as it has got (`run_so_far`, which reads its dataset card from `data_root`)."""
+    folder = Path(path)
+    standing = None
+    if (folder / SUMMARY_FILE).is_file() or not folder.is_dir():
+        record = load_run(folder)
+        if not record.records:
+            raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
+    else:
+        standing = run_status(folder)
+        record = run_so_far(folder, standing, data_root)
     return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions,
-                   config=record.config, notes=record.notes, precision=record.training_precision)
+                   config=record.config, notes=record.notes, precision=record.training_precision, standing=standing)
+
+
+def run_so_far(folder: Path, standing: RunStatus, data_root: str | None = None) -> RunRecord:
+    """A run that has not finished, with a summary made of what its folder holds: its last evaluation as `final`,
+    the best so far as `best`, the dataset card of the data its config names (from `data_root` where given; the
+    folder keeps no card before its summary), its facts from its config and its latest session."""
+    metrics = folder / METRICS_FILE
+    records = [record for record in (read_records(metrics) if metrics.is_file() else []) if "top1" in record or "val" in record]
+    if not records:
+        raise GlmcError(f"{folder} holds no evaluation yet: glmc status {folder} says where it stands")
+    config_text = read_text(folder / CONFIG_FILE)
+    values = yaml.safe_load(config_text)  # run_status has read it: a run config
+    config = stored_config(values, {"data.download": False, **({"data.data_root": data_root} if data_root else {})})
+    try:
+        dataset = create_dataset(config.data)
+    except GlmcError as error:
+        raise GlmcError(f"{folder} has not finished, so its dataset card comes from its data: {error} (pass --data-root)") from None
+    sessions = RunFolder(folder).read_sessions()
+    latest = sessions[-1] if sessions else {}
+    last, best = records[-1], max(records, key=selection_score)
+    summary = {
+        "final": {key: last.get(key) for key in METRIC_KEYS},
+        "best": {key: best.get(key) for key in METRIC_KEYS} | {"label": best_label(best)},
+        "fingerprint": dataset.fingerprint,
+        "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
+        "method": config.method.name,
+        "backbone": config.model.backbone,
+        "epochs": config.train.epochs,
+        "steps": standing.position["global_step"] if standing.position else None,
+        "wall_seconds": round(sum(session.get("seconds", 0.0) for session in sessions), 2),  # the sessions that ended
+        **{key: latest.get(key) for key in ("version", "git_commit", "device", "torch")},
+    }
+    return RunRecord(folder, summary, records, values, config_text, sessions)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
@@ -173,22 +234,23 @@ def draw_run_pictures(run: RunData, folder: Path) -> list[Picture]:
     final, best = run.summary["final"], run.summary["best"]
     classes = run.class_order()
     figures = [
-        ("learning_curves.png", plots.learning_curves(run.records, f"{run.name}: learning curves", best["epoch"],
+        ("learning_curves.png", plots.learning_curves(run.records, f"{run.label}: learning curves", best["epoch"],
                                                                  selection_set(best)),
          "Losses (total and each part), test accuracy, learning rate and method weights per epoch."),
         ("per_class.png", plots.per_class_accuracy(final["per_class"], classes,
-                                                   f"{run.name}: per-class test accuracy (final epoch {final['epoch']})"),
-         "Final per-class test accuracy, classes ordered by training count; the line is the training count (log axis)."),
+                                                   f"{run.label}: per-class test accuracy ({run.final_epoch})"),
+         f"Per-class test accuracy ({run.final_epoch}), classes ordered by training count; the line is the training "
+         "count (log axis)."),
     ]
     if final.get("reliability"):  # runs of glmc versions before calibration metrics have none
         ece = {"all": final["ece"], **{group: final.get(f"ece_{group}") for group in SHOT_GROUPS}}
         figures.append(("reliability.png", plots.reliability_diagram(final["reliability"], ece,
-                                                                     f"{run.name}: calibration (final epoch {final['epoch']})"),
+                                                                     f"{run.label}: calibration ({run.final_epoch})"),
                         f"Reliability: test accuracy against top-1 confidence in {final['reliability']['bins']} equal-width "
                         "bins (hatched: the gap to the bin's mean confidence); right: expected calibration "
                         "error (ECE, percent) over all test images and over each group's classes."))
     if run.confusion is not None:
-        figures.append(("confusion.png", plots.confusion_heatmap(run.confusion, classes, f"{run.name}: confusion matrix (final epoch)"),
+        figures.append(("confusion.png", plots.confusion_heatmap(run.confusion, classes, f"{run.label}: confusion matrix (final epoch)"),
                         "Rows: true class, columns: prediction, both ordered by training count; "
                         "right: the same by many / medium / few group."))
     return [save_picture(folder, file, figure, caption) for file, figure, caption in figures]
@@ -200,13 +262,15 @@ def save_picture(folder: Path, file: str, figure, caption: str) -> Picture:
 
 
 def draw_overlays(runs: Sequence[RunData], folder: Path) -> list[Picture]:
-    curves = plots.overlay_curves([(r.name, r.records) for r in runs], "learning curves of the runs compared")
-    per_class = plots.overlay_per_class([(r.name, r.summary["final"]["per_class"], r.class_order()) for r in runs],
-                                        "final per-class test accuracy by training count")
+    which = "final" if not any(run.standing for run in runs) else "final (or, for a run in progress, last evaluated)"
+    curves = plots.overlay_curves([(r.label, r.records) for r in runs], "learning curves of the runs compared")
+    per_class = plots.overlay_per_class([(r.label, r.summary["final"]["per_class"], r.class_order()) for r in runs],
+                                        f"{which} per-class test accuracy by training count")
     return [
         save_picture(folder, "curves.png", curves, "Total loss, learning rate, top-1 and many/medium/few per epoch, one colour per run."),
         save_picture(folder, "per_class.png", per_class,
-                     "Final per-class test accuracy of every run, classes ordered by training count (log axis on the right)."),
+                     f"The {which} per-class test accuracy of every run, classes ordered by training count (log axis on "
+                     "the right)."),
     ]
 
 
@@ -233,9 +297,13 @@ def table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def metrics_table(summary: dict) -> str:
+def metrics_table(summary: dict, in_progress: bool = False) -> str:
+    """The final (or, in a run not finished, the last) and the best evaluation: top-1, top-5, groups, ECE, NLL."""
+    final_name, best_name = "final epoch (headline)", summary["best"].get("label", "best epoch")
+    if in_progress:
+        final_name, best_name = "last evaluation so far", best_name.replace("best epoch", "best epoch so far")
     rows = []
-    for label, record in (("final epoch (headline)", summary["final"]), (summary["best"].get("label", "best epoch"), summary["best"])):
+    for label, record in ((final_name, summary["final"]), (best_name, summary["best"])):
         nll = record.get("nll")
         rows.append([label, record["epoch"], *(format_percent(record.get(k)) for k in ("top1", "top5", *SHOT_GROUPS, "ece")),
                      "–" if nll is None else f"{nll:.3f}"])
@@ -320,8 +388,9 @@ def figure_html(folder: Path, picture: Picture, prefix: str = "") -> str:
 
 def run_section_html(section: Section, folder: Path, prefix: str = "", level: int = 2) -> str:
     run, h = section.run, f"h{level}"
-    parts = [f"<p>{esc(headline(run))}</p>", f"<{h}>Results</{h}>", metrics_table(run.summary),
-             f'<p class="muted">Headline numbers are the final epoch; the {esc(selected_on(run.summary))}.</p>',
+    parts = [f"<p>{esc(headline(run))}</p>", *([f'<p class="note">{esc(standing_note(run.standing))}</p>'] if run.standing else []),
+             f"<{h}>Results</{h}>", metrics_table(run.summary, in_progress=run.standing is not None),
+             f'<p class="muted">{esc(results_note(run))}</p>',
              *(f'<p class="note">{esc(text)}</p>' for text in run.notes)]
     parts += [figure_html(folder, picture, prefix) for picture in section.pictures]
     if run.confusion_note:
@@ -334,6 +403,18 @@ def run_section_html(section: Section, folder: Path, prefix: str = "", level: in
     return "\n".join(parts)
 
 
+def standing_note(standing: RunStatus) -> str:
+    """Where a run that has not finished stands, as `glmc status` says it."""
+    return (f"This run has not finished: {state_phrase(standing)}, at {where(standing)}. "
+            "Its figures are its evaluations so far; report it again once it ends for its final ones.")
+
+
+def results_note(run: RunData) -> str:
+    if run.standing:
+        return f"The run goes on: these are its last evaluation and its best so far; the {selected_on(run.summary)}."
+    return f"Headline numbers are the final epoch; the {selected_on(run.summary)}."
+
+
 def page(title: str, body: str) -> str:
     generated = time.strftime("%Y-%m-%d %H:%M:%S")
     return (f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{esc(title)}</title>"
@@ -342,7 +423,7 @@ def page(title: str, body: str) -> str:
 
 
 def comparison_table(runs: Sequence[RunData]) -> str:
-    rows = [[r.name, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
+    rows = [[r.label, r.summary.get("method", "–"), r.summary.get("backbone", "–"), r.card["dataset"],
              f"{r.card['imbalance_factor']:g}", r.summary["fingerprint"][:19] + "…", r.summary["final"]["epoch"],
              *(format_percent(r.summary["final"].get(k)) for k in ("top1", *SHOT_GROUPS)),
              f"{format_percent(r.summary['best']['top1'])} ({selection_set(r.summary['best'])}-selected)", r.precision or "–"]
@@ -362,7 +443,7 @@ def selected_on(summary: dict) -> str:
 def write_run_report(run: RunData, folder: Path) -> Path:
     section = Section(run, draw_run_pictures(run, folder))
     report = folder / REPORT_FILE
-    report.write_text(page(f"{run.name}", run_section_html(section, folder)))
+    report.write_text(page(run.label, run_section_html(section, folder)))
     return report
 
 
@@ -377,7 +458,7 @@ def write_comparison_report(runs: Sequence[RunData], folder: Path) -> Path:
     for index, run in enumerate(runs):
         subfolder = f"{index + 1}-{re.sub(r'[^A-Za-z0-9._-]+', '_', run.name).strip('_')}"
         section = Section(run, draw_run_pictures(run, folder / subfolder))
-        body += [f"<h2>{esc(run.name)}</h2>", f'<p class="muted">{esc(run.path)}</p>',
+        body += [f"<h2>{esc(run.label)}</h2>", f'<p class="muted">{esc(run.path)}</p>',
                  run_section_html(section, folder, prefix=f"{subfolder}/", level=3)]
     report = folder / REPORT_FILE
     report.write_text(page(f"{len(runs)} runs compared", "\n".join(body)))
@@ -400,14 +481,20 @@ def make_report(
 ) -> Path:
     """Write the report of one run (or the comparison of several) and return its report.html."""
     paths = [Path(p) for p in run_dirs]
-    runs = [load_report_run(path, name) for path, name in zip(paths, display_names(paths))]
+    runs = [load_report_run(path, name, data_root) for path, name in zip(paths, display_names(paths))]
     if confusion:
         resolve_device(device)  # a bad --device is an error, not a note about a missing picture
+    if output is None and len(runs) == 1 and runs[0].standing and runs[0].standing.state == "training":
+        raise GlmcError(f"{paths[0]} is training ({runs[0].standing.holder}), so its report so far cannot go into its "
+                        "folder: write it elsewhere with --output DIR")
     folder = Path(output) if output else default_output(paths)
     for run in runs:
         for text in run.notes:
             note(f"{run.name}: {text}")
-        if confusion:
+        if run.standing:
+            run.confusion_note = "no confusion matrix: the run has not finished (it is drawn from the final checkpoint)"
+            note(f"{run.name}: {run.confusion_note}")
+        elif confusion:
             attach_confusion(run, data_root, device)
             if run.confusion_note:
                 note(f"{run.name}: {run.confusion_note}")

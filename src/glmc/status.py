@@ -186,9 +186,7 @@ def status_lines(status: RunStatus) -> list[str]:
     """The run's status: a first line with its state, indented lines with the facts behind it."""
     if status.state == "finished":
         return finished_lines(status)
-    first = {"training": f"training: {status.holder}", "lost": f"lost: {status.outcome}",
-             "stopped": f"stopped ({status.outcome})", "not started": "no checkpoint yet"}[status.state]
-    lines = [f"{status.path}: {first}"]
+    lines = [f"{status.path}: {state_phrase(status)}"]
     if status.position:
         saved = f"saved {status.saved}" if status.saved else "by its sessions.jsonl: the folder holds no checkpoint"
         lines.append(f"  at {where(status)}, {saved}")
@@ -205,6 +203,12 @@ def status_lines(status: RunStatus) -> list[str]:
     if status.state in ("stopped", "lost") and status.saved:
         lines.append(f"  glmc train --resume {status.path} goes on from there")
     return lines
+
+
+def state_phrase(status: RunStatus) -> str:
+    """How a run that has not finished stands: `training: process 4242 on host (...)`, `stopped (SIGTERM)`, ..."""
+    return {"training": f"training: {status.holder}", "lost": f"lost: {status.outcome}",
+            "stopped": f"stopped ({status.outcome})", "not started": "no checkpoint yet"}[status.state]
 
 
 def where(status: RunStatus) -> str:
