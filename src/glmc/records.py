@@ -89,10 +89,8 @@ def shots_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, steps: int, seconds: float,
-                 unreadable: list[str], device: torch.device, processes: int = 1,
-                 precision: dict[str, str] | None = None) -> dict:
-    """summary.json: the final and the best evaluation, and what the run was (data, method, machine, code)."""
+def evaluated_run(config: Config, dataset: Dataset, final: dict, best: dict) -> dict:
+    """The head of a summary: the final (or last) and the best evaluation record, the data, the method, the plan."""
     return {
         "final": {k: final.get(k) for k in METRIC_KEYS},  # .get: `val` only where the run has a validation set
         "best": {k: best.get(k) for k in METRIC_KEYS} | {"label": best_label(best)},
@@ -101,6 +99,15 @@ def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, step
         "method": config.method.name,
         "backbone": config.model.backbone,
         "epochs": config.train.epochs,
+    }
+
+
+def make_summary(config: Config, dataset: Dataset, final: dict, best: dict, steps: int, seconds: float,
+                 unreadable: list[str], device: torch.device, processes: int = 1,
+                 precision: dict[str, str] | None = None) -> dict:
+    """summary.json: the final and the best evaluation, and what the run was (data, method, machine, code)."""
+    return {
+        **evaluated_run(config, dataset, final, best),
         "logit_scale": config.method.logit_scale,  # what the model multiplied its head's outputs by before the softmax
         "steps": steps,
         "wall_seconds": round(seconds, 2),

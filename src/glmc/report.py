@@ -42,7 +42,7 @@ from glmc.evaluation import confusion_counts, restore_for_evaluation
 from glmc.files import file_sha256
 from glmc.lock import FolderInUse
 from glmc.metrics import SHOT_GROUPS, format_percent
-from glmc.records import METRIC_KEYS, best_label, selection_score, selection_set
+from glmc.records import evaluated_run, selection_set
 from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, SUMMARY_FILE, RunFolder, RunRecord,
                          load_run, read_records, read_text, session_precision, writing_into)
 from glmc.shots import SHOT_BOUNDS, STANDARD
@@ -128,9 +128,7 @@ def run_so_far(folder: Path, standing: RunStatus, data_root: str | None = None) 
     """A run that has not finished, with a summary made of what its folder holds: its last evaluation as `final`,
     the best so far as `best`, the dataset card of the data its config names (from `data_root` where given; the
     folder keeps no card before its summary), its facts from its config and its latest session."""
-    metrics = folder / METRICS_FILE
-    records = [record for record in (read_records(metrics) if metrics.is_file() else []) if "top1" in record or "val" in record]
-    if not records:
+    if standing.last_evaluation is None:
         raise GlmcError(f"{folder} holds no evaluation yet: glmc status {folder} says where it stands")
     config_text = read_text(folder / CONFIG_FILE)
     values = yaml.safe_load(config_text)  # run_status has read it: a run config
@@ -141,20 +139,13 @@ def run_so_far(folder: Path, standing: RunStatus, data_root: str | None = None) 
         raise GlmcError(f"{folder} has not finished, so its dataset card comes from its data: {error} (pass --data-root)") from None
     sessions = RunFolder(folder).read_sessions()
     latest = sessions[-1] if sessions else {}
-    last, best = records[-1], max(records, key=selection_score)
     summary = {
-        "final": {key: last.get(key) for key in METRIC_KEYS},
-        "best": {key: best.get(key) for key in METRIC_KEYS} | {"label": best_label(best)},
-        "fingerprint": dataset.fingerprint,
-        "dataset": dataset.card(SHOT_BOUNDS[config.train.shot_bounds]).to_json(),
-        "method": config.method.name,
-        "backbone": config.model.backbone,
-        "epochs": config.train.epochs,
+        **evaluated_run(config, dataset, standing.last_evaluation, standing.best_evaluation),
         "steps": standing.position["global_step"] if standing.position else None,
         "wall_seconds": round(sum(session.get("seconds", 0.0) for session in sessions), 2),  # the sessions that ended
         **{key: latest.get(key) for key in ("version", "git_commit", "device", "torch")},
     }
-    return RunRecord(folder, summary, records, values, config_text, sessions)
+    return RunRecord(folder, summary, read_records(folder / METRICS_FILE), values, config_text, sessions)
 
 
 def display_names(paths: Sequence[Path]) -> list[str]:
