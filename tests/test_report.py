@@ -152,13 +152,21 @@ def test_a_folder_without_a_run_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 @pytest.fixture(scope="module")
-def unfinished_run(tmp_path_factory):
-    """Three epochs of a tiny run stopped by train.max_steps five steps into the third, its summary taken away: a
-    run folder as a run that has not finished leaves it."""
-    output = tmp_path_factory.mktemp("unfinished")
+def stopped_run(tmp_path_factory):
+    """Three epochs of a tiny run stopped by train.max_steps five steps into the third, with the summary of that
+    piece."""
+    output = tmp_path_factory.mktemp("stopped")
     config = build_config(None, {"data.dataset": "synthetic-lt", "model.backbone": "resnet8", "train.epochs": "3",
                                  "train.device": "cpu", "train.max_steps": "45"})
     train(config, output, quiet=True)
+    return output
+
+
+@pytest.fixture(scope="module")
+def unfinished_run(stopped_run, tmp_path_factory):
+    """The stopped run without its summary: a run folder as a run stopped by a signal leaves it."""
+    output = tmp_path_factory.mktemp("unfinished") / "run"
+    shutil.copytree(stopped_run, output)
     (output / "summary.json").unlink()
     return output
 
@@ -185,6 +193,21 @@ def test_a_run_not_finished_is_drawn_as_far_as_it_has_got(unfinished_run, tiny_r
     compared = report.make_report([tiny_run, run], output=tmp_path / "both", confusion=False).read_text()
     names = [row[0] for row in html_rows(compared) if row and row[0] in (tiny_run.name, run.name, f"{run.name} (in progress)")]
     assert names == [tiny_run.name, f"{run.name} (in progress)"]
+
+
+def test_a_piece_ended_by_max_steps_is_reported_as_not_finished_though_it_has_a_summary(stopped_run, tmp_path, capsys):
+    run = tmp_path / "piece"
+    shutil.copytree(stopped_run, run)
+    summary = json.loads((run / "summary.json").read_text())
+    assert main(["report", str(run)]) == 0
+    assert "no confusion matrix: the run has not finished" in capsys.readouterr().err
+    page = (run / "report" / "report.html").read_text()
+    assert f"<title>{run.name} (in progress)</title>" in page
+    assert "This run has not finished: stopped (train.max_steps reached), at epoch 3 of 3, step 5 of 20" in page
+    assert "final epoch (headline)" not in page
+    rows = {row[0]: row for row in html_rows(page)}
+    assert rows["last evaluation so far"][1:3] == [str(summary["final"]["epoch"]), f"{summary['final']['top1']:.2f}"]
+    assert summary["fingerprint"] in page  # the card of its summary
 
 
 def test_a_run_in_training_gets_its_report_elsewhere(unfinished_run, tmp_path, capsys):

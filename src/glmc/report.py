@@ -10,9 +10,10 @@ checkpoint_last.pt on the test set (the state the summary's final metrics come f
 cached in `RUN_DIR/report/confusion.json`, keyed by the checkpoint's SHA-256, so later
 reports take seconds even for wide models on a CPU.
 
-A run that has not finished (no summary.json) is drawn as far as it has got: its last evaluation in
-place of the final one, the best so far beside it, the dataset card from its data (`run_so_far`),
-no confusion matrix, and a line saying where it stands (glmc.status).
+A run that has not finished is drawn as far as it has got: its last evaluation in place of the final
+one, the best so far beside it, the dataset card from its data (`run_so_far`; or from the summary
+of a piece that train.max_steps ended), no confusion matrix, and a line saying where it stands
+(glmc.status).
 """
 
 from __future__ import annotations
@@ -109,19 +110,27 @@ class Section:
 
 
 def load_report_run(path: str | os.PathLike, name: str, data_root: str | None = None) -> RunData:
-    """A run with its evaluation records, as the report draws it: finished (glmc.rundir.load_run), or, without a
-    summary.json, as far as it has got (`run_so_far`, which reads its dataset card from `data_root`)."""
+    """A run with its evaluation records, as the report draws it: from its summary.json (glmc.rundir.load_run), or,
+    without one, as far as it has got (`run_so_far`, which reads its dataset card from `data_root`). A summary that
+    closes a piece train.max_steps ended, not the run, is drawn as the run so far too, with where it stands."""
     folder = Path(path)
-    standing = None
+    standing = unfinished_standing(folder)
     if (folder / SUMMARY_FILE).is_file() or not folder.is_dir():
         record = load_run(folder)
         if not record.records:
             raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
     else:
-        standing = run_status(folder)
         record = run_so_far(folder, standing, data_root)
     return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions,
                    config=record.config, notes=record.notes, precision=record.training_precision, standing=standing)
+
+
+def unfinished_standing(folder: Path) -> RunStatus | None:
+    """Where the run in `folder` stands (glmc status), if it has not finished; None for a finished one."""
+    if not folder.is_dir():
+        return None
+    standing = run_status(folder)
+    return None if standing.state == "finished" else standing
 
 
 def run_so_far(folder: Path, standing: RunStatus, data_root: str | None = None) -> RunRecord:
