@@ -12,9 +12,11 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from glmc.cli import main
-from glmc.reproduce import dry_run, load_tables, make_plan
+from glmc.reproduce import dry_run, load_tables, make_plan, worker_environment
+from glmc.rundir import RunFolder
 
 from conftest import refusal
 
@@ -157,3 +159,13 @@ def test_jobs_train_runs_side_by_side_in_worker_processes(tmp_path, capsys):
     assert row["n"] == 2 and row["seeds_done"] == [0, 1]
     seeds = {json.loads((Path(run) / "summary.json").read_text())["config"]["train"]["seed"] for run in row["runs"]}
     assert seeds == {0, 1}
+    # the cores shared out: two runs each taking every thread would slow each other several times
+    threads = max(1, torch.get_num_threads() // 2)
+    assert all(RunFolder(run).read_sessions()[0]["device"].endswith(f", {threads} threads)") for run in row["runs"])
+
+
+def test_workers_keep_the_thread_count_the_user_set(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert worker_environment(jobs=torch.get_num_threads() * 2)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert worker_environment(jobs=2)["OMP_NUM_THREADS"] == "3"

@@ -26,6 +26,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
+import torch
 import yaml
 
 from glmc import lock
@@ -347,8 +348,10 @@ def train_in_workers(plan: Plan, pending: list[tuple[Path, Row, int]], jobs: int
             commands[folder] = train_command(folder, row, seed, plan)
         else:
             in_use.append(progress.busy(folder, str(refusal)))
+    environment = worker_environment(jobs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        runs = pool.map(lambda command: subprocess.run(command, capture_output=True, text=True), commands.values())
+        runs = pool.map(lambda command: subprocess.run(command, capture_output=True, text=True, env=environment),
+                        commands.values())
         for folder, done in zip(commands, runs):
             if done.returncode == 2 and lock.BUSY in done.stderr:
                 in_use.append(progress.busy(folder, done.stderr.strip().splitlines()[-1]))
@@ -357,6 +360,14 @@ def train_in_workers(plan: Plan, pending: list[tuple[Path, Row, int]], jobs: int
             else:
                 finish_rows(plan, progress)
     return in_use
+
+
+def worker_environment(jobs: int) -> dict[str, str]:
+    """This process's environment with its CPU threads shared out among `jobs` workers (OMP_NUM_THREADS), unless
+    it sets that already: every worker taking all the threads a run would take slows each of them several times."""
+    environment = dict(os.environ)
+    environment.setdefault("OMP_NUM_THREADS", str(max(1, torch.get_num_threads() // jobs)))
+    return environment
 
 
 def finish_rows(plan: Plan, progress: Progress) -> list[Path]:
