@@ -43,6 +43,17 @@ def test_bench_times_the_real_training_step(capsys, monkeypatch):
     assert result["ms_per_step"] == result["phase_split_ms_per_step"] == pytest.approx(sum(result["phase_ms"].values()))
 
 
+def test_bench_says_when_other_work_shared_the_cpus_while_it_timed(capsys, monkeypatch):
+    import glmc.bench
+
+    result, err = bench_json(capsys, "--preset", "quickstart", "--device", "cpu", "--steps", "1", "--warmup", "0")
+    assert result["other_cpu_share"] is None or 0.0 <= result["other_cpu_share"] <= 1.0
+    monkeypatch.setattr(glmc.bench.OtherWork, "share", lambda self: 0.48)  # another job kept one CPU of two busy
+    result, err = bench_json(capsys, "--preset", "quickstart", "--device", "cpu", "--steps", "1", "--warmup", "0")
+    assert result["other_cpu_share"] == 0.48
+    assert "glmc: warning: other work took 48% of this machine's CPU time while the steps were timed" in err
+
+
 def test_bench_headline_leaves_out_the_split_synchronisations_where_the_device_queues_work(capsys, monkeypatch):
     import glmc.bench
 

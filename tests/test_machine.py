@@ -3,9 +3,11 @@ not just "x86_64"; and all of it without torch."""
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -78,3 +80,43 @@ def test_describing_the_machine_imports_no_torch():
     probe = "import sys, glmc.machine as m; m.machine_description(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def proc_stat_line(pid: int, name: str, ppid: int, utime: int, stime: int, cutime: int = 0, cstime: int = 0) -> str:
+    """/proc/PID/stat as Linux writes it (fields 1-17 matter here): the name in brackets, then state and ppid."""
+    return f"{pid} ({name}) S {ppid} 1 1 0 -1 4194304 100 0 0 0 {utime} {stime} {cutime} {cstime} 20 0 1 0\n"
+
+
+def test_the_cpu_time_of_a_process_tree_and_of_the_machine_come_from_proc(tmp_path):
+    tick = os.sysconf("SC_CLK_TCK")
+    (tmp_path / "stat").write_text("cpu  100 5 50 9000 20 3 2 10 0 0\ncpu0 50 2 25 4500 10 1 1 5 0 0\n")
+    assert machine.busy_cpu_seconds(tmp_path) == pytest.approx((100 + 5 + 50 + 3 + 2 + 10) / tick)  # idle, iowait out
+    processes = {10: ("glmc", 1, 100, 20, 7, 3), 11: ("pt_data_worker", 10, 30, 5, 0, 0),
+                 12: ("a (tricky) name", 11, 4, 1, 0, 0), 13: ("someone else", 1, 500, 50, 0, 0)}
+    for pid, fields in processes.items():
+        (tmp_path / str(pid)).mkdir()
+        (tmp_path / str(pid) / "stat").write_text(proc_stat_line(pid, *fields))
+    # the process, its ended children, its worker and the worker's child; not the unrelated one
+    assert machine.own_cpu_seconds(tmp_path, pid=10) == pytest.approx((100 + 20 + 7 + 3 + 30 + 5 + 4 + 1) / tick)
+    assert machine.busy_cpu_seconds(tmp_path / "nowhere") is None
+
+
+@pytest.mark.skipif(not machine.busy_cpu_seconds(), reason="needs Linux's /proc/stat")
+def test_other_work_counts_a_busy_stranger_and_not_a_busy_child():
+    busy = "import time\nend = time.time() + 2.5\nwhile time.time() < end:\n    pass\n"
+    orphan = f"import os\nif os.fork() == 0:\n    exec({busy!r})\n    os._exit(0)\n"  # its parent exits: not ours
+
+    def share_beside(command: list[str]) -> float:
+        process = subprocess.Popen(command)
+        time.sleep(0.3)  # started and spinning
+        window = machine.OtherWork.start()
+        time.sleep(1.5)
+        share = window.share()
+        process.wait()
+        return share
+
+    stranger = share_beside([sys.executable, "-c", orphan])
+    time.sleep(1.0)  # the orphan done
+    child = share_beside([sys.executable, "-c", busy])
+    cpus = os.cpu_count() or 1
+    assert stranger - child > 0.5 / cpus, (stranger, child)  # one CPU of `cpus` busy all along: 1 / cpus

@@ -34,7 +34,7 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
 from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
-from glmc.machine import machine_description
+from glmc.machine import OtherWork, machine_description
 from glmc.provenance import device_name, git_commit
 from glmc.trainer import Run, build_run
 
@@ -64,6 +64,7 @@ class BenchResult:
     phase_split_ms_per_step: float  # the split's own total, the device synchronised after every phase
     peak_memory_mb: float
     timed_window: tuple[float, float]  # Unix times of the timed steps' start and end: did benches run side by side?
+    other_cpu_share: float | None  # of the machine's CPU time while timed, what went to other work (glmc.machine.OtherWork)
     flops_per_step: float
     achieved_tflops: float
     bf16_peak_fraction: float | None
@@ -91,6 +92,16 @@ class BenchResult:
         ])
 
 
+BUSY_SHARE = 0.1  # of the machine's CPU time taken by other work while timed: enough to lower the figures
+
+
+def warn_if_shared(share: float | None) -> None:
+    """Say on stderr when other work took a noticeable share of the CPUs during the timed steps."""
+    if share is not None and share >= BUSY_SHARE:
+        print(f"glmc: warning: other work took {100 * share:.0f}% of this machine's CPU time while the steps were "
+              "timed, so these figures are lower than the machine gives when it is idle", file=sys.stderr)
+
+
 def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResult:
     dataset, source = dataset_or_stand_in(config)
     run = build_run(config, dataset)
@@ -99,9 +110,12 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
         timed_step(run, batches)
     flops = count_flops(run, batches)
     reset_peak_memory(run.device)
+    other_work = OtherWork.start()
     phase_seconds, window = phase_split(run, batches, steps)
     split_seconds = sum(phase_seconds.values())
     step_seconds, window = free_running(run, batches, steps) if queues_work(run.device) else (split_seconds, window)
+    other_share = other_work.share()
+    warn_if_shared(other_share)
     achieved = flops / step_seconds
     return BenchResult(
         preset=preset,
@@ -119,6 +133,7 @@ def run_bench(preset: str, config: Config, steps: int, warmup: int) -> BenchResu
         phase_split_ms_per_step=1000 * split_seconds,
         peak_memory_mb=peak_memory_mb(run.device),
         timed_window=window,
+        other_cpu_share=other_share,
         flops_per_step=flops,
         achieved_tflops=achieved / 1e12,
         bf16_peak_fraction=bf16_fraction(run.device, achieved),

@@ -7,6 +7,10 @@ and summary, `glmc bench`, the benchmarks) names the CPU model, its family and m
 bf16 instructions it has, not only the architecture. The family and model numbers matter because a
 virtual machine's "model name" can be just "AMD EPYC" for several generations of it.
 
+A speed figure also means little if other work shared the CPUs while it was taken: `OtherWork`
+measures how much of the machine's CPU time went to anything but this process and its children
+(other processes, or, on a virtual machine, the host's other guests) during a timed window.
+
 Nothing here imports torch, so a tool that only looks at the machine (a supervisor that sits
 beside a long training run for hours, say) stays light.
 """
@@ -16,9 +20,12 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
+PROC = Path("/proc")
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what makes a CPU's bf16 fast, best first (Linux's names)
 
 
@@ -73,3 +80,60 @@ def cpu_description(cpuinfo: Path | None = None) -> str:
 def machine_description(cpuinfo: Path | None = None) -> str:
     """The machine a measurement ran on: "AMD EPYC (family 25 model 17), x86_64, avx512_bf16, 2 CPUs, Linux 6.18.44"."""
     return f"{cpu_description(cpuinfo)}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
+
+
+def busy_cpu_seconds(proc: Path = PROC) -> float | None:
+    """CPU seconds the machine has spent on any work since it booted, summed over its CPUs, time the hypervisor
+    gave to other guests included (Linux's /proc/stat); None where there is no such file."""
+    try:
+        fields = (proc / "stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
+    """CPU seconds this process (or `pid`) and its live descendants have used, with its children that ended (a data
+    loader's worker processes are its work too); this process's time alone where /proc cannot say."""
+    pid = os.getpid() if pid is None else pid
+    ticks, parents = {}, {}
+    for entry in proc.glob("[0-9]*/stat"):
+        try:
+            after_name = entry.read_text().rsplit(")", 1)[1].split()  # the name in brackets may hold spaces
+        except (OSError, IndexError):
+            continue  # a process that ended while we looked
+        number = int(entry.parent.name)
+        parents[number] = int(after_name[1])
+        ticks[number] = int(after_name[11]) + int(after_name[12]) + (int(after_name[13]) + int(after_name[14]) if number == pid else 0)
+    if pid not in ticks:
+        return time.process_time()
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        frontier = [child for child, parent in parents.items() if parent in frontier and child not in tree]
+        tree.update(frontier)
+    return sum(ticks[number] for number in tree) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class OtherWork:
+    """The share of the machine's CPU time that went to other work from `start()` to `share()`: 0.5 on a 2-CPU
+    machine where another process kept one CPU busy all along. None where the system cannot say (not Linux)."""
+
+    proc: Path = PROC
+    busy: float | None = None
+    own: float = 0.0
+    wall: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def start(cls, proc: Path = PROC) -> OtherWork:
+        return cls(proc, busy_cpu_seconds(proc), own_cpu_seconds(proc), time.perf_counter())
+
+    def share(self) -> float | None:
+        busy, own, wall = busy_cpu_seconds(self.proc), own_cpu_seconds(self.proc), time.perf_counter()
+        if busy is None or self.busy is None or wall <= self.wall:
+            return None
+        others = (busy - self.busy) - (own - self.own)
+        return min(1.0, max(0.0, others / ((wall - self.wall) * (os.cpu_count() or 1))))
