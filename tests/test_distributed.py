@@ -12,6 +12,7 @@ import torch
 
 from conftest import run_torchrun, torchrun_command, write_image_tree
 from glmc.cli import main
+from glmc.rundir import RunFolder
 
 TRAIN_ARGS = ["--set", "data.dataset=folder", "--set", "model.backbone=resnet10", "--set", "data.image_size=24",
               "--set", "data.resize=28", "--set", "data.workers=1", "--set", "data.unreadable=skip",
@@ -46,6 +47,9 @@ def test_two_processes_write_one_run(two_process_run):
     assert [r["epoch"] for r in records] == [1, 2]  # one writer: each evaluation recorded once
     assert done.stdout.count("run folder:") == 1 and done.stdout.count("epoch   2/2") == 1
     assert summary["unreadable_images"]["count"] == 1  # skipped by whichever rank drew it, counted once
+    # the other rank and both ranks' data workers are the run's own work, not other work sharing the CPUs
+    shared = RunFolder(output).read_sessions()[-1].get("other_cpu_share")
+    assert shared is None or shared < 0.25, shared
 
 
 def test_gathered_evaluation_equals_one_process_evaluating_the_checkpoint(two_process_run, capsys):

@@ -96,8 +96,9 @@ def test_the_cpu_time_of_a_process_tree_and_of_the_machine_come_from_proc(tmp_pa
     for pid, fields in processes.items():
         (tmp_path / str(pid)).mkdir()
         (tmp_path / str(pid) / "stat").write_text(proc_stat_line(pid, *fields))
-    # the process, its ended children, its worker and the worker's child; not the unrelated one
+    # the process, its worker and the worker's child, with the children each has seen end; not the unrelated one
     assert machine.own_cpu_seconds(tmp_path, pid=10) == pytest.approx((100 + 20 + 7 + 3 + 30 + 5 + 4 + 1) / tick)
+    assert machine.own_cpu_seconds(tmp_path, pid=11) == pytest.approx((30 + 5 + 4 + 1) / tick)
     assert machine.busy_cpu_seconds(tmp_path / "nowhere") is None
 
 

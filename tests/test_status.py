@@ -12,6 +12,7 @@ from glmc import status
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.lock import take
+from glmc.machine import busy_cpu_seconds
 from glmc.rundir import RunFolder, utc
 from glmc.trainer import train
 
@@ -114,6 +115,17 @@ def test_a_session_just_begun_takes_its_pace_from_the_last_that_trained_an_epoch
     run = status.run_status(run_dir)
     assert run.state == "lost" and run.seconds_per_step == 2.0 and run.pace_session == 1
     assert "  2.00 s a step over session 1; 1 min left at that pace" in status.status_lines(run)
+
+
+def test_the_pace_says_when_other_work_shared_the_cpus_in_its_session(stopped_run, tmp_path):
+    recorded = RunFolder(stopped_run).read_sessions()[-1].get("other_cpu_share")
+    assert (recorded is None) == (busy_cpu_seconds() is None)  # written wherever the system can say (Linux's /proc)
+    assert recorded is None or 0.0 <= recorded <= 1.0
+    run_dir = copy_of(stopped_run, tmp_path)
+    for share, said in ((0.45, True), (0.04, False)):
+        rewrite_last_session(run_dir, lambda session: {**session, "other_cpu_share": share})
+        pace = [line for line in status.status_lines(status.run_status(run_dir)) if "s a step over session 1" in line]
+        assert len(pace) == 1 and ("while other work took 45% of the machine's CPU time;" in pace[0]) == said
 
 
 def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):

@@ -34,7 +34,7 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
 from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
-from glmc.machine import OtherWork, machine_description
+from glmc.machine import BUSY_SHARE, OtherWork, machine_description
 from glmc.provenance import device_name, git_commit
 from glmc.trainer import Run, build_run
 
@@ -90,9 +90,6 @@ class BenchResult:
             f"compute      {self.flops_per_step / 1e9:.2f} GFLOP/step, {self.achieved_tflops:.3f} TFLOP/s{peak}",
             f"peak memory  {self.peak_memory_mb:.0f} MB",
         ])
-
-
-BUSY_SHARE = 0.1  # of the machine's CPU time taken by other work while timed: enough to lower the figures
 
 
 def warn_if_shared(share: float | None) -> None:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 PROC = Path("/proc")
+BUSY_SHARE = 0.1  # of the machine's CPU time, taken by other work during a timing: enough to slow what was timed
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what makes a CPU's bf16 fast, best first (Linux's names)
 
 
@@ -96,8 +97,8 @@ def busy_cpu_seconds(proc: Path = PROC) -> float | None:
 
 
 def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
-    """CPU seconds this process (or `pid`) and its live descendants have used, with its children that ended (a data
-    loader's worker processes are its work too); this process's time alone where /proc cannot say."""
+    """CPU seconds this process (or `pid`) and its descendants have used, those that ended included (a data loader's
+    worker processes are its work too); this process's time alone where /proc cannot say."""
     pid = os.getpid() if pid is None else pid
     ticks, parents = {}, {}
     for entry in proc.glob("[0-9]*/stat"):
@@ -107,7 +108,7 @@ def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
             continue  # a process that ended while we looked
         number = int(entry.parent.name)
         parents[number] = int(after_name[1])
-        ticks[number] = int(after_name[11]) + int(after_name[12]) + (int(after_name[13]) + int(after_name[14]) if number == pid else 0)
+        ticks[number] = sum(int(value) for value in after_name[11:15])  # utime, stime, and its children's that ended
     if pid not in ticks:
         return time.process_time()
     tree, frontier = {pid}, [pid]
@@ -120,19 +121,21 @@ def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
 @dataclass
 class OtherWork:
     """The share of the machine's CPU time that went to other work from `start()` to `share()`: 0.5 on a 2-CPU
-    machine where another process kept one CPU busy all along. None where the system cannot say (not Linux)."""
+    machine where another process kept one CPU busy all along. Own work is the process `pid` (default this one)
+    and its descendants. None where the system cannot say (not Linux)."""
 
     proc: Path = PROC
+    pid: int | None = None
     busy: float | None = None
     own: float = 0.0
     wall: float = field(default_factory=time.perf_counter)
 
     @classmethod
-    def start(cls, proc: Path = PROC) -> OtherWork:
-        return cls(proc, busy_cpu_seconds(proc), own_cpu_seconds(proc), time.perf_counter())
+    def start(cls, pid: int | None = None, proc: Path = PROC) -> OtherWork:
+        return cls(proc, pid, busy_cpu_seconds(proc), own_cpu_seconds(proc, pid), time.perf_counter())
 
     def share(self) -> float | None:
-        busy, own, wall = busy_cpu_seconds(self.proc), own_cpu_seconds(self.proc), time.perf_counter()
+        busy, own, wall = busy_cpu_seconds(self.proc), own_cpu_seconds(self.proc, self.pid), time.perf_counter()
         if busy is None or self.busy is None or wall <= self.wall:
             return None
         others = (busy - self.busy) - (own - self.own)

@@ -33,6 +33,7 @@ import yaml
 from glmc import lock
 from glmc.checkpoint import previous_path, save_checkpoint, saved_files, warn
 from glmc.files import disk_problem, leftover_temporaries, write_text_atomically
+from glmc.machine import OtherWork
 from glmc.config import Config, dump_config, flatten, stored_config
 from glmc.errors import ConfigError, GlmcError, RunInterrupted
 
@@ -230,11 +231,14 @@ class RunFolder:
         write_text_atomically(self.path / SESSIONS_FILE, jsonl(sessions[:-1] + [{**sessions[-1], **ending}]))
 
     @contextlib.contextmanager
-    def session(self, facts: dict, reached: Callable[[], dict], writes: bool = True) -> Iterator[None]:
+    def session(self, facts: dict, reached: Callable[[], dict], writes: bool = True,
+                work_root: int | None = None) -> Iterator[None]:
         """This `glmc train` in sessions.jsonl around the work it does: begun with `facts` (when, where, with
-        which code, from where), ended with how it ended and `reached()`, where the run's last checkpoint then
-        stands. `writes` False (a torchrun rank other than 0) records nothing."""
-        started = time.time()
+        which code, from where), ended with how it ended, `reached()`, where the run's last checkpoint then
+        stands, and the share of the machine's CPU time other work took meanwhile (the process `work_root`,
+        default this one, and its descendants being the run's own). `writes` False (a torchrun rank other than
+        0) records nothing."""
+        started, other_work = time.time(), OtherWork.start(work_root)
         if writes:
             self.begin_session({"started": utc(started), **facts})
         try:
@@ -242,10 +246,10 @@ class RunFolder:
         except BaseException as error:
             if writes:
                 with contextlib.suppress(GlmcError):  # a full disk is already the error being raised
-                    self.end_session(session_ending(started, reached(), error))
+                    self.end_session(session_ending(started, reached(), error, other_work.share()))
             raise
         if writes:
-            self.end_session(session_ending(started, reached(), None))
+            self.end_session(session_ending(started, reached(), None, other_work.share()))
 
     def save_last(self, payload: dict) -> None:
         """checkpoint_last.pt, the one it replaces kept as checkpoint_last.pt.prev."""
@@ -265,11 +269,13 @@ def utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
 
 
-def session_ending(started: float, reached: dict, error: BaseException | None) -> dict:
+def session_ending(started: float, reached: dict, error: BaseException | None, other_share: float | None = None) -> dict:
     """How a session of sessions.jsonl ended: when, its length, where the run's last checkpoint stands (after an
-    error, steps trained since that checkpoint are not counted: the next session goes on from it), and how."""
+    error, steps trained since that checkpoint are not counted: the next session goes on from it), how, and the
+    share of the machine's CPU time other work took meanwhile, where the system says."""
     ended = time.time()
-    return {"ended": utc(ended), "seconds": round(ended - started, 1), "reached": reached, "outcome": outcome(error)}
+    return {"ended": utc(ended), "seconds": round(ended - started, 1), "reached": reached, "outcome": outcome(error),
+            **({} if other_share is None else {"other_cpu_share": round(other_share, 3)})}
 
 
 def outcome(error: BaseException | None) -> str:

@@ -21,6 +21,7 @@ import yaml
 from glmc.checkpoint import CorruptCheckpoint, load_checkpoint, load_latest_good, previous_path
 from glmc.errors import GlmcError
 from glmc.lock import LOCK_FILE, gone_because, read_holder
+from glmc.machine import BUSY_SHARE
 from glmc.metrics import format_shots
 from glmc.records import selection_score, selection_set
 from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, RunFolder, read_json, read_records,
@@ -45,6 +46,7 @@ class RunStatus:
     sessions: int = 0
     seconds_per_step: float | None = None  # its pace (`run_pace`)
     pace_session: int | None = None  # the session of sessions.jsonl that pace was measured over
+    pace_other_cpu_share: float | None = None  # of the machine's CPU time, what other work took in that session
     last_evaluation: dict | None = None  # its last metrics.jsonl record
     best_evaluation: dict | None = None  # its best so far (glmc.records.selection_score: test top-1, or validation)
     summary: dict | None = None  # finished runs
@@ -90,9 +92,10 @@ def run_status(path: str | Path) -> RunStatus:
     else:  # a session that ended "finished" without every epoch trained stopped at train.max_steps
         state, outcome = "stopped", MAX_STEPS_REACHED if last.get("outcome") == "finished" else last.get("outcome")
     seconds_per_step, pace_session = run_pace(sessions, position, saved_at)
+    shared = next((session.get("other_cpu_share") for session in sessions if session.get("session") == pace_session), None)
     return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position),
                      saved=None if saved_at is None else utc(saved_at), holder=holder, outcome=outcome,
-                     seconds_per_step=seconds_per_step, pace_session=pace_session, **common)
+                     seconds_per_step=seconds_per_step, pace_session=pace_session, pace_other_cpu_share=shared, **common)
 
 
 def planned_epochs(config_file: Path) -> int:
@@ -196,13 +199,19 @@ def status_lines(status: RunStatus) -> list[str]:
         chosen_on = "validation" if "val" in status.best_evaluation else "test"
         lines.append(f"  best so far: {evaluation(status.best_evaluation)} ({chosen_on}-selected)")
     if status.seconds_per_step is not None:
-        current = status.pace_session == status.sessions and status.state == "training"
-        left = status.seconds_left
-        lines.append(f"  {status.seconds_per_step:.2f} s a step over session {status.pace_session}"
-                     + (" (this one)" if current else "") + ("" if left is None else f"; {duration(left)} left at that pace"))
+        lines.append(f"  {pace(status)}")
     if status.state in ("stopped", "lost") and status.saved:
         lines.append(f"  glmc train --resume {status.path} goes on from there")
     return lines
+
+
+def pace(status: RunStatus) -> str:
+    """`4.40 s a step over session 20; 9 h 09 min left at that pace`, saying where other work shared the CPUs then."""
+    current = " (this one)" if status.pace_session == status.sessions and status.state == "training" else ""
+    shared = status.pace_other_cpu_share
+    busy = f", while other work took {100 * shared:.0f}% of the machine's CPU time" if shared and shared >= BUSY_SHARE else ""
+    left = "" if status.seconds_left is None else f"; {duration(status.seconds_left)} left at that pace"
+    return f"{status.seconds_per_step:.2f} s a step over session {status.pace_session}{current}{busy}{left}"
 
 
 def state_phrase(status: RunStatus) -> str:

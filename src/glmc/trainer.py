@@ -164,8 +164,9 @@ def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensor
     log(quiet, describe(run))
     last = LastCheckpoint(run, state, folder)
     board = TensorBoardLog(folder.path / TENSORBOARD_DIR, resumes) if tensorboard else None
-    with folder.session(session_facts(run, state, command), lambda: last.position, writes=shard.is_main), \
-            stop_requests() as stop:
+    ranks_parent = os.getppid() if shard.world > 1 else None  # the launcher: the ranks beside this one are its children
+    with folder.session(session_facts(run, state, command), lambda: last.position, writes=shard.is_main,
+                        work_root=ranks_parent), stop_requests() as stop:
         while not finished(state, config):
             epoch, started = state.epoch, time.time()
             set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
