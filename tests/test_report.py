@@ -65,15 +65,15 @@ def test_report_of_a_finished_run_has_its_plots_and_a_self_contained_page(run_re
 def test_session_rows_show_where_each_session_began_and_ended_and_one_that_never_ended():
     ended = {"session": 1, "started": "2026-11-24T01:00:00Z", "from": {"epoch": 0, "step": 0, "global_step": 0},
              "device": "cpu", "precision": {"train": "bf16", "eval": "fp32"}, "git_commit": "0123456789abcdef", "ended": "2026-11-24T01:10:00Z", "seconds": 600.0,
-             "reached": {"epoch": 4, "step": 17, "global_step": 97}, "outcome": "SIGTERM"}
+             "reached": {"epoch": 4, "step": 17, "global_step": 97}, "outcome": "SIGTERM", "other_cpu_share": 0.453}
     killed = {"session": 2, "started": "2026-11-24T02:00:00Z", "from": {"epoch": 5, "step": 0, "global_step": 100},
               "device": "cpu", "git_commit": None}
     first, second = report.session_rows([ended, killed])
     assert dict(zip(report.SESSION_HEADER, first)) == {
         "session": 1, "started (UTC)": "2026-11-24T01:00:00Z", "ended (UTC)": "2026-11-24T01:10:00Z",
         "wall": "0:10:00 (600 s)", "from": "start", "reached": "epoch 5, step 17", "outcome": "SIGTERM",
-        "device": "cpu", "trained in": "bf16", "glmc commit": "0123456789ab"}
-    assert second[4:7] == ("end of epoch 5", "–", report.UNENDED) and second[-2:] == ("–", "–")
+        "device": "cpu", "other work (CPU)": "45%", "trained in": "bf16", "glmc commit": "0123456789ab"}
+    assert second[4:7] == ("end of epoch 5", "–", report.UNENDED) and second[-3:] == ("–", "–", "–")
 
 
 def html_rows(page: str) -> list[list[str]]:

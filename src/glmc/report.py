@@ -339,8 +339,8 @@ def wall_time(seconds) -> str:
     return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d} ({seconds:.0f} s)"
 
 
-SESSION_HEADER = ("session", "started (UTC)", "ended (UTC)", "wall", "from", "reached", "outcome", "device", "trained in",
-                  "glmc commit")
+SESSION_HEADER = ("session", "started (UTC)", "ended (UTC)", "wall", "from", "reached", "outcome", "device",
+                  "other work (CPU)", "trained in", "glmc commit")
 UNENDED = "no end recorded: killed without a signal, or the machine was lost"
 
 
@@ -352,8 +352,15 @@ def session_rows(sessions: Sequence[dict]) -> list[tuple]:
         rows.append((session["session"], session["started"], session["ended"] if ended else "–",
                      wall_time(session["seconds"]) if ended else "–", run_position(session["from"]),
                      run_position(session["reached"]) if ended else "–", session["outcome"] if ended else UNENDED,
-                     session.get("device", "–"), session_precision(session) or "–", (session.get("git_commit") or "–")[:12]))
+                     session.get("device", "–"), other_work(session), session_precision(session) or "–",
+                     (session.get("git_commit") or "–")[:12]))
     return rows
+
+
+def other_work(session: dict) -> str:
+    """The share of the machine's CPU time other work took during the session, where it was recorded."""
+    share = session.get("other_cpu_share")
+    return "–" if share is None else f"{100 * share:.0f}%"
 
 
 def run_position(position: dict) -> str:
