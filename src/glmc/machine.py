@@ -8,7 +8,7 @@ bf16 instructions it has, not only the architecture. The family and model number
 virtual machine's "model name" can be just "AMD EPYC" for several generations of it.
 
 A speed figure also means little if other work shared the CPUs while it was taken: `OtherWork`
-measures how much of the machine's CPU time went to anything but this process and its children
+measures how much of the machine's CPU time went to anything but this process and its descendants
 (other processes, or, on a virtual machine, the host's other guests) during a timed window.
 
 Nothing here imports torch, so a tool that only looks at the machine (a supervisor that sits
@@ -21,7 +21,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
@@ -124,11 +124,11 @@ class OtherWork:
     machine where another process kept one CPU busy all along. Own work is the process `pid` (default this one)
     and its descendants. None where the system cannot say (not Linux)."""
 
-    proc: Path = PROC
-    pid: int | None = None
-    busy: float | None = None
-    own: float = 0.0
-    wall: float = field(default_factory=time.perf_counter)
+    proc: Path
+    pid: int | None
+    busy: float | None  # busy_cpu_seconds at the start
+    own: float  # own_cpu_seconds at the start
+    wall: float  # time.perf_counter at the start
 
     @classmethod
     def start(cls, pid: int | None = None, proc: Path = PROC) -> OtherWork:
