@@ -230,7 +230,7 @@ def main() -> int:
     glmc_median, authors_median = statistics.median(glmc_rates), statistics.median(authors_rates)
     other_share = other_work.share()
     if other_share is not None and other_share >= BUSY_SHARE:
-        print(f"warning: other work took {100 * other_share:.0f}% of this machine's CPU time during the rounds: the "
+        print(f"warning: other work took {100 * other_share:.0f}% of the CPU time during the rounds: the "
               "rates are low, and the ratio may be off", file=sys.stderr)
     result = {
         "glmc_samples_per_s": [round(r, 1) for r in glmc_rates],

@@ -51,7 +51,7 @@ def test_bench_says_when_other_work_shared_the_cpus_while_it_timed(capsys, monke
     monkeypatch.setattr(glmc.bench.OtherWork, "share", lambda self: 0.48)  # another job kept one CPU of two busy
     result, err = bench_json(capsys, "--preset", "quickstart", "--device", "cpu", "--steps", "1", "--warmup", "0")
     assert result["other_cpu_share"] == 0.48
-    assert "glmc: warning: other work took 48% of this machine's CPU time while the steps were timed" in err
+    assert "glmc: warning: other work took 48% of the CPU time while the steps were timed" in err
 
 
 def test_bench_headline_leaves_out_the_split_synchronisations_where_the_device_queues_work(capsys, monkeypatch):

@@ -91,6 +91,8 @@ def test_the_cpu_time_of_a_process_tree_and_of_the_machine_come_from_proc(tmp_pa
     tick = os.sysconf("SC_CLK_TCK")
     (tmp_path / "stat").write_text("cpu  100 5 50 9000 20 3 2 10 0 0\ncpu0 50 2 25 4500 10 1 1 5 0 0\n")
     assert machine.busy_cpu_seconds(tmp_path) == pytest.approx((100 + 5 + 50 + 3 + 2 + 10) / tick)  # idle, iowait out
+    assert machine.busy_cpu_seconds(tmp_path, cpus={0}) == pytest.approx((50 + 2 + 25 + 1 + 1 + 5) / tick)  # its affinity
+    assert machine.busy_cpu_seconds(tmp_path, cpus={0, 1}) is None  # no line for CPU 1
     processes = {10: ("glmc", 1, 100, 20, 7, 3), 11: ("pt_data_worker", 10, 30, 5, 0, 0),
                  12: ("a (tricky) name", 11, 4, 1, 0, 0), 13: ("someone else", 1, 500, 50, 0, 0)}
     for pid, fields in processes.items():

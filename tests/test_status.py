@@ -125,7 +125,7 @@ def test_the_pace_says_when_other_work_shared_the_cpus_in_its_session(stopped_ru
     for share, said in ((0.45, True), (0.04, False)):
         rewrite_last_session(run_dir, lambda session: {**session, "other_cpu_share": share})
         pace = [line for line in status.status_lines(status.run_status(run_dir)) if "s a step over session 1" in line]
-        assert len(pace) == 1 and ("while other work took 45% of the machine's CPU time;" in pace[0]) == said
+        assert len(pace) == 1 and ("while other work took 45% of the CPU time;" in pace[0]) == said
 
 
 def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):

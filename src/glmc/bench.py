@@ -64,7 +64,7 @@ class BenchResult:
     phase_split_ms_per_step: float  # the split's own total, the device synchronised after every phase
     peak_memory_mb: float
     timed_window: tuple[float, float]  # Unix times of the timed steps' start and end: did benches run side by side?
-    other_cpu_share: float | None  # of the machine's CPU time while timed, what went to other work (glmc.machine.OtherWork)
+    other_cpu_share: float | None  # of the CPU time while timed, what went to other work (glmc.machine.OtherWork)
     flops_per_step: float
     achieved_tflops: float
     bf16_peak_fraction: float | None
@@ -95,7 +95,7 @@ class BenchResult:
 def warn_if_shared(share: float | None) -> None:
     """Say on stderr when other work took a noticeable share of the CPUs during the timed steps."""
     if share is not None and share >= BUSY_SHARE:
-        print(f"glmc: warning: other work took {100 * share:.0f}% of this machine's CPU time while the steps were "
+        print(f"glmc: warning: other work took {100 * share:.0f}% of the CPU time while the steps were "
               "timed, so these figures are lower than the machine gives when it is idle", file=sys.stderr)
 
 

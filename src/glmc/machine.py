@@ -8,7 +8,8 @@ bf16 instructions it has, not only the architecture. The family and model number
 virtual machine's "model name" can be just "AMD EPYC" for several generations of it.
 
 A speed figure also means little if other work shared the CPUs while it was taken: `OtherWork`
-measures how much of the machine's CPU time went to anything but this process and its descendants
+measures how much of the CPU time of the CPUs this process may use (all of the machine's, or a
+container's or batch job's part of them) went to anything but this process and its descendants
 (other processes, or, on a virtual machine, the host's other guests) during a timed window.
 
 Nothing here imports torch, so a tool that only looks at the machine (a supervisor that sits
@@ -26,7 +27,7 @@ from pathlib import Path
 
 CPUINFO = Path("/proc/cpuinfo")
 PROC = Path("/proc")
-BUSY_SHARE = 0.1  # of the machine's CPU time, taken by other work during a timing: enough to slow what was timed
+BUSY_SHARE = 0.1  # of the CPU time, taken by other work during a timing: enough to slow what was timed
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # what makes a CPU's bf16 fast, best first (Linux's names)
 
 
@@ -83,17 +84,30 @@ def machine_description(cpuinfo: Path | None = None) -> str:
     return f"{cpu_description(cpuinfo)}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
-def busy_cpu_seconds(proc: Path = PROC) -> float | None:
-    """CPU seconds the machine has spent on any work since it booted, summed over its CPUs, time the hypervisor
-    gave to other guests included (Linux's /proc/stat); None where there is no such file."""
+def usable_cpus() -> set[int] | None:
+    """The CPUs this process may run on (its affinity: a container's or a batch job's share of a larger machine),
+    or None where the system cannot say."""
     try:
-        fields = (proc / "stat").read_text().split("\n", 1)[0].split()
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
+def busy_cpu_seconds(proc: Path = PROC, cpus: set[int] | None = None) -> float | None:
+    """CPU seconds the CPUs numbered `cpus` (default: all) have spent on any work since the machine booted, summed,
+    time the hypervisor gave to other guests included (Linux's /proc/stat); None where there is no such file."""
+    try:
+        lines = (proc / "stat").read_text().splitlines()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu" or len(fields) < 9:
-        return None
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
-    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+    wanted = {"cpu"} if cpus is None else {f"cpu{number}" for number in cpus}
+    ticks = 0
+    for fields in (line.split() for line in lines):
+        if fields and fields[0] in wanted and len(fields) >= 9:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (int(value) for value in fields[1:9])
+            ticks += user + nice + system + irq + softirq + steal
+            wanted.discard(fields[0])
+    return None if wanted else ticks / os.sysconf("SC_CLK_TCK")
 
 
 def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
@@ -120,23 +134,26 @@ def own_cpu_seconds(proc: Path = PROC, pid: int | None = None) -> float:
 
 @dataclass
 class OtherWork:
-    """The share of the machine's CPU time that went to other work from `start()` to `share()`: 0.5 on a 2-CPU
-    machine where another process kept one CPU busy all along. Own work is the process `pid` (default this one)
-    and its descendants. None where the system cannot say (not Linux)."""
+    """The share of the CPU time of the CPUs this process may use that went to other work from `start()` to
+    `share()`: 0.5 on 2 CPUs where another process kept one busy all along. Own work is the process `pid` (default
+    this one) and its descendants. None where the system cannot say (not Linux)."""
 
     proc: Path
     pid: int | None
+    cpus: set[int] | None  # usable_cpus(), or None: the whole machine
     busy: float | None  # busy_cpu_seconds at the start
     own: float  # own_cpu_seconds at the start
     wall: float  # time.perf_counter at the start
 
     @classmethod
-    def start(cls, pid: int | None = None, proc: Path = PROC) -> OtherWork:
-        return cls(proc, pid, busy_cpu_seconds(proc), own_cpu_seconds(proc, pid), time.perf_counter())
+    def start(cls, pid: int | None = None, proc: Path = PROC, cpus: set[int] | None = None) -> OtherWork:
+        cpus = usable_cpus() if cpus is None else cpus
+        return cls(proc, pid, cpus, busy_cpu_seconds(proc, cpus), own_cpu_seconds(proc, pid), time.perf_counter())
 
     def share(self) -> float | None:
-        busy, own, wall = busy_cpu_seconds(self.proc), own_cpu_seconds(self.proc, self.pid), time.perf_counter()
+        busy, own, wall = busy_cpu_seconds(self.proc, self.cpus), own_cpu_seconds(self.proc, self.pid), time.perf_counter()
         if busy is None or self.busy is None or wall <= self.wall:
             return None
         others = (busy - self.busy) - (own - self.own)
-        return min(1.0, max(0.0, others / ((wall - self.wall) * (os.cpu_count() or 1))))
+        count = len(self.cpus) if self.cpus else (os.cpu_count() or 1)
+        return min(1.0, max(0.0, others / ((wall - self.wall) * count)))

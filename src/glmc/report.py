@@ -358,7 +358,7 @@ def session_rows(sessions: Sequence[dict]) -> list[tuple]:
 
 
 def other_work(session: dict) -> str:
-    """The share of the machine's CPU time other work took during the session, where it was recorded."""
+    """The share of the CPU time other work took during the session, where it was recorded."""
     share = session.get("other_cpu_share")
     return "–" if share is None else f"{100 * share:.0f}%"
 

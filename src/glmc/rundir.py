@@ -235,7 +235,7 @@ class RunFolder:
                 work_root: int | None = None) -> Iterator[None]:
         """This `glmc train` in sessions.jsonl around the work it does: begun with `facts` (when, where, with
         which code, from where), ended with how it ended, `reached()`, where the run's last checkpoint then
-        stands, and the share of the machine's CPU time other work took meanwhile (the process `work_root`,
+        stands, and the share of the CPU time other work took meanwhile (the process `work_root`,
         default this one, and its descendants being the run's own). `writes` False (a torchrun rank other than
         0) records nothing."""
         started, other_work = time.time(), OtherWork.start(work_root)
@@ -272,7 +272,7 @@ def utc(seconds: float) -> str:
 def session_ending(started: float, reached: dict, error: BaseException | None, other_share: float | None = None) -> dict:
     """How a session of sessions.jsonl ended: when, its length, where the run's last checkpoint stands (after an
     error, steps trained since that checkpoint are not counted: the next session goes on from it), how, and the
-    share of the machine's CPU time other work took meanwhile, where the system says."""
+    share of the CPU time other work took meanwhile, where the system says."""
     ended = time.time()
     return {"ended": utc(ended), "seconds": round(ended - started, 1), "reached": reached, "outcome": outcome(error),
             **({} if other_share is None else {"other_cpu_share": round(other_share, 3)})}

@@ -46,7 +46,7 @@ class RunStatus:
     sessions: int = 0
     seconds_per_step: float | None = None  # its pace (`run_pace`)
     pace_session: int | None = None  # the session of sessions.jsonl that pace was measured over
-    pace_other_cpu_share: float | None = None  # of the machine's CPU time, what other work took in that session
+    pace_other_cpu_share: float | None = None  # of the CPU time, what other work took in that session
     last_evaluation: dict | None = None  # its last metrics.jsonl record
     best_evaluation: dict | None = None  # its best so far (glmc.records.selection_score: test top-1, or validation)
     summary: dict | None = None  # finished runs
@@ -209,7 +209,7 @@ def pace(status: RunStatus) -> str:
     """`4.40 s a step over session 20; 9 h 09 min left at that pace`, saying where other work shared the CPUs then."""
     current = " (this one)" if status.pace_session == status.sessions and status.state == "training" else ""
     shared = status.pace_other_cpu_share
-    busy = f", while other work took {100 * shared:.0f}% of the machine's CPU time" if shared and shared >= BUSY_SHARE else ""
+    busy = f", while other work took {100 * shared:.0f}% of the CPU time" if shared and shared >= BUSY_SHARE else ""
     left = "" if status.seconds_left is None else f"; {duration(status.seconds_left)} left at that pace"
     return f"{status.seconds_per_step:.2f} s a step over session {status.pace_session}{current}{busy}{left}"
 
