@@ -47,7 +47,7 @@ from glmc.records import evaluated_run, selection_set
 from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, REPORT_DIR, SUMMARY_FILE, RunFolder, RunRecord,
                          load_run, read_records, read_text, session_precision, writing_into)
 from glmc.shots import SHOT_BOUNDS, STANDARD
-from glmc.status import RunStatus, run_status, state_phrase, where
+from glmc.status import RunStatus, run_status, state_phrase, trained_every_epoch, where
 
 REPORT_FILE = "report.html"
 CONFUSION_FILE = "confusion.json"
@@ -114,23 +114,16 @@ def load_report_run(path: str | os.PathLike, name: str, data_root: str | None = 
     without one, as far as it has got (`run_so_far`, which reads its dataset card from `data_root`). A summary that
     closes a piece train.max_steps ended, not the run, is drawn as the run so far too, with where it stands."""
     folder = Path(path)
-    standing = unfinished_standing(folder)
     if (folder / SUMMARY_FILE).is_file() or not folder.is_dir():
         record = load_run(folder)
         if not record.records:
             raise GlmcError(f"{record.path} holds no finished run ({METRICS_FILE} is missing or empty)")
+        standing = None if trained_every_epoch(record.summary, record.records) else run_status(folder)
     else:
+        standing = run_status(folder)
         record = run_so_far(folder, standing, data_root)
     return RunData(record.path, name, record.summary, record.records, record.config_text, record.sessions,
                    config=record.config, notes=record.notes, precision=record.training_precision, standing=standing)
-
-
-def unfinished_standing(folder: Path) -> RunStatus | None:
-    """Where the run in `folder` stands (glmc status), if it has not finished; None for a finished one."""
-    if not folder.is_dir():
-        return None
-    standing = run_status(folder)
-    return None if standing.state == "finished" else standing
 
 
 def run_so_far(folder: Path, standing: RunStatus, data_root: str | None = None) -> RunRecord:
