@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from glmc.config import build_config
 from glmc.engine import step_rng, train_step
-from glmc.machine import BUSY_SHARE, OtherWork, machine_description
+from glmc.machine import OtherWork, machine_description, slowed_by_others
 from glmc.precision import resolve_precision
 from glmc.provenance import git_commit
 from glmc.trainer import build_run
@@ -229,7 +229,7 @@ def main() -> int:
               file=sys.stderr, flush=True)
     glmc_median, authors_median = statistics.median(glmc_rates), statistics.median(authors_rates)
     other_share = other_work.share()
-    if other_share is not None and other_share >= BUSY_SHARE:
+    if slowed_by_others(other_share):
         print(f"warning: other work took {100 * other_share:.0f}% of the CPU time during the rounds: the "
               "rates are low, and the ratio may be off", file=sys.stderr)
     result = {

@@ -34,7 +34,7 @@ from glmc.data.in_memory import InMemoryDataset
 from glmc.data.longtail import exponential_profile
 from glmc.engine import step_rng, train_step
 from glmc.errors import DataError
-from glmc.machine import BUSY_SHARE, OtherWork, machine_description
+from glmc.machine import OtherWork, machine_description, slowed_by_others
 from glmc.provenance import device_name, git_commit
 from glmc.trainer import Run, build_run
 
@@ -94,7 +94,7 @@ class BenchResult:
 
 def warn_if_shared(share: float | None) -> None:
     """Say on stderr when other work took a noticeable share of the CPUs during the timed steps."""
-    if share is not None and share >= BUSY_SHARE:
+    if slowed_by_others(share):
         print(f"glmc: warning: other work took {100 * share:.0f}% of the CPU time while the steps were "
               "timed, so these figures are lower than the machine gives when it is idle", file=sys.stderr)
 

@@ -84,6 +84,11 @@ def machine_description(cpuinfo: Path | None = None) -> str:
     return f"{cpu_description(cpuinfo)}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}"
 
 
+def slowed_by_others(share: float | None) -> bool:
+    """Whether other work took enough of the CPU time (`OtherWork.share`) to slow what was timed."""
+    return share is not None and share >= BUSY_SHARE
+
+
 def usable_cpus() -> set[int] | None:
     """The CPUs this process may run on (its affinity: a container's or a batch job's share of a larger machine),
     or None where the system cannot say."""

@@ -21,7 +21,7 @@ import yaml
 from glmc.checkpoint import CorruptCheckpoint, load_checkpoint, load_latest_good, previous_path
 from glmc.errors import GlmcError
 from glmc.lock import LOCK_FILE, gone_because, read_holder
-from glmc.machine import BUSY_SHARE
+from glmc.machine import slowed_by_others
 from glmc.metrics import format_shots
 from glmc.records import selection_score, selection_set
 from glmc.rundir import (CONFIG_FILE, LAST_CHECKPOINT, METRICS_FILE, SUMMARY_FILE, RunFolder, read_json, read_records,
@@ -209,7 +209,7 @@ def pace(status: RunStatus) -> str:
     """`4.40 s a step over session 20; 9 h 09 min left at that pace`, saying where other work shared the CPUs then."""
     current = " (this one)" if status.pace_session == status.sessions and status.state == "training" else ""
     shared = status.pace_other_cpu_share
-    busy = f", while other work took {100 * shared:.0f}% of the CPU time" if shared and shared >= BUSY_SHARE else ""
+    busy = f", while other work took {100 * shared:.0f}% of the CPU time" if slowed_by_others(shared) else ""
     left = "" if status.seconds_left is None else f"; {duration(status.seconds_left)} left at that pace"
     return f"{status.seconds_per_step:.2f} s a step over session {status.pace_session}{current}{busy}{left}"
 
