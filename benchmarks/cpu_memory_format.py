@@ -1,11 +1,14 @@
-"""Contiguous (NCHW) or channels-last memory for the GLMC training step on this CPU, in fp32 and bf16.
+"""Contiguous (NCHW) or channels-last memory for a preset's training step on this CPU, in fp32 and bf16.
 
     python benchmarks/cpu_memory_format.py --data-root DIR [--preset cifar10-lt-if100] [--steps 30] [--rounds 3]
+                                           [--precisions fp32 bf16]
 
 Times the real training step (glmc's loader, method, backward and SGD) of a preset with the
 model's weights and its inputs in one memory format, for each precision, alternating the
 variants round by round in this one process, and prints the median samples per second of
 each. glmc uses channels-last on every device; this is the measurement behind that choice.
+On a CPU without native bf16 instructions bf16 is emulated and many times slower: time fp32
+alone there (`--precisions fp32`).
 """
 
 from __future__ import annotations
@@ -28,7 +31,8 @@ from glmc.trainer import build_run
 
 
 class InFormat(nn.Module):
-    """The model's forward with its input in `memory_format` and the output in fp32, like glmc's MixedPrecision."""
+    """The model's forward with its input in `memory_format` and the output in fp32 (None for heads not computed),
+    like glmc's MixedPrecision."""
 
     def __init__(self, module: nn.Module, memory_format: torch.memory_format, precision: str) -> None:
         super().__init__()
@@ -37,7 +41,7 @@ class InFormat(nn.Module):
     def forward(self, x):
         with autocast(self.precision, x.device):
             out = self.module(x.contiguous(memory_format=self.memory_format))
-        return GLMCOutput(*(field.float() for field in out))
+        return GLMCOutput(*(None if field is None else field.float() for field in out))
 
 
 def samples_per_second(preset: str, overrides: dict, memory_format: torch.memory_format, precision: str,
@@ -68,9 +72,10 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32", "bf16"])
     args = parser.parse_args()
     overrides = {"train.device": "cpu", "data.data_root": args.data_root}
-    variants = [(name, fmt, precision) for precision in ("fp32", "bf16")
+    variants = [(name, fmt, precision) for precision in args.precisions
                 for name, fmt in (("contiguous", torch.contiguous_format), ("channels-last", torch.channels_last))]
     rates: dict[tuple[str, str], list[float]] = {(name, precision): [] for name, _, precision in variants}
     for _ in range(args.rounds):
