@@ -29,7 +29,8 @@ from glmc.checkpoint import load_checkpoint
 from glmc.cli import main
 from glmc.config import build_config
 from glmc.errors import ConfigError, GlmcError
-from glmc.evaluation import restore_for_evaluation
+from glmc import calibration
+from glmc.evaluation import evaluate_heads, evaluate_restored, restore_for_evaluation, same_encoder
 from glmc.methods.losses import log_prior
 from glmc.trainer import train
 
@@ -194,6 +195,35 @@ def test_tau_norm_and_logit_adjustment_change_only_the_classifier(small):
     la_weight, la_bias, _ = calibrated_head(small, "logit-adjustment", ["tau=0.5"])
     assert torch.equal(la_weight, weight)
     assert torch.allclose(la_bias, bias - 0.5 * log_prior(counts))
+
+
+def test_heads_scored_on_one_pass_through_the_encoder_give_each_model_its_own_metrics(small):
+    models = [small.model, calibrated_head(small, "tau-norm", ["tau=1"])[2], calibrated_head(small, "logit-adjustment")[2]]
+    shared = [metrics.to_json() for metrics in evaluate_heads(small, models)]
+    alone = [evaluate_restored(small, model=model).to_json() for model in models]
+    assert shared == alone
+    assert shared[0] != shared[1] and shared[0] != shared[2]  # three different heads, scored each by its own
+
+    other = copy.deepcopy(small.model)
+    other.encoder.state_dict()[next(k for k in other.encoder.state_dict() if k.endswith("running_mean"))].add_(1.0)
+    assert same_encoder(small.model, models[1]) and not same_encoder(small.model, other)
+    with pytest.raises(ValueError, match="encoder"):
+        evaluate_heads(small, [small.model, other])
+
+
+def test_calibrate_passes_the_test_images_through_the_backbone_once(checkpoint, tmp_path, monkeypatch):
+    encoder_batches = []
+
+    def counted(*args, **kwargs):
+        restored = restore_for_evaluation(*args, **kwargs)
+        restored.model.encoder.register_forward_hook(lambda module, inputs, output: encoder_batches.append(len(output)))
+        return restored  # the calibration's copy of the model counts too: deepcopy keeps the hook
+
+    monkeypatch.setattr(calibration, "restore_for_evaluation", counted)
+    record = calibrate_checkpoint(checkpoint, "logit-adjustment", output=tmp_path / "la.pt", device="cpu")
+    assert sum(encoder_batches) == record["before"]["num_samples"] == record["after"]["num_samples"]
+    assert record["before"]["top1"] == evaluate_restored(restore_for_evaluation(checkpoint, device="cpu")).top1
+    assert record["after"]["top1"] == evaluate_restored(restore_for_evaluation(tmp_path / "la.pt", device="cpu")).top1
 
 
 def test_calibrate_refuses_to_overwrite_and_a_cosine_head(checkpoint, tmp_path):

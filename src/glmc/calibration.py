@@ -10,9 +10,10 @@ checkpoint and is registered in CALIBRATIONS with its typed parameters:
 | `maxnorm`           | classifier re-training with a class-balanced loss, weight decay and the per-class max-norm projection | Alshammari et al., CVPR 2022 |
 | `temperature`       | `z <- z / T`, one T fitted by NLL on held-out logits (folded into fc_cb)  | Guo et al., ICML 2017 |
 
-`calibrate_checkpoint` loads a checkpoint, measures it on the test set, applies one
-calibration to a copy of its model, measures again, and writes a new checkpoint (same
-format, the calibration recorded under `calibrations`) and a JSON file of the metrics.
+`calibrate_checkpoint` loads a checkpoint, applies one calibration to a copy of its model,
+measures both on the test set (its images pass through the encoder once, the two heads
+then score them), and writes a new checkpoint (same format, the calibration recorded
+under `calibrations`) and a JSON file of the metrics.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ from glmc.config import OptimConfig, coerce, parse_override
 from glmc.data.batch import BatchSpec, TrainingBatches
 from glmc.optim import learning_rate, set_learning_rate
 from glmc.errors import ConfigError, GlmcError
-from glmc.evaluation import Restored, evaluate_restored, restore_for_evaluation
+from glmc.evaluation import Restored, evaluate_heads, evaluate_restored, restore_for_evaluation, same_encoder
 from glmc.files import write_text_atomically
-from glmc.metrics import format_percent, format_shots
+from glmc.metrics import Metrics, format_percent, format_shots
 from glmc.methods.losses import effective_number_weights, focal_loss, log_prior
 from glmc.models.heads import glmc_heads, prediction_head
 from glmc.precision import autocast, channels_last, predict_logits
@@ -480,10 +481,9 @@ def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration,
     restored = restore_for_evaluation(path, data_root, device)
     if calibration.linear_only:
         linear_head(restored.model, name)  # refuse a cosine head before any work
-    before = evaluate_restored(restored)
     model = copy.deepcopy(restored.model)
     facts = calibration(model, restored)
-    after = evaluate_restored(restored, model=model)
+    before, after = evaluate_before_and_after(restored, model)
 
     record = {
         "calibration": name,
@@ -506,6 +506,15 @@ def calibrate_into(path: str | os.PathLike, name: str, calibration: Calibration,
     save_checkpoint(output, payload)
     write_text_atomically(report, json.dumps(record, indent=2) + "\n")
     return record
+
+
+def evaluate_before_and_after(restored: Restored, calibrated: nn.Module) -> tuple[Metrics, Metrics]:
+    """The checkpoint's test metrics and its calibrated copy's; one pass through the encoder where the
+    calibration changed the heads only, as glmc's calibrations do."""
+    if same_encoder(restored.model, calibrated):
+        before, after = evaluate_heads(restored, [restored.model, calibrated])
+        return before, after
+    return evaluate_restored(restored), evaluate_restored(restored, model=calibrated)
 
 
 def metrics_line(label: str, metrics: dict) -> str:

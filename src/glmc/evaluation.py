@@ -19,7 +19,7 @@ from glmc.devices import resolve_device
 from glmc.errors import GlmcError
 from glmc.metrics import ConfusionCounter, Metrics
 from glmc.models import create_model
-from glmc.precision import predict_logits, resolve_precision
+from glmc.precision import autocast, channels_last, predict_logits, resolve_precision
 from glmc.shots import SHOT_BOUNDS, ShotBounds
 
 
@@ -52,9 +52,16 @@ def evaluate(
     ranks, so every rank returns the metrics of the whole test set.
     """
     counter = confusion_counts(model, batches, len(class_counts), precision)
+    return finished_metrics(counter, class_counts, shot_bounds, next(model.parameters()).device)
+
+
+def finished_metrics(counter: ConfusionCounter, class_counts: Sequence[int], shot_bounds: ShotBounds,
+                     device: torch.device) -> Metrics:
+    """The counter's metrics; under torchrun its counts are first summed over ranks."""
     if distributed.active():
-        counter.reduce(distributed.sum_across, next(model.parameters()).device)
+        counter.reduce(distributed.sum_across, device)
     return counter.finish(class_counts, shot_bounds)
+
 
 @dataclass(frozen=True)
 class Restored:
@@ -132,3 +139,39 @@ def evaluate_restored(restored: Restored, shot_bounds: str | None = None, model:
     test_set = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device, part=part)
     return evaluate(restored.model if model is None else model, test_set.batches(), restored.checkpoint["class_counts"], bounds,
                     restored.precision)
+
+
+def same_encoder(model: nn.Module, other: nn.Module) -> bool:
+    """Whether two models (`GLMCModel`s) have the same encoder, weight for weight and buffer for buffer,
+    as a checkpoint and its calibrations have: they differ in their heads only."""
+    mine, theirs = model.encoder.state_dict(), other.encoder.state_dict()
+    return mine.keys() == theirs.keys() and all(torch.equal(mine[key], theirs[key]) for key in mine)
+
+
+@torch.no_grad()
+def evaluate_heads(restored: Restored, models: Sequence[nn.Module], shot_bounds: str | None = None,
+                   part: str = "test") -> list[Metrics]:
+    """The metrics of each of `models`, which share the restored model's encoder (`same_encoder`): the test
+    set passes through that encoder once, then through each model's heads. Each model's metrics are
+    `evaluate_restored(restored, model=model)`'s, the same forward in the same precision, at the cost of
+    one evaluation where that costs one per model (the encoder is almost all of it)."""
+    for model in models:
+        if not same_encoder(restored.model, model):
+            raise ValueError("evaluate_heads takes models with the restored model's encoder; evaluate_restored "
+                             "evaluates any other")
+    config, class_counts = restored.config, restored.checkpoint["class_counts"]
+    test_set = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device, part=part)
+    counters = [ConfusionCounter(len(class_counts)) for _ in models]
+    modes = [model.training for model in [restored.model, *models]]
+    for model in [restored.model, *models]:
+        model.eval()
+    for inputs, targets in test_set.batches():
+        with autocast(restored.precision, inputs.device):
+            features = restored.model.encoder(channels_last(inputs))  # N x d
+            logits = [model.heads(features).logits.float() for model in models]  # as predict_logits gives them
+        for counter, model_logits in zip(counters, logits):
+            counter.update(model_logits, targets)
+    for model, training in zip([restored.model, *models], modes):
+        model.train(training)
+    bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
+    return [finished_metrics(counter, class_counts, bounds, restored.device) for counter in counters]
