@@ -10,38 +10,35 @@ training, so a run that is short, or stopped early, may predict better with fc.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
-import torch
 from torch import nn
 
-from glmc.evaluation import evaluate_restored, restore_for_evaluation
+from glmc.evaluation import evaluate_heads, restore_for_evaluation
 from glmc.metrics import format_shots
-from glmc.models.output import GLMCOutput
+from glmc.models.heads import glmc_heads
 
 
-class ThroughFc(nn.Module):
-    """The model with `fc`'s logits in the place of `fc_cb`'s, so evaluation predicts with fc."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> GLMCOutput:
-        out = self.model(images)
-        return out._replace(logits=out.logits_fc)
+def through_fc(model: nn.Module) -> nn.Module:
+    """A copy of the model that predicts with `fc`: fc in fc_cb's place, its logits unscaled (fc never had
+    LDAM's scale). Its encoder is the model's, so both score one pass of the images through it."""
+    copied = copy.deepcopy(model)
+    heads = glmc_heads(copied)
+    heads.fc_cb, heads.logit_scale = heads.fc, 1.0
+    return copied
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--data-root")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--on", choices=["test", "val", "train"], default="test", help="as glmc eval --on")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     restored = restore_for_evaluation(args.checkpoint, args.data_root, args.device)
-    for name, model in (("fc_cb (glmc's prediction head)", restored.model), ("fc", ThroughFc(restored.model).eval())):
-        metrics = evaluate_restored(restored, model=model, part=args.on)
+    names = ("fc_cb (glmc's prediction head)", "fc")
+    for name, metrics in zip(names, evaluate_heads(restored, [restored.model, through_fc(restored.model)], part=args.on)):
         print(f"{name:<32} top1 {metrics.top1:6.2f}  {format_shots(metrics)}  ece {metrics.ece:.2f}")
     return 0
 
