@@ -153,8 +153,8 @@ def evaluate_heads(restored: Restored, models: Sequence[nn.Module], shot_bounds:
                    part: str = "test") -> list[Metrics]:
     """The metrics of each of `models`, which share the restored model's encoder (`same_encoder`): the test
     set passes through that encoder once, then through each model's heads. Each model's metrics are
-    `evaluate_restored(restored, model=model)`'s, the same forward in the same precision, at the cost of
-    one evaluation where that costs one per model (the encoder is almost all of it)."""
+    `evaluate_restored(restored, model=model)`'s (the same forward in the same precision), for the time
+    of about one evaluation instead of one each: the encoder is almost all of it."""
     for model in models:
         if not same_encoder(restored.model, model):
             raise ValueError("evaluate_heads takes models with the restored model's encoder; evaluate_restored "
