@@ -19,6 +19,8 @@ import numpy as np
 import pytest
 
 REAL_DATA_ENV = "GLMC_CIFAR10_ROOT"
+# what a metrics.jsonl record holds of the machine rather than of the training: left out where two runs are compared
+RECORD_TIMINGS = ("seconds", "other_cpu_share")
 SHARED_CIFAR10 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10-jpeg"
 
 

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import glmc.rundir
-from conftest import TORCHRUN_ENV, finish_torchrun, run_torchrun, torchrun_command, wait_until, write_image_tree
+from conftest import RECORD_TIMINGS, TORCHRUN_ENV, finish_torchrun, run_torchrun, torchrun_command, wait_until, write_image_tree
 from glmc.augment import CifarAugment, Normalise
 from glmc.checkpoint import check_same_data, load_checkpoint, load_latest_good
 from glmc.cli import main
@@ -48,7 +48,7 @@ def wait_for(run: Path, step: int, process: subprocess.Popen, timeout: float = 3
 
 
 def records_of(run: Path) -> list[dict]:
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in json.loads(line).items() if k not in RECORD_TIMINGS} for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -25,7 +25,7 @@ from glmc.methods.ce import CrossEntropy
 from glmc.rundir import Resume, RunFolder
 from glmc.trainer import train
 
-from conftest import refusal, write_small_cifar10
+from conftest import RECORD_TIMINGS, refusal, write_small_cifar10
 
 # 6 epochs x 20 steps of resnet8 on the embedded dataset; a checkpoint every 7 steps as well
 RUN_ARGS = ["--set", "data.dataset=synthetic-lt", "--set", "model.backbone=resnet8", "--epochs", "6",
@@ -49,7 +49,7 @@ def assert_same_run(a: Path, b: Path) -> None:
     (summary_a, weights_a), (summary_b, weights_b) = final_state(a), final_state(b)
     assert summary_a["final"] == summary_b["final"] and summary_a["best"] == summary_b["best"]
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    records = [[{k: v for k, v in json.loads(line).items() if k != "seconds"}
+    records = [[{k: v for k, v in json.loads(line).items() if k not in RECORD_TIMINGS}
                 for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)]
     assert records[0] == records[1]  # same evaluations, same loss means
 

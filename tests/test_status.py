@@ -128,6 +128,28 @@ def test_the_pace_says_when_other_work_shared_the_cpus_in_its_session(stopped_ru
         assert len(pace) == 1 and ("while other work took 45% of the CPU time;" in pace[0]) == said
 
 
+def test_a_session_still_training_takes_what_other_work_took_from_its_evaluated_epochs(stopped_run, tmp_path):
+    run_dir = copy_of(stopped_run, tmp_path)
+    (run_dir / "summary.json").unlink()
+    saved = (run_dir / "checkpoint_last.pt").stat().st_mtime
+    write_sessions(run_dir, [{"session": 1, "started": utc(saved - 12), "from": {"epoch": 0, "step": 5, "global_step": 5}}])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [record["global_step"] for record in records] == [20, 25]  # both after the session's start, at step 5
+    records[0] |= {"seconds": 30.0, "other_cpu_share": 0.6}
+    records[1] |= {"seconds": 10.0, "other_cpu_share": 0.0}
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(record) + "\n" for record in records))
+    lease = take(run_dir, command="glmc train --resume run")
+    try:
+        run = status.run_status(run_dir)
+    finally:
+        lease.release()
+    assert run.pace_session == 1 and run.pace_other_cpu_share == pytest.approx(0.45)  # weighted by the epochs' seconds
+    assert "(this one), while other work took 45% of the CPU time;" in status.status_lines(run)[-1]
+
+    write_sessions(run_dir, [{"session": 1, "started": utc(saved - 12), "from": {"epoch": 1, "step": 0, "global_step": 20}}])
+    assert status.run_status(run_dir).pace_other_cpu_share == 0.0  # only the epochs the session trained count
+
+
 def test_a_finished_run_gives_its_final_and_best_epoch(tiny_run, capsys):
     assert main(["status", str(tiny_run)]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -34,6 +34,7 @@ def test_record_scalars_skip_empty_shot_groups():
               "lr": 0.01, "seconds": 2.0, "global_step": 7}
     assert record_scalars(record) == {"accuracy/top1": 50.0, "accuracy/top5": 90.0, "accuracy/many": 60.0, "accuracy/few": 10.0,
                                       "loss/loss": 1.5, "loss/ce": 1.2, "lr": 0.01, "seconds_per_epoch": 2.0}
+    assert record_scalars({**record, "other_cpu_share": 0.45})["other_cpu_share"] == 0.45
 
 
 def scalar_events(folder) -> dict[str, list[tuple[int, float]]]:

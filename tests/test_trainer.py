@@ -18,7 +18,8 @@ from glmc.cli import main
 from glmc.config import OptimConfig, build_config
 from glmc.optim import learning_rate
 from glmc.errors import GlmcError
-from glmc.machine import cpu_model
+from glmc.machine import busy_cpu_seconds, cpu_model
+from glmc.records import epoch_line
 from glmc.rundir import Resume, RunFolder
 from glmc.trainer import train
 
@@ -54,6 +55,10 @@ def test_run_folder_is_complete(finished_run):
     assert config["model"]["backbone"] == "resnet8" and config["train"]["epochs"] == 8
     record = json.loads((output / "metrics.jsonl").read_text().splitlines()[-1])
     assert {"epoch", "top1", "top5", "many", "medium", "few", "losses", "lr", "seconds"} <= set(record)
+    if busy_cpu_seconds() is None:  # not Linux: nothing says what other work took
+        assert "other_cpu_share" not in record
+    else:
+        assert 0.0 <= record["other_cpu_share"] <= 1.0
     assert {"loss", "ce", "cb", "sim", "alpha"} <= set(record["losses"])
     on_disk = json.loads((output / "summary.json").read_text())
     assert on_disk == summary
@@ -155,6 +160,12 @@ def test_in_a_log_file_each_epoch_left_unevaluated_gets_a_progress_line_on_stder
 
     train(tiny_config(train__eval_every=3, train__max_steps=21), tmp_path / "quiet", quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_an_epoch_line_says_when_other_work_took_enough_of_the_cpu_to_slow_the_epoch():
+    assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8, other_cpu_share=0.45).endswith("  93.8s (other work 45% of the CPU)")
+    assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8, other_cpu_share=0.04).endswith("  93.8s")
+    assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8).endswith("  93.8s")
 
 
 @pytest.mark.slow  # over 20 s on 2 cores of an AMD EPYC without AVX-512 (pytest --durations, 2026-12-06)

@@ -10,6 +10,7 @@ import torch
 
 import glmc
 from glmc.config import Config
+from glmc.machine import slowed_by_others
 from glmc.data.datasets import Dataset
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.provenance import device_name, git_commit
@@ -32,9 +33,12 @@ def validation_json(metrics: Metrics) -> dict:
 
 
 def evaluation_record(epoch: int, global_step: int, partial_epoch: bool, skipped_steps: int, test: Metrics | None,
-                      val: Metrics | None, precision: str, losses: dict[str, float], lr: float, seconds: float) -> dict:
+                      val: Metrics | None, precision: str, losses: dict[str, float], lr: float, seconds: float,
+                      other_cpu_share: float | None = None) -> dict:
     """One metrics.jsonl line: the test set's metrics at the top (unless eval.test=false), the validation set's
-    under `val` (where the run has one), and the precision they were evaluated in."""
+    under `val` (where the run has one), and the precision they were evaluated in; `seconds` of training the
+    epoch and, where the system says (`glmc.machine.OtherWork`), the share of the CPU time other work took
+    meanwhile."""
     return {
         "epoch": epoch,
         "global_step": global_step,
@@ -45,6 +49,7 @@ def evaluation_record(epoch: int, global_step: int, partial_epoch: bool, skipped
         "losses": losses,
         "lr": lr,
         "seconds": round(seconds, 3),
+        **({} if other_cpu_share is None else {"other_cpu_share": round(other_cpu_share, 3)}),
         "skipped_steps": skipped_steps,
     }
 
@@ -69,12 +74,16 @@ def evaluation_line(record: dict, epochs: int) -> str:
             f"ece {format_percent(record.get('ece'))}  ") if "top1" in record else ""
     val = record.get("val")
     validation = f"val {val['top1']:.2f} (balanced {val['balanced']:.2f})  " if val else ""
-    return epoch_line(record["epoch"], epochs, record["losses"], record["lr"], record["seconds"], test + validation)
+    return epoch_line(record["epoch"], epochs, record["losses"], record["lr"], record["seconds"], test + validation,
+                      record.get("other_cpu_share"))
 
 
-def epoch_line(epoch: int, epochs: int, losses: dict[str, float], lr: float, seconds: float, results: str = "") -> str:
-    """`epoch  E/N  loss L  <results>lr R  Ts`: an evaluation's line, or with no results an epoch's progress line."""
-    return f"epoch {epoch:>3}/{epochs}  loss {losses.get('loss', float('nan')):.4f}  {results}lr {lr:.5f}  {seconds:.1f}s"
+def epoch_line(epoch: int, epochs: int, losses: dict[str, float], lr: float, seconds: float, results: str = "",
+               other_cpu_share: float | None = None) -> str:
+    """`epoch  E/N  loss L  <results>lr R  Ts`: an evaluation's line, or with no results an epoch's progress line;
+    `Ts (other work 45% of the CPU)` where other work took enough of the CPU time to slow the epoch."""
+    shared = f" (other work {100 * other_cpu_share:.0f}% of the CPU)" if slowed_by_others(other_cpu_share) else ""
+    return f"epoch {epoch:>3}/{epochs}  loss {losses.get('loss', float('nan')):.4f}  {results}lr {lr:.5f}  {seconds:.1f}s{shared}"
 
 
 def shots_table(summary: dict) -> str:

@@ -46,7 +46,7 @@ class RunStatus:
     sessions: int = 0
     seconds_per_step: float | None = None  # its pace (`run_pace`)
     pace_session: int | None = None  # the session of sessions.jsonl that pace was measured over
-    pace_other_cpu_share: float | None = None  # of the CPU time, what other work took in that session
+    pace_other_cpu_share: float | None = None  # of the CPU time, what other work took in that session (so far, while it trains)
     last_evaluation: dict | None = None  # its last metrics.jsonl record
     best_evaluation: dict | None = None  # its best so far (glmc.records.selection_score: test top-1, or validation)
     summary: dict | None = None  # finished runs
@@ -92,7 +92,8 @@ def run_status(path: str | Path) -> RunStatus:
     else:  # a session that ended "finished" without every epoch trained stopped at train.max_steps
         state, outcome = "stopped", MAX_STEPS_REACHED if last.get("outcome") == "finished" else last.get("outcome")
     seconds_per_step, pace_session = run_pace(sessions, position, saved_at)
-    shared = next((session.get("other_cpu_share") for session in sessions if session.get("session") == pace_session), None)
+    shared = next((session_other_share(session, records) for session in sessions if session.get("session") == pace_session),
+                  None)
     return RunStatus(state=state, position=position, steps_per_epoch=steps_per_epoch(position),
                      saved=None if saved_at is None else utc(saved_at), holder=holder, outcome=outcome,
                      seconds_per_step=seconds_per_step, pace_session=pace_session, pace_other_cpu_share=shared, **common)
@@ -168,6 +169,17 @@ def session_span(session: dict, position: dict, saved_at: float | None) -> tuple
     if saved_at is None or "from" not in session:
         return 0, 0.0
     return position["global_step"] - session["from"]["global_step"], saved_at - parse_utc(session["started"])
+
+
+def session_other_share(session: dict, records: list[dict]) -> float | None:
+    """The share of the CPU time other work took while a session trained: what it recorded when it ended; for a
+    session without an end (still training, or lost), its evaluated epochs' shares, weighted by their seconds."""
+    if "ended" in session:
+        return session.get("other_cpu_share")
+    start = session.get("from", {}).get("global_step", 0)
+    epochs = [record for record in records if record["global_step"] > start and record.get("other_cpu_share") is not None]
+    seconds = sum(record["seconds"] for record in epochs)
+    return sum(record["other_cpu_share"] * record["seconds"] for record in epochs) / seconds if seconds > 0 else None
 
 
 def parse_utc(text: str) -> float:

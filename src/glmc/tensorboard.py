@@ -33,6 +33,8 @@ def record_scalars(record: dict) -> dict[str, float]:
     scalars |= {f"loss/{name}": value for name, value in record.get("losses", {}).items()}
     scalars["lr"] = record["lr"]
     scalars["seconds_per_epoch"] = record["seconds"]
+    if record.get("other_cpu_share") is not None:  # what other work took of the CPU time meanwhile, where measured
+        scalars["other_cpu_share"] = record["other_cpu_share"]
     return scalars
 
 

@@ -33,6 +33,7 @@ from glmc.distributed import SINGLE, Shard
 from glmc.devices import resolve_device
 from glmc.engine import LossMeter, NonFiniteWatch, at_most, step_rng, train_step
 from glmc.evaluation import evaluate
+from glmc.machine import OtherWork
 from glmc.errors import ConfigError, RunInterrupted
 from glmc.methods import create_method
 from glmc.methods.base import Method
@@ -168,7 +169,7 @@ def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensor
     with folder.session(session_facts(run, state, command), lambda: last.position, writes=shard.is_main,
                         work_root=ranks_parent), stop_requests() as stop:
         while not finished(state, config):
-            epoch, started = state.epoch, time.time()
+            epoch, started, other_work = state.epoch, time.time(), OtherWork.start(ranks_parent)
             set_learning_rate(run.optimizer, learning_rate(epoch, config.train.epochs, config.optim))
             meter, watch = LossMeter(this_ranks_totals(state.epoch_loss_totals, shard), state.epoch_loss_steps), NonFiniteWatch()
             decision = Decision(stop=False, checkpoint=False)
@@ -192,12 +193,12 @@ def train_folder(run: Run, folder: RunFolder, resumes: bool, quiet: bool, tensor
             watch.check()
             epoch_done = state.end_epoch_if_done(len(run.loader))
             if finished(state, config) or (epoch_done and evaluated_epoch(state.epoch, config)):
-                record = evaluate_and_record(run, state, folder, meter, time.time() - started, quiet)
+                record = evaluate_and_record(run, state, folder, meter, time.time() - started, other_work.share(), quiet)
                 if board:
                     board.log(record)
             elif epoch_done and bar.disable and not quiet:  # no bar showed this epoch: a line in its place
                 print(epoch_line(state.epoch, config.train.epochs, meter.means(), run.optimizer.param_groups[0]["lr"],
-                                 time.time() - started), file=sys.stderr, flush=True)
+                                 time.time() - started, other_cpu_share=other_work.share()), file=sys.stderr, flush=True)
             last.save(watch, LossMeter() if epoch_done else meter)
         if board:
             board.close()
@@ -428,8 +429,10 @@ def note_unreadable(run: Run, state: RunState) -> None:
     state.unreadable = sorted(distributed.union_across(set(state.unreadable) | skipped))
 
 
-def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: LossMeter, seconds: float, quiet: bool) -> dict:
-    """Evaluate the test and validation sets, append the record to metrics.jsonl, keep the best epoch; the record."""
+def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: LossMeter, seconds: float,
+                        other_cpu_share: float | None, quiet: bool) -> dict:
+    """Evaluate the test and validation sets, append the record to metrics.jsonl, keep the best epoch; the record.
+    `seconds` trained the epoch while other work took `other_cpu_share` of the CPU time (None: not measured)."""
     config = run.config
     bounds = SHOT_BOUNDS[config.train.shot_bounds]
     distributed.share_buffers(run.model)  # every rank evaluates the weights rank 0 saves
@@ -440,7 +443,7 @@ def evaluate_and_record(run: Run, state: RunState, folder: RunFolder, meter: Los
     note_unreadable(run, state)
     epoch = state.epoch if state.step == 0 else state.epoch + 1  # 1-based: the epoch this evaluation ends or stops in
     record = evaluation_record(epoch, state.global_step, state.step != 0, state.skipped_steps, test, val, precision,
-                               epoch_losses(meter, run.shard), run.optimizer.param_groups[0]["lr"], seconds)
+                               epoch_losses(meter, run.shard), run.optimizer.param_groups[0]["lr"], seconds, other_cpu_share)
     state.records.append(record)
     if run.shard.is_main:
         folder.append_record(record)
