@@ -10,8 +10,8 @@ import torch
 
 import glmc
 from glmc.config import Config
-from glmc.machine import slowed_by_others
 from glmc.data.datasets import Dataset
+from glmc.machine import slowed_by_others
 from glmc.metrics import SHOT_GROUPS, Metrics, format_percent, format_shots
 from glmc.provenance import device_name, git_commit
 from glmc.rundir import BEST_LABEL, BEST_ON_VALIDATION_LABEL, CALIBRATION_KEYS
