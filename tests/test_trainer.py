@@ -163,7 +163,8 @@ def test_in_a_log_file_each_epoch_left_unevaluated_gets_a_progress_line_on_stder
 
 
 def test_an_epoch_line_says_when_other_work_took_enough_of_the_cpu_to_slow_the_epoch():
-    assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8, other_cpu_share=0.45).endswith("  93.8s (other work 45% of the CPU)")
+    line = epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8, other_cpu_share=0.45)
+    assert line.endswith("  93.8s (other work took 45% of the CPU time)")
     assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8, other_cpu_share=0.04).endswith("  93.8s")
     assert epoch_line(4, 10, {"loss": 0.5}, 0.01, 93.8).endswith("  93.8s")
 

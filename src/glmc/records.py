@@ -81,8 +81,8 @@ def evaluation_line(record: dict, epochs: int) -> str:
 def epoch_line(epoch: int, epochs: int, losses: dict[str, float], lr: float, seconds: float, results: str = "",
                other_cpu_share: float | None = None) -> str:
     """`epoch  E/N  loss L  <results>lr R  Ts`: an evaluation's line, or with no results an epoch's progress line;
-    `Ts (other work 45% of the CPU)` where other work took enough of the CPU time to slow the epoch."""
-    shared = f" (other work {100 * other_cpu_share:.0f}% of the CPU)" if slowed_by_others(other_cpu_share) else ""
+    `Ts (other work took 45% of the CPU time)` where other work took enough of the CPU time to slow the epoch."""
+    shared = f" (other work took {100 * other_cpu_share:.0f}% of the CPU time)" if slowed_by_others(other_cpu_share) else ""
     return f"epoch {epoch:>3}/{epochs}  loss {losses.get('loss', float('nan')):.4f}  {results}lr {lr:.5f}  {seconds:.1f}s{shared}"
 
 
