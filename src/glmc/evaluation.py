@@ -3,9 +3,10 @@ for it (glmc eval, report, predict, calibrate)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -30,13 +31,24 @@ def confusion_counts(model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]],
 
     batches: (N x C x H x W normalised float, N labels) on the model's device.
     """
-    was_training = model.training
-    model.eval()
     counter = ConfusionCounter(num_classes)
-    for inputs, targets in batches:
-        counter.update(predict_logits(model, inputs, precision), targets)
-    model.train(was_training)
+    with in_eval_mode(model):
+        for inputs, targets in batches:
+            counter.update(predict_logits(model, inputs, precision), targets)
     return counter
+
+
+@contextlib.contextmanager
+def in_eval_mode(*models: nn.Module) -> Iterator[None]:
+    """`models` in eval mode for the block, each back in the mode it was in afterwards."""
+    modes = [model.training for model in models]
+    for model in models:
+        model.eval()
+    try:
+        yield
+    finally:
+        for model, training in reversed(list(zip(models, modes))):
+            model.train(training)
 
 
 def evaluate(
@@ -156,22 +168,18 @@ def evaluate_heads(restored: Restored, models: Sequence[nn.Module], shot_bounds:
     `evaluate_restored(restored, model=model)`'s (the same forward in the same precision), for the time
     of about one evaluation instead of one each: the encoder is almost all of it."""
     for model in models:
-        if not same_encoder(restored.model, model):
+        if model is not restored.model and not same_encoder(restored.model, model):
             raise ValueError("evaluate_heads takes models with the restored model's encoder; evaluate_restored "
                              "evaluates any other")
     config, class_counts = restored.config, restored.checkpoint["class_counts"]
     test_set = restored.dataset.test_set(config.data, config.train.eval_batch_size, restored.device, part=part)
     counters = [ConfusionCounter(len(class_counts)) for _ in models]
-    modes = [model.training for model in [restored.model, *models]]
-    for model in [restored.model, *models]:
-        model.eval()
-    for inputs, targets in test_set.batches():
-        with autocast(restored.precision, inputs.device):
-            features = restored.model.encoder(channels_last(inputs))  # N x d
-            logits = [model.heads(features).logits.float() for model in models]  # as predict_logits gives them
-        for counter, model_logits in zip(counters, logits):
-            counter.update(model_logits, targets)
-    for model, training in zip([restored.model, *models], modes):
-        model.train(training)
+    with in_eval_mode(restored.model, *models):
+        for inputs, targets in test_set.batches():
+            with autocast(restored.precision, inputs.device):
+                features = restored.model.encoder(channels_last(inputs))  # N x d
+                logits = [model.heads(features).logits.float() for model in models]  # as predict_logits gives them
+            for counter, model_logits in zip(counters, logits):
+                counter.update(model_logits, targets)
     bounds = SHOT_BOUNDS[shot_bounds or config.train.shot_bounds]
     return [finished_metrics(counter, class_counts, bounds, restored.device) for counter in counters]
